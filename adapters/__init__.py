@@ -1,0 +1,1 @@
+"""Backbone adapters over Hugging Face encoders (installed as ``asa_plugin.adapters``)."""

@@ -1,0 +1,25 @@
+"""``advrobust train CONFIG [--set section.key=value ...] [--resume]``."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a defended classifier from a config")
+    p.add_argument("config", help="TOML or YAML run config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from asa_plugin.config import load_config
+    from asa_plugin.training.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = train(cfg, resume=args.resume)
+    summary = {k: metrics[k] for k in ("defence", "eval_accuracy", "steps", "train_seconds")}
+    print(json.dumps({"run_dir": str(cfg.run_dir()), **summary}))
+    return 0

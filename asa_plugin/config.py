@@ -1,0 +1,256 @@
+"""Run configs: TOML or YAML files validated at load into typed dataclasses.
+
+Sections: ``[model]``, ``[data]``, ``[defence]``, ``[train]``, ``[attack]``, ``[output]``,
+``[plugins]``. Every problem is one :class:`ConfigError` line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from asa_plugin.attacks.config import AttackConfig
+from asa_plugin.errors import ConfigError
+from asa_plugin.schema import build, option
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = option("minilm", help="hub name, local path, or the built-in alias 'minilm'")
+    num_labels: int = option(2, ge=2, help="number of classes")
+    max_length: int = option(128, ge=8, le=4096, help="truncate inputs to this many tokens")
+    attn_implementation: Literal["eager", "sdpa"] | None = option(
+        None, help="attention kernel; default: the backbone's own default")
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = option("sst2", help="registered dataset name (sst2, rotten_tomatoes, imdb, ag_news)")
+    train_file: str | None = option(None, help="local train file (tsv/csv/jsonl/parquet); overrides `dataset`")
+    dev_file: str | None = option(None, help="local dev/eval file")
+    test_file: str | None = option(None, help="local test file")
+    text_column: str | None = option(None, help="text column; default: text, sentence, review or content")
+    label_column: str = option("label", help="label column (integers 0..num_labels-1)")
+    train_split: str = option("train", help="split used for training")
+    eval_split: str = option("dev", help="split evaluated each epoch")
+    max_train_examples: int | None = option(None, ge=1, help="random training subset of this size")
+    max_eval_examples: int | None = option(None, ge=1, help="random eval subset of this size")
+    subset_seed: int = option(0, help="seed of the subsets")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(3, ge=1, help="training epochs (ignored when max_steps > 0)")
+    max_steps: int = option(0, ge=0, help="stop after this many optimizer steps; 0 = use epochs")
+    batch_size: int = option(32, ge=1, help="examples per device per step")
+    eval_batch_size: int = option(128, ge=1, help="examples per evaluation batch")
+    lr: float = option(2e-5, gt=0, help="peak learning rate (AdamW)")
+    warmup_ratio: float = option(0.06, ge=0, le=1, help="fraction of steps with linear warmup")
+    weight_decay: float = option(0.01, ge=0, help="AdamW weight decay")
+    max_grad_norm: float = option(1.0, ge=0, help="gradient clipping norm; 0 = off")
+    seed: int = option(42, help="seed of weights init, data order, dropout")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", help="mixed precision on GPU")
+    gradient_accumulation_steps: int = option(1, ge=1, help="micro-batches per optimizer step")
+    group_by_length: bool = option(True, help="length-grouped batches (less padding)")
+    checkpoint_every_steps: int = option(0, ge=0, help="also checkpoint every N steps; 0 = each epoch only")
+    log_every_steps: int = option(50, ge=1, help="log the running loss every N steps")
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str = option("runs/{defence}-{backbone}", help="run directory; {defence} and {backbone} expand")
+
+
+@dataclass
+class PluginsConfig:
+    external: bool = option(True, help="load third-party plugins of entry-point group advrobust")
+    block: list[str] = option([], help="entry-point names of third-party plugins not to load")
+
+
+@dataclass
+class DefenceConfig:
+    """``name`` (one defence or a list to compose) plus each defence's own parameters."""
+
+    names: list[str] = field(default_factory=lambda: ["vanilla"])
+    params: dict[str, Any] = field(default_factory=dict)  # defence name -> its validated Params
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.names[0] if len(self.names) == 1 else list(self.names)}
+        for n in self.names:
+            p = self.params.get(n)
+            if p is not None and dataclasses.fields(p):
+                values = dataclasses.asdict(p)
+                if len(self.names) == 1:
+                    out.update(values)
+                else:
+                    out[n] = values
+        return out
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    source: str = "<defaults>"
+
+    def run_dir(self) -> Path:
+        backbone = Path(self.model.backbone.rstrip("/")).name or self.model.backbone
+        return Path(self.output.run_dir.format(defence=self.defence.name, backbone=backbone))
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(d: dict) -> dict:
+            return {k: v for k, v in d.items() if v is not None}
+
+        return {
+            "model": clean(dataclasses.asdict(self.model)),
+            "data": clean(dataclasses.asdict(self.data)),
+            "defence": self.defence.to_dict(),
+            "train": clean(dataclasses.asdict(self.train)),
+            "attack": clean(dataclasses.asdict(self.attack)),
+            "output": clean(dataclasses.asdict(self.output)),
+            "plugins": clean(dataclasses.asdict(self.plugins)),
+        }
+
+
+SECTIONS = {
+    "model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+    "attack": AttackConfig, "output": OutputConfig, "plugins": PluginsConfig,
+}
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text; save the config as UTF-8") from None
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{p}: unknown config format '{p.suffix}'; use .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{p}: cannot parse: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], value), the value read as a TOML value."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=1")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string such as --set model.backbone=roberta-base
+    return [k.strip() for k in key.split(".")], value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def _build_defence(raw: Any, source: str, registry) -> DefenceConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [defence] must be a table with a `name` key")
+    raw = dict(raw)
+    name = raw.pop("name", "vanilla")
+    names = [name] if isinstance(name, str) else name
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{source}: defence.name must be a defence name or a list of names, got {name!r}")
+    for n in names:
+        if n not in registry:
+            raise ConfigError(f"{source}: defence.name: unknown defence '{n}'; available: "
+                              f"{', '.join(registry.names())}")
+    params: dict[str, Any] = {}
+    flat = {k: v for k, v in raw.items() if k not in names}
+    if flat and len(names) > 1:
+        raise ConfigError(f"{source}: with several defences put parameters in [defence.<name>] tables, "
+                          f"e.g. [defence.{names[0]}]; found defence.{next(iter(flat))}")
+    for n in names:
+        cls = registry.get(n)
+        values = raw.get(n, {}) if len(names) > 1 else flat
+        params[n] = build(cls.Params, values, section=f"defence.{n}" if len(names) > 1 else "defence",
+                          source=source)
+    if len(names) > 1:
+        from asa_plugin.defences.base import check_composable
+
+        check_composable([registry.get(n) for n in names], source)
+    return DefenceConfig(names=names, params=params)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> RunConfig:
+    """Load, override and validate a run config. ``path=None`` uses defaults (plus overrides)."""
+    from asa_plugin.plugins import get_plugin_manager
+
+    source = str(path) if path is not None else "<config>"
+    raw = read_file(path) if path is not None else (data or {})
+    raw = apply_overrides(raw, overrides or [])
+    allowed = sorted([*SECTIONS, "defence"])
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{source}: unknown section [{key}]; allowed sections: {', '.join(allowed)}")
+    sections = {name: build(cls, raw.get(name) or {}, section=name, source=source)
+                for name, cls in SECTIONS.items()}
+    plugins = sections["plugins"]
+    pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
+    defence = _build_defence(raw.get("defence"), source, pm.defences)
+    cfg = RunConfig(defence=defence, source=source, **sections)
+    data_cfg = cfg.data
+    if data_cfg.train_file is None and data_cfg.dataset is not None and data_cfg.dataset not in pm.datasets:
+        raise ConfigError(f"{source}: data.dataset: unknown dataset '{data_cfg.dataset}'; available: "
+                          f"{', '.join(pm.datasets.names())}; or give data.train_file")
+    if data_cfg.train_file is None and data_cfg.dataset is None:
+        raise ConfigError(f"{source}: [data] needs `dataset` or `train_file`")
+    for recipe in cfg.attack.recipes:
+        if recipe not in pm.recipes and len(pm.recipes.names()) > 0:
+            raise ConfigError(f"{source}: attack.recipes: unknown recipe '{recipe}'; available: "
+                              f"{', '.join(pm.recipes.names())}")
+    return cfg
+
+
+def dump_toml(cfg: RunConfig, path: Path) -> None:
+    """Write the fully resolved config (every default filled in)."""
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(cfg.to_dict()), encoding="utf-8")

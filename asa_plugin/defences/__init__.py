@@ -1,0 +1,1 @@
+"""Built-in defences. Each subclasses :class:`asa_plugin.defences.base.Defence`."""

@@ -1,0 +1,142 @@
+"""The ``Defence`` interface: what a training loop asks of a defence.
+
+A defence owns one optimizer step's worth of forward/backward work. The loop hands it a batch
+and a ``backward`` callable (Accelerate's, which scales for gradient accumulation and mixed
+precision); the defence may call ``backward`` several times (embedding-perturbation methods
+accumulate parameter gradients over ascent steps) and returns the step's loss for logging. The
+loop then clips, steps the optimizer and scheduler, and zeroes gradients. No defence needs a
+special case in the loop.
+
+A defence may also own trainable modules (ASA's adversaries): the loop optimizes and
+checkpoints them with the model, and they never reach the exported checkpoint.
+
+Composition (``name = ["asa", "freelb"]``): an *objective* defence (one that changes what a
+single forward pass optimizes, such as ASA) supplies ``objective``; a *procedure* defence (one
+that changes how inputs are perturbed across passes, such as FreeLB) calls ``self.objective``
+for every pass it runs. See :func:`compose`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asa_plugin.errors import ConfigError
+
+if TYPE_CHECKING:
+    from asa_plugin.adapters.base import BackboneAdapter
+
+Batch = dict[str, torch.Tensor]
+Backward = Callable[[torch.Tensor], None]
+Objective = Callable[[Batch, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class NoParams:
+    """A defence without parameters."""
+
+
+@dataclass
+class StepResult:
+    """What one training step reports: the loss value and optional extra scalars."""
+
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Defence:
+    """Base class of every defence; subclasses set ``name``, ``Params`` and ``role``."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    role: ClassVar[Literal["objective", "procedure", "standalone"]] = "standalone"
+    """How the defence composes: ``objective`` (per-pass loss, e.g. ASA), ``procedure``
+    (multi-pass input perturbation, e.g. FreeLB), ``standalone`` (does not compose)."""
+
+    def __init__(self, params: Any, adapter: "BackboneAdapter"):
+        self.params = params
+        self.adapter = adapter
+        self.objective: Objective = self.cross_entropy_objective
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules the optimizer trains beside the model (never exported)."""
+        return []
+
+    def attach(self) -> None:
+        """Install whatever the defence injects into the model (hooks); called before training."""
+
+    def detach(self) -> None:
+        """Remove every injection so the model is a plain HF model again; called after training."""
+
+    # --- per step ------------------------------------------------------------------------
+    def cross_entropy_objective(self, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Plain cross-entropy of the model on ``batch`` (optionally on given input embeddings)."""
+        logits = self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
+        return F.cross_entropy(logits, batch["labels"])
+
+    def training_step(self, batch: Batch, backward: Backward) -> StepResult:
+        """Compute the step's loss, call ``backward`` on it (possibly several times), report it."""
+        loss = self.objective(batch, None)
+        backward(loss)
+        return StepResult(loss=loss.detach().item())
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Metrics gathered since the last call (e.g. ASA's mask ratio per layer); then reset."""
+        return {}
+
+
+def check_composable(classes: list[type[Defence]], source: str) -> None:
+    """Accept at most one objective defence plus at most one procedure defence."""
+    roles = [c.role for c in classes]
+    if "standalone" in roles or roles.count("objective") > 1 or roles.count("procedure") > 1 or len(classes) > 2:
+        desc = ", ".join(f"{c.name} ({c.role})" for c in classes)
+        raise ConfigError(f"{source}: defence.name: cannot compose {desc}; combine one objective defence "
+                          f"(e.g. asa) with one embedding-perturbation defence (e.g. freelb)")
+
+
+class ComposedDefence(Defence):
+    """An objective defence run inside a procedure defence: every pass uses the objective's loss."""
+
+    role = "standalone"
+
+    def __init__(self, objective: Defence, procedure: Defence):
+        super().__init__(None, objective.adapter)
+        self.parts = (objective, procedure)
+        self.name = f"{objective.name}+{procedure.name}"  # type: ignore[misc]
+        procedure.objective = objective.objective
+        self._procedure = procedure
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [m for part in self.parts for m in part.trainable_modules()]
+
+    def attach(self) -> None:
+        for part in self.parts:
+            part.attach()
+
+    def detach(self) -> None:
+        for part in self.parts:
+            part.detach()
+
+    def training_step(self, batch: Batch, backward: Backward) -> StepResult:
+        return self._procedure.training_step(batch, backward)
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for part in self.parts:
+            out.update(part.epoch_metrics())
+        return out
+
+
+def build_defence(names: list[str], params: dict[str, Any], adapter: "BackboneAdapter", registry) -> Defence:
+    """Instantiate the configured defence (composing two when a list is given)."""
+    parts = [registry.get(n)(params[n], adapter) for n in names]
+    if len(parts) == 1:
+        return parts[0]
+    objective = next(p for p in parts if p.role == "objective")
+    procedure = next(p for p in parts if p.role == "procedure")
+    return ComposedDefence(objective, procedure)

@@ -1,0 +1,142 @@
+"""Typed validation of config sections into dataclasses.
+
+Each field may carry metadata: ``help`` (one line), ``ge``/``gt``/``le``/``lt`` bounds and
+``choices``. Errors name the file and the ``section.key`` and say what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+from asa_plugin.errors import ConfigError
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        (inner,) = get_args(tp) or (Any,)
+        return f"list of {_type_name(inner)}"
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ``TypeError``."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise TypeError
+    if origin in (Union, types.UnionType):
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option)
+            except TypeError:
+                continue
+        raise TypeError
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if origin is list:
+        (inner,) = get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return [_coerce(v, inner) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    raise TypeError
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+    if value is None or isinstance(value, (list, str, bool)):
+        if "choices" in meta and value not in meta["choices"] and value is not None:
+            return f"must be one of {', '.join(map(str, meta['choices']))}"
+        return None
+    checks = (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+              ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<"))
+    for key, ok, sym in checks:
+        if key in meta and not ok(value, meta[key]):
+            return f"must be {sym} {meta[key]}"
+    return None
+
+
+def build(cls: type, data: typing.Mapping[str, Any], *, section: str, source: str) -> Any:
+    """Validate ``data`` against dataclass ``cls`` and return an instance.
+
+    Raises :class:`ConfigError` naming ``source`` and ``section.key`` for unknown keys, wrong
+    types and out-of-range values.
+    """
+    if not isinstance(data, typing.Mapping):
+        raise ConfigError(f"{source}: [{section}] must be a table of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {section}.{unknown[0]}; allowed keys in [{section}]: "
+                          f"{', '.join(sorted(fields)) or '(none)'}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        try:
+            kwargs[name] = _coerce(value, tp)
+        except TypeError:
+            raise ConfigError(f"{source}: {section}.{name} must be {_type_name(tp)}, got {value!r}") from None
+        problem = _check_range(kwargs[name], fields[name].metadata)
+        if problem:
+            raise ConfigError(f"{source}: {section}.{name} {problem}, got {value!r}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: [{section}] {exc}") from None
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for each field: the config reference."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str = "", **meta: Any) -> Any:  # noqa: A002
+    """A dataclass field with validation metadata (``ge``, ``gt``, ``le``, ``lt``, ``choices``)."""
+    metadata = {"help": help, **meta}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)

@@ -1,0 +1,1 @@
+"""The Accelerate training pipeline behind ``advrobust train``."""

@@ -1,0 +1,74 @@
+"""Tokenized datasets, length-grouped batches and dynamic padding."""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from asa_plugin.data import Example
+
+
+class EncodedDataset(Dataset):
+    """Examples tokenized once (no padding); items are dicts of token lists plus ``labels``."""
+
+    def __init__(self, examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int):
+        enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
+        self.features = [{k: enc[k][i] for k in enc.keys()} | {"labels": e.label}
+                         for i, e in enumerate(examples)]
+        self.lengths = [len(f["input_ids"]) for f in self.features]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.features[i]
+
+
+class LengthGroupedBatches:
+    """Batches of similar length, reshuffled per epoch from ``seed + epoch`` (no global RNG use).
+
+    Indices are shuffled, cut into mega-batches of ``mega`` batches, sorted by length inside
+    each, cut into batches, and the batches shuffled; ``group_by_length=False`` skips sorting.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
+                 shuffle: bool = True, mega: int = 50):
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.group_by_length, self.shuffle, self.mega = group_by_length, shuffle, mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(order)
+        if self.group_by_length:
+            size = self.batch_size * self.mega
+            chunks = [order[i:i + size] for i in range(0, len(order), size)]
+            order = [i for c in chunks for i in sorted(c, key=lambda j: -self.lengths[j])]
+        out = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.shuffle and self.group_by_length:
+            rng.shuffle(out)
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def make_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int,
+                shuffle: bool, group_by_length: bool = True) -> tuple[DataLoader, LengthGroupedBatches]:
+    """A DataLoader with dynamic padding; its private generator keeps the global RNG untouched."""
+    sampler = LengthGroupedBatches(dataset.lengths, batch_size, seed, group_by_length, shuffle)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer),
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler

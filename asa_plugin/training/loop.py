@@ -1,0 +1,193 @@
+"""``advrobust train``: a short Accelerate loop; the defence supplies each step's loss."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from asa_plugin.config import RunConfig, dump_toml
+from asa_plugin.data import load_split
+from asa_plugin.defences.base import Defence, build_defence
+from asa_plugin.errors import TrainingDiverged, UserError
+from asa_plugin.plugins import PluginManager, get_plugin_manager
+from asa_plugin.training import checkpoint
+from asa_plugin.training.batching import EncodedDataset, make_loader
+from asa_plugin.training.evaluate import accuracy
+
+log = logging.getLogger("advrobust.train")
+KILL_AT_STEP_ENV = "ADVROBUST_TEST_KILL_AT_STEP"
+"""Test hook: SIGKILL the process right after this global step (simulates kill -9)."""
+
+
+def _setup_logging(run_dir: Path) -> None:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("advrobust")
+    root.handlers = [h for h in root.handlers if not isinstance(h, logging.FileHandler)] + [handler]
+    root.setLevel(logging.INFO)
+
+
+def _optimizer(model: torch.nn.Module, defence: Defence, cfg) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = [p for m in defence.trainable_modules() for p in m.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    run_dir = cfg.run_dir()
+    if run_dir.exists() and not resume:
+        if (run_dir / "metrics.json").exists() or checkpoint.find(run_dir) is not None:
+            raise UserError(f"run directory {run_dir} already holds a run; pass --resume to continue it, "
+                            f"or choose another with --set output.run_dir=...")
+    if resume and checkpoint.find(run_dir) is None and not (run_dir / "metrics.json").exists():
+        resume = False  # nothing to resume: start fresh
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None) -> dict[str, Any]:
+    """Train ``cfg``'s defence; return the metrics also written to ``run_dir/metrics.json``."""
+    pm = pm or get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
+    run_dir = prepare_run_dir(cfg, resume)
+    if resume and (run_dir / "metrics.json").exists() and checkpoint.find(run_dir) is None:
+        return json.loads((run_dir / "metrics.json").read_text())  # already finished
+    tc = cfg.train
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision,
+                              gradient_accumulation_steps=tc.gradient_accumulation_steps)
+    if accelerator.is_main_process:
+        _setup_logging(run_dir)
+        dump_toml(cfg, run_dir / "config.resolved.toml")
+    set_seed(tc.seed)
+
+    from asa_plugin.adapters.loading import load_adapter
+
+    adapter = load_adapter(cfg.model.backbone, cfg.model.num_labels, cfg.model.attn_implementation,
+                           registry=pm.adapters)
+    train_examples = load_split(cfg.data, cfg.data.train_split, cfg.model.num_labels, pm.datasets,
+                                cfg.data.max_train_examples, cfg.data.subset_seed)
+    eval_examples = load_split(cfg.data, cfg.data.eval_split, cfg.model.num_labels, pm.datasets,
+                               cfg.data.max_eval_examples, cfg.data.subset_seed)
+    train_set = EncodedDataset(train_examples, adapter.tokenizer, cfg.model.max_length)
+    eval_set = EncodedDataset(eval_examples, adapter.tokenizer, cfg.model.max_length)
+    train_loader, batches = make_loader(train_set, adapter.tokenizer, tc.batch_size, tc.seed, shuffle=True,
+                                        group_by_length=tc.group_by_length)
+    eval_loader, _ = make_loader(eval_set, adapter.tokenizer, tc.eval_batch_size, 0, shuffle=False)
+
+    defence = build_defence(cfg.defence.names, cfg.defence.params, adapter, pm.defences)
+    optimizer = _optimizer(adapter.model, defence, tc)
+    steps_per_epoch = math.ceil(len(train_loader) / tc.gradient_accumulation_steps)
+    total_steps = tc.max_steps or steps_per_epoch * tc.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
+    extra_modules = defence.trainable_modules()
+    prepared = accelerator.prepare(adapter.model, *extra_modules, optimizer, train_loader, eval_loader, scheduler)
+    model, optimizer, train_loader, eval_loader, scheduler = (prepared[0], *prepared[-4:])
+    adapter.runner = model
+
+    state = {"epoch": 0, "batches_done": 0, "global_step": 0, "history": [], "train_seconds": 0.0,
+             "examples_seen": 0}
+    found = checkpoint.find(run_dir) if resume else None
+    if found is not None:
+        state = checkpoint.load(accelerator, found)
+        log.info("resumed from %s at step %d", found, state["global_step"])
+
+    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+    defence.attach()
+    progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {defence.name}",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    try:
+        while state["epoch"] < epochs and state["global_step"] < total_steps:
+            epoch = state["epoch"]
+            batches.set_epoch(epoch)
+            model.train()
+            loader = train_loader
+            if state["batches_done"]:
+                loader = accelerator.skip_first_batches(train_loader, state["batches_done"])
+            started = time.perf_counter()
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    result = defence.training_step(batch, accelerator.backward)
+                    if not math.isfinite(result.loss):
+                        raise TrainingDiverged(
+                            f"loss became {result.loss} at step {state['global_step'] + 1} (epoch {epoch + 1}); "
+                            f"the last good checkpoint is kept in {run_dir}; lower train.lr or check the data")
+                    if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                state["batches_done"] += 1
+                state["examples_seen"] += batch["labels"].shape[0] * accelerator.num_processes
+                if accelerator.sync_gradients:
+                    state["global_step"] += 1
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{result.loss:.4f}")
+                    if state["global_step"] % tc.log_every_steps == 0:
+                        log.info("step %d loss %.4f", state["global_step"], result.loss)
+                    if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
+                        state["train_seconds"] += time.perf_counter() - started
+                        checkpoint.save(accelerator, run_dir, state)
+                        started = time.perf_counter()
+                    if kill_at and state["global_step"] == kill_at:
+                        os.kill(os.getpid(), 9)
+                    if state["global_step"] >= total_steps:
+                        break
+            state["train_seconds"] += time.perf_counter() - started
+            epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"],
+                             "eval_accuracy": accuracy(adapter, model, eval_loader, accelerator),
+                             **defence.epoch_metrics()}
+            log.info("epoch %d: %s", epoch + 1, json.dumps(epoch_metrics))
+            progress.write(f"epoch {epoch + 1}: eval_accuracy {epoch_metrics['eval_accuracy']:.4f}")
+            state["history"].append(epoch_metrics)
+            state["epoch"], state["batches_done"] = epoch + 1, 0
+            pm.on_epoch_end(run_dir=run_dir, epoch=epoch + 1, metrics=epoch_metrics)
+            checkpoint.save(accelerator, run_dir, state)
+    finally:
+        progress.close()
+        defence.detach()
+
+    metrics = _final_metrics(cfg, defence, state)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model)
+        adapter.export(run_dir / "model")
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        shutil.rmtree(run_dir / checkpoint.CHECKPOINT, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _final_metrics(cfg: RunConfig, defence: Defence, state: dict[str, Any]) -> dict[str, Any]:
+    history = state["history"]
+    metrics: dict[str, Any] = {
+        "defence": defence.name,
+        "backbone": cfg.model.backbone,
+        "eval_accuracy": history[-1]["eval_accuracy"] if history else None,
+        "eval_accuracy_per_epoch": [h["eval_accuracy"] for h in history],
+        "epochs": len(history),
+        "steps": state["global_step"],
+        "train_examples": state["examples_seen"],
+        "train_seconds": round(state["train_seconds"], 3),
+        "train_examples_per_second": round(state["examples_seen"] / max(state["train_seconds"], 1e-9), 3),
+        "history": history,
+    }
+    for key in {k for h in history for k in h} - {"epoch", "step", "eval_accuracy"}:
+        metrics[key] = history[-1].get(key)
+    return metrics

@@ -1,0 +1,1 @@
+"""TextAttack-driven robustness harness (installed as ``asa_plugin.attacks``)."""

@@ -1,0 +1,64 @@
+"""Tiny models and tokenizers built in process: no downloads, fast on two CPU cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForSequenceClassification, BertTokenizerFast
+
+WORDS = ("the a an is was it this that movie film story acting plot good great fine bad awful boring "
+         "dull fun funny wonderful terrible best worst love hate not very really quite and but or of to "
+         "in with for on at by as be are were have has one two no yes i you he she they we me my "
+         "his her their our beautiful ugly smart stupid brilliant poor excellent horrible nice mess "
+         "masterpiece charming tedious lovely sad happy dark bright").split()
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+TINY_DIMS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=128)
+
+
+def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
+    """A WordPiece tokenizer over a small vocabulary, written to ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = directory / "vocab.txt"
+    tokens = dict.fromkeys(SPECIAL + list(WORDS) + list("abcdefghijklmnopqrstuvwxyz.,!'\""))
+    vocab.write_text("\n".join(tokens))
+    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+
+
+def tiny_model_dir(directory: Path, model_type: str = "bert", num_labels: int = 2, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny ``model_type`` classifier plus tokenizer; return the path."""
+    import torch
+
+    tokenizer = tiny_tokenizer(directory / "_tok")
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=num_labels,
+                                  pad_token_id=tokenizer.pad_token_id, **TINY_DIMS)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_sentiment_tsv(path: Path, n: int = 64, seed: int = 0) -> Path:
+    """A learnable toy sentiment TSV (header ``sentence<TAB>label``), with quote characters."""
+    import random
+
+    rng = random.Random(seed)
+    pos = ["good", "great", "wonderful", "best", "love", "brilliant", "excellent", "charming"]
+    neg = ["bad", "awful", "terrible", "worst", "hate", "boring", "horrible", "tedious"]
+    filler = ["the", "movie", "film", "story", "acting", "plot", "is", "was", "really", "quite"]
+    rows = ["sentence\tlabel"]
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(filler, 4) + [rng.choice(pos if label else neg)]
+        rng.shuffle(words)
+        text = " ".join(words)
+        if i % 7 == 0:
+            text = f'"{text}" it\'s'
+        rows.append(f"{text}\t{label}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
