@@ -39,35 +39,29 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def run_config(tmp_path, tiny_bert_dir, toy_data):
-    """Factory: a TOML run config on the tiny model and toy data; keyword args become extra lines."""
+    """Factory: a TOML run config on the tiny model and toy data.
 
-    def make(defence: str = 'name = "vanilla"', train: str = "", backbone: Path | None = None) -> Path:
-        text = f"""
-[model]
-backbone = "{backbone or tiny_bert_dir}"
-num_labels = 2
-max_length = 32
+    ``defence`` and ``train`` are TOML lines merged over the defaults (``train="epochs = 1"``
+    replaces the default epochs); ``extra`` is a dict of further sections to merge.
+    """
+    import tomllib
 
-[data]
-train_file = "{toy_data['train']}"
-dev_file = "{toy_data['dev']}"
+    import tomli_w
 
-[defence]
-{defence}
-
-[train]
-epochs = 2
-batch_size = 16
-lr = 5e-3
-warmup_ratio = 0.0
-seed = 7
-{train}
-
-[output]
-run_dir = "{tmp_path / 'run'}"
-"""
+    def make(defence: str = 'name = "vanilla"', train: str = "", backbone: Path | None = None,
+             extra: dict | None = None) -> Path:
+        config = {
+            "model": {"backbone": str(backbone or tiny_bert_dir), "num_labels": 2, "max_length": 32},
+            "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},
+            "defence": tomllib.loads(defence),
+            "train": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "seed": 7,
+                      **tomllib.loads(train)},
+            "output": {"run_dir": str(tmp_path / "run")},
+        }
+        for section, values in (extra or {}).items():
+            config.setdefault(section, {}).update(values)
         path = tmp_path / "config.toml"
-        path.write_text(text)
+        path.write_text(tomli_w.dumps(config))
         return path
 
     return make

@@ -31,6 +31,9 @@ class EncodedDataset(Dataset):
 class LengthGroupedBatches:
     """Batches of similar length, reshuffled per epoch from ``seed + epoch`` (no global RNG use).
 
+    The method is deliberately not called ``set_epoch``: Accelerate calls that with its own
+    iteration counter, which would override the epoch and the resume offset.
+
     Indices are shuffled, cut into mega-batches of ``mega`` batches, sorted by length inside
     each, cut into batches, and the batches shuffled; ``group_by_length=False`` skips sorting.
     """
@@ -40,9 +43,11 @@ class LengthGroupedBatches:
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.group_by_length, self.shuffle, self.mega = group_by_length, shuffle, mega
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def start_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Use epoch ``epoch``'s order, leaving out its first ``skip`` batches (for resuming)."""
+        self.epoch, self.skip = epoch, skip
 
     def batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
@@ -56,13 +61,13 @@ class LengthGroupedBatches:
         out = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.shuffle and self.group_by_length:
             rng.shuffle(out)
-        return out
+        return out[self.skip:]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size - self.skip
 
 
 def make_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int,

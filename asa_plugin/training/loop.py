@@ -93,7 +93,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
 
     defence = build_defence(cfg.defence.names, cfg.defence.params, adapter, pm.defences)
     optimizer = _optimizer(adapter.model, defence, tc)
-    steps_per_epoch = math.ceil(len(train_loader) / tc.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(len(batches) / tc.gradient_accumulation_steps)
     total_steps = tc.max_steps or steps_per_epoch * tc.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
@@ -116,13 +116,10 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     try:
         while state["epoch"] < epochs and state["global_step"] < total_steps:
             epoch = state["epoch"]
-            batches.set_epoch(epoch)
+            batches.start_epoch(epoch, skip=state["batches_done"])  # skip what a resumed run already did
             model.train()
-            loader = train_loader
-            if state["batches_done"]:
-                loader = accelerator.skip_first_batches(train_loader, state["batches_done"])
             started = time.perf_counter()
-            for batch in loader:
+            for batch in train_loader:
                 with accelerator.accumulate(model):
                     result = defence.training_step(batch, accelerator.backward)
                     if not math.isfinite(result.loss):

@@ -1,0 +1,111 @@
+"""`advrobust train`: run directory, metrics, export, resume after kill -9, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+
+def train_cli(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asa_plugin.cli", "train", str(config), *args],
+                          capture_output=True, text=True, env={**os.environ, **env})
+
+
+def test_run_directory_holds_a_plain_hf_model_config_and_metrics(tmp_path, run_config):
+    proc = train_cli(run_config())
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("defence", "backbone", "eval_accuracy", "eval_accuracy_per_epoch", "train_seconds",
+                "train_examples_per_second", "steps"):
+        assert key in metrics
+    assert metrics["steps"] == 12 and len(metrics["eval_accuracy_per_epoch"]) == 2
+    assert (run / "config.resolved.toml").is_file() and (run / "train.log").is_file()
+    assert not (run / "checkpoint").exists()
+    resolved = (run / "config.resolved.toml").read_text()
+    assert "warmup_ratio" in resolved and "gradient_accumulation_steps" in resolved  # defaults filled in
+
+    # The export loads with plain transformers in a fresh interpreter and has no extra weights.
+    code = ("import sys; from transformers import AutoModelForSequenceClassification as A; "
+            f"m = A.from_pretrained({str(run / 'model')!r}); "
+            "print(sum(p.numel() for p in m.parameters())); print('asa_plugin' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False"
+    assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "vocab.txt").is_file()
+
+
+def test_learns_the_toy_task(tmp_path, run_config):
+    proc = train_cli(run_config(train="epochs = 10\nlr = 3e-3\nwarmup_ratio = 0.1"))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] >= 0.75
+
+
+def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(tmp_path, run_config):
+    config = run_config(train="checkpoint_every_steps = 2")
+    straight = train_cli(config, "--set", f"output.run_dir='{tmp_path / 'straight'}'")
+    assert straight.returncode == 0, straight.stderr
+
+    killed_dir = tmp_path / "killed"
+    killed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", ADVROBUST_TEST_KILL_AT_STEP="5")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (killed_dir / "metrics.json").exists() and (killed_dir / "checkpoint").is_dir()
+
+    again = train_cli(config, "--set", f"output.run_dir='{killed_dir}'")
+    assert again.returncode == 2 and "--resume" in again.stderr  # nothing is overwritten by accident
+
+    resumed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((killed_dir / "metrics.json").read_text())
+    assert a["eval_accuracy_per_epoch"] == b["eval_accuracy_per_epoch"] and a["steps"] == b["steps"]
+    wa = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    wb = load_file(killed_dir / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, run_config):
+    # lr = 1e30 makes the weights explode after the first steps, so the loss becomes NaN/inf.
+    proc = train_cli(run_config(train="lr = 1e30\nmax_grad_norm = 0.0\ncheckpoint_every_steps = 1"))
+    assert proc.returncode == 3
+    error = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and "loss became" in error[0] and "Traceback" not in proc.stderr
+    assert (tmp_path / "run" / "checkpoint" / "trainer_state.json").is_file()
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["global_step"] >= 1
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path, run_config):
+    proc = train_cli(run_config(train="gradient_accumulation_steps = 2\nepochs = 1"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3
+
+
+def test_max_steps_overrides_epochs(tmp_path, run_config):
+    proc = train_cli(run_config(train="max_steps = 4"))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["epochs"] == 1
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_batches_cover_every_example_once_per_epoch(group_by_length):
+    from asa_plugin.training.batching import LengthGroupedBatches
+
+    lengths = [5, 9, 3, 7, 7, 2, 11, 4, 6, 8]
+    sampler = LengthGroupedBatches(lengths, batch_size=3, seed=1, group_by_length=group_by_length, mega=2)
+    first = sampler.batches()
+    assert sorted(i for b in first for i in b) == list(range(10))
+    sampler.start_epoch(1)
+    assert sampler.batches() != first  # reshuffled each epoch
+    sampler.start_epoch(0)
+    assert sampler.batches() == first  # deterministic from seed + epoch
