@@ -65,3 +65,13 @@ def run_config(tmp_path, tiny_bert_dir, toy_data):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sst2_data_root() -> Path:
+    """The data root holding sst2/{train,dev}.tsv, from ADVROBUST_DATA_DIR (CI: ../shared/data)."""
+    root = os.environ.get("ADVROBUST_DATA_DIR")
+    if not root or not (Path(root) / "sst2" / "train.tsv").is_file():
+        pytest.fail("slow tests need ADVROBUST_DATA_DIR pointing at a folder with sst2/train.tsv and "
+                    "sst2/dev.tsv (e.g. ../shared/data); see README 'Tests'")
+    return Path(root)
