@@ -39,7 +39,7 @@ DEFENCES = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="minilm", help="hub name, local path or alias (default: minilm)")
+    parser.add_argument("--backbone", default="minilm", help="hub name, local path or alias")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=64, help="tokens per example (padded/truncated)")
     parser.add_argument("--steps", type=int, default=5, help="measured rounds (one step per defence each)")
@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="TSV with a `sentence` column; default: $ADVROBUST_DATA_DIR/sst2/train.tsv "
                              "when it exists, else random token ids")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--only", nargs="*", default=None, help="defence names to include (vanilla is always measured)")
-    parser.add_argument("--out", default="defence_cost_baselines.json", help="where to write the JSON results")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="defence names to include (vanilla is always measured)")
+    parser.add_argument("--out", default="defence_cost_baselines.json", help="JSON results path")
     return parser.parse_args(argv)
 
 
@@ -73,10 +74,12 @@ def make_batches(tokenizer, args, count: int, device) -> list[dict[str, torch.Te
     texts = sentences(args.data, n)
     generator = torch.Generator().manual_seed(0)
     if texts is not None:
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=args.length, return_tensors="pt")
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=args.length,
+                        return_tensors="pt")
     else:
         ids = torch.randint(1000, tokenizer.vocab_size, (n, args.length), generator=generator)
-        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+               "token_type_ids": torch.zeros_like(ids)}
     labels = torch.randint(0, 2, (n,), generator=generator)
     batches = []
     for i in range(count):
@@ -90,6 +93,7 @@ def make_batches(tokenizer, args, count: int, device) -> list[dict[str, torch.Te
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from asa_plugin.adapters.loading import load_adapter
+
     from asa_plugin.plugins import get_plugin_manager
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -128,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} measured rounds (+{args.warmup} warmup), interleaved")
     print(f"{'defence':<14} {'passes':>6} {'s/step':>9} {'x vanilla':>10}")
     for row in rows:
-        print(f"{row['defence']:<14} {row['passes']:>6} {row['median_step_s']:>9.3f} {row['ratio_to_vanilla']:>10.2f}")
+        print(f"{row['defence']:<14} {row['passes']:>6} {row['median_step_s']:>9.3f} "
+              f"{row['ratio_to_vanilla']:>10.2f}")
+    device_name = (torch.cuda.get_device_name() if device.type == "cuda"
+                   else platform.processor() or platform.machine())
     result = {"backbone": args.backbone, "batch_size": args.batch_size, "length": args.length,
-              "device": str(device), "device_name": torch.cuda.get_device_name() if device.type == "cuda"
-              else platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-              "steps": args.steps, "warmup": args.warmup, "data": "sst2" if sentences(args.data, 1) else "random ids",
-              "rows": rows}
+              "device": str(device), "device_name": device_name, "torch_threads": torch.get_num_threads(),
+              "steps": args.steps, "warmup": args.warmup,
+              "data": "sentences from a TSV" if sentences(args.data, 1) else "random token ids", "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     return 0

@@ -11,15 +11,15 @@ import json
 
 import pytest
 import torch
-
 from asa_plugin.adapters.loading import load_adapter
+from tiny import tiny_model_dir
+
 from asa_plugin.config import load_config
 from asa_plugin.defences.base import ComposedDefence, Defence
 from asa_plugin.defences.perturbation import per_example_norm
 from asa_plugin.errors import ConfigError
 from asa_plugin.plugins import get_plugin_manager
 from asa_plugin.training.loop import train
-from tiny import tiny_model_dir
 
 SENTENCES = ["the movie is good", "bad awful film and it was boring really", "great",
              "the plot was dull", "i love this wonderful story", "worst acting ever and not fun"]

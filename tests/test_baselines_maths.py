@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from asa_plugin.defences.contrastive import PromptTemplate, Representations, info_nce
-from asa_plugin.defences.perturbation import (ascent_direction, fgm_delta, l2_normalize, per_example_norm,
-                                              project, random_init, token_mask)
+from asa_plugin.defences.perturbation import (
+    ascent_direction,
+    fgm_delta,
+    l2_normalize,
+    per_example_norm,
+    project,
+    random_init,
+    token_mask,
+)
 from asa_plugin.errors import ConfigError
 from asa_plugin.schema import build
 
@@ -32,7 +39,8 @@ PROJECT_CASES = [("l2", 0.5), ("l2", 2.0), ("linf", 0.1)]
 @pytest.mark.parametrize("norm,radius", PROJECT_CASES)
 def test_projection_bounds_each_example_and_keeps_points_inside(norm, radius):
     big = torch.randn(4, 6, 8) * 10
-    small = l2_normalize(torch.randn(4, 6, 8)) * radius * 0.5 if norm == "l2" else torch.rand(4, 6, 8) * radius * 0.5
+    unit = l2_normalize(torch.randn(4, 6, 8)) if norm == "l2" else torch.rand(4, 6, 8)
+    small = unit * radius * 0.5
     assert (per_example_norm(project(big, radius, norm), norm) <= radius * (1 + 1e-5)).all()
     assert torch.allclose(project(small, radius, norm), small)
 
@@ -79,8 +87,8 @@ def test_info_nce_equals_hand_computed_value_on_three_examples():
     cos = [[1.0, s, 0.0],
            [0.0, s, 1.0],
            [s, 1.0, s]]
-    expected = sum(-math.log(math.exp(cos[i][i] / temperature) / sum(math.exp(c / temperature) for c in cos[i]))
-                   for i in range(3)) / 3
+    expected = sum(-math.log(math.exp(cos[i][i] / temperature)
+                             / sum(math.exp(c / temperature) for c in cos[i])) for i in range(3)) / 3
     assert info_nce(anchors, positives, temperature).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -106,7 +114,8 @@ def test_prompt_template_wraps_tokens_and_reads_the_mask_position(tiny_bert_dir)
     template = 'This film "[X]" was [MASK] .'  # the tiny vocabulary's words
     prompt = PromptTemplate(template, adapter)
     wrapped, positions = prompt.wrap(batch)
-    texts = [tok.decode(row[mask.bool()]) for row, mask in zip(wrapped["input_ids"], wrapped["attention_mask"])]
+    rows = zip(wrapped["input_ids"], wrapped["attention_mask"])
+    texts = [tok.decode(row[mask.bool()]) for row, mask in rows]
     assert texts[0] == '[CLS] this film " the movie is good " was [MASK]. [SEP]'
     assert texts[1] == '[CLS] this film " bad " was [MASK]. [SEP]'
     assert (wrapped["input_ids"][torch.arange(2), positions] == tok.mask_token_id).all()
@@ -147,5 +156,6 @@ def test_invalid_parameters_give_one_line_config_errors(name, values, message):
 
 
 def test_token_mask_is_one_at_tokens_zero_at_padding():
-    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])}
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])}
     assert token_mask(batch).squeeze(-1).tolist() == [[1, 1, 0], [1, 0, 0]]

@@ -84,7 +84,8 @@ class PromptTemplate:
         lengths = batch["attention_mask"].sum(1).tolist() if "attention_mask" in batch else None
         for i, ids in enumerate(batch["input_ids"].tolist()):
             if lengths is not None:
-                ids = ids[: int(lengths[i])] if tok.padding_side == "right" else ids[len(ids) - int(lengths[i]):]
+                n = int(lengths[i])
+                ids = ids[:n] if tok.padding_side == "right" else ids[len(ids) - n:]
             row = tok.build_inputs_with_special_tokens(self.prefix + self._sentence_tokens(ids) + self.suffix)
             rows.append(row)
             positions.append(len(row) - 1 - row[::-1].index(tok.mask_token_id))

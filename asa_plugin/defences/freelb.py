@@ -13,7 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
-from asa_plugin.defences.perturbation import ascent_direction, perturbed_loss, project, random_init, token_mask
+from asa_plugin.defences.perturbation import (
+    ascent_direction,
+    perturbed_loss,
+    project,
+    random_init,
+    token_mask,
+)
 from asa_plugin.schema import option
 
 
@@ -35,8 +41,8 @@ class FreeLBDefence(Defence):
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         p = self.params
         mask = token_mask(batch)  # (B, L, 1)
-        dim = self.adapter.input_embeddings().weight.shape[-1]
-        delta = random_init(mask, dim, p.init_mag).to(self.adapter.input_embeddings().weight.dtype)  # (B, L, E)
+        weight = self.adapter.input_embeddings().weight
+        delta = random_init(mask, weight.shape[-1], p.init_mag).to(weight.dtype)  # (B, L, E)
         total = 0.0
         for step in range(p.adv_steps):
             delta.requires_grad_()

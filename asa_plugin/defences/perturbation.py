@@ -92,7 +92,8 @@ def zero_delta(adapter: "BackboneAdapter", batch: "Batch") -> torch.Tensor:
     """A zero perturbation (B, L, E) that requires grad: its ``.grad`` is the embedding gradient."""
     weight = adapter.input_embeddings().weight
     ids = batch["input_ids"]
-    return torch.zeros(*ids.shape, weight.shape[-1], dtype=weight.dtype, device=ids.device, requires_grad=True)
+    return torch.zeros(*ids.shape, weight.shape[-1], dtype=weight.dtype, device=ids.device,
+                       requires_grad=True)
 
 
 def perturbed_loss(defence: "Defence", batch: "Batch", delta: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,14 @@ from typing import Literal
 import torch
 
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
-from asa_plugin.defences.perturbation import (ascent_direction, input_gradient, perturbed_loss, project,
-                                              token_mask, zero_delta)
+from asa_plugin.defences.perturbation import (
+    ascent_direction,
+    input_gradient,
+    perturbed_loss,
+    project,
+    token_mask,
+    zero_delta,
+)
 from asa_plugin.schema import option
 
 
@@ -42,7 +48,8 @@ class PGDDefence(Defence):
         delta = torch.zeros_like(first_grad)  # (B, L, E)
         grad = first_grad
         for step in range(p.adv_steps):
-            delta = project(delta + p.step_size * ascent_direction(grad, mask, p.norm), p.epsilon, p.norm) * mask
+            delta = delta + p.step_size * ascent_direction(grad, mask, p.norm)
+            delta = project(delta, p.epsilon, p.norm) * mask
             if step < p.adv_steps - 1:
                 grad = input_gradient(self, batch, delta)
         return delta.detach()

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 import torch
 
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
-from asa_plugin.defences.contrastive import DEFAULT_TEMPLATE, Pooling, Representations, check_template, info_nce
+from asa_plugin.defences.contrastive import (
+    DEFAULT_TEMPLATE,
+    Pooling,
+    Representations,
+    check_template,
+    info_nce,
+)
 from asa_plugin.defences.perturbation import fgm_delta, token_mask, zero_delta
 from asa_plugin.schema import option
 
@@ -32,7 +38,7 @@ class SCALParams:
     temperature: float = option(0.05, gt=0, help="InfoNCE temperature of the cosine similarities")
     contrastive_weight: float = option(1.0, ge=0, help="weight of the InfoNCE term")
     pooling: Pooling = option("cls", help="sequence representation: cls, mean, or prompt (PromptBERT)")
-    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling = prompt)")
+    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling=prompt)")
 
     def __post_init__(self):
         check_template(self.template)

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import torch
 
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
-from asa_plugin.defences.contrastive import DEFAULT_TEMPLATE, Pooling, Representations, check_template, info_nce
+from asa_plugin.defences.contrastive import (
+    DEFAULT_TEMPLATE,
+    Pooling,
+    Representations,
+    check_template,
+    info_nce,
+)
 from asa_plugin.defences.perturbation import fgm_delta, token_mask, zero_delta
 from asa_plugin.schema import option
 
@@ -31,7 +37,7 @@ class USCALParams:
     temperature: float = option(0.05, gt=0, help="InfoNCE temperature of the cosine similarities")
     alpha: float = option(0.5, gt=0, lt=1, help="weight (< 1) of the contrastive loss beside the task loss")
     pooling: Pooling = option("cls", help="sequence representation: cls, mean, or prompt (PromptBERT)")
-    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling = prompt)")
+    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling=prompt)")
 
     def __post_init__(self):
         check_template(self.template)
@@ -52,15 +58,19 @@ class USCALDefence(Defence):
         p, reps, embed = self.params, self.representations, self.adapter.embed
         view, positions = reps.view(batch)
         probe = zero_delta(self.adapter, view)  # (B, L, E)
-        first_loss, first = reps.objective_and_representation(view, embed(view["input_ids"]) + probe, positions)
+        first_loss, first = reps.objective_and_representation(view, embed(view["input_ids"]) + probe,
+                                                              positions)
         task = first_loss if view is batch else self.objective(batch, None)
         _, second = reps.objective_and_representation(view, None, positions)  # another dropout mask
         # The perturbation ascends the contrastive loss of view 1 against view 2.
-        (grad,) = torch.autograd.grad(info_nce(first, second.detach(), p.temperature), probe, retain_graph=True)
+        ascent = info_nce(first, second.detach(), p.temperature)
+        (grad,) = torch.autograd.grad(ascent, probe, retain_graph=True)
         delta = fgm_delta(grad, token_mask(view), p.epsilon)  # (B, L, E)
         _, adversarial = reps.objective_and_representation(view, embed(view["input_ids"]) + delta, positions)
-        contrastive = info_nce(first, adversarial, p.temperature) + info_nce(second, adversarial, p.temperature)
+        contrastive = (info_nce(first, adversarial, p.temperature)
+                       + info_nce(second, adversarial, p.temperature))
         loss = task + p.alpha * contrastive
         backward(loss)
         return StepResult(loss=loss.detach().item(),
-                          metrics={"task_loss": task.detach().item(), "contrastive_loss": contrastive.detach().item()})
+                          metrics={"task_loss": task.detach().item(),
+                                   "contrastive_loss": contrastive.detach().item()})
