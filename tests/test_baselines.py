@@ -174,3 +174,8 @@ def test_freelb_trains_through_a_config(run_config):
     resolved = (cfg.run_dir() / "config.resolved.toml").read_text()
     assert "adv_steps = 2" in resolved and "adv_lr = 0.03" in resolved
     assert json.loads((cfg.run_dir() / "metrics.json").read_text())["steps"] == 4
+
+
+def test_two_perturbation_defences_do_not_compose(run_config):
+    with pytest.raises(ConfigError, match="cannot compose"):
+        load_config(run_config(defence='name = ["fgm", "freelb"]'))

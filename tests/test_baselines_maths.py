@@ -159,3 +159,26 @@ def test_token_mask_is_one_at_tokens_zero_at_padding():
     batch = {"input_ids": torch.ones(2, 3, dtype=torch.long),
              "attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])}
     assert token_mask(batch).squeeze(-1).tolist() == [[1, 1, 0], [1, 0, 0]]
+
+
+def test_representation_comes_from_the_objectives_first_forward(tiny_bert_dir):
+    """A composed objective may run several forwards (ASA: clean, then masked); the first one counts."""
+    from asa_plugin.adapters.loading import load_adapter
+
+    adapter = load_adapter(str(tiny_bert_dir), 2)
+    adapter.model.eval()
+    batch = dict(adapter.tokenizer(["the movie is good", "bad"], padding=True, return_tensors="pt"))
+
+    class TwoForwards:
+        def __init__(self):
+            self.adapter = adapter
+
+        def objective(self, b, inputs_embeds):
+            first = adapter.forward(b, inputs_embeds=inputs_embeds).logits
+            second = adapter.forward(b, inputs_embeds=adapter.embed(b["input_ids"]) * 0).logits
+            return (first + second).sum()
+
+    _, rep = Representations(TwoForwards(), "cls", "[X] [MASK]").objective_and_representation(batch, None)
+    hidden = adapter.forward(batch, output_hidden_states=True).hidden_states[-1]  # (B, L, H)
+    assert torch.allclose(rep, hidden[:, 0])
+    assert adapter.model._forward_hooks == {} and adapter.model._forward_pre_hooks == {}
