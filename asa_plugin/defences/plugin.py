@@ -5,6 +5,16 @@ from asa_plugin.hookspecs import hookimpl
 
 @hookimpl
 def advrobust_register_defences(register):
+    from asa_plugin.defences.fgm import FGMDefence
+    from asa_plugin.defences.freelb import FreeLBDefence
+    from asa_plugin.defences.pgd import PGDDefence
+    from asa_plugin.defences.scal import SCALDefence
+    from asa_plugin.defences.uscal import USCALDefence
     from asa_plugin.defences.vanilla import VanillaDefence
 
     register("vanilla", VanillaDefence)
+    register("fgm", FGMDefence)
+    register("pgd", PGDDefence)
+    register("freelb", FreeLBDefence)
+    register("scal", SCALDefence)
+    register("uscal", USCALDefence)

@@ -1,0 +1,76 @@
+"""``uscal``: unsupervised contrastive adversarial learning (Miao et al., arXiv 2111.13301).
+
+Positives come from two dropout passes of the same input (SimCSE) and from an adversarial
+example whose perturbation *ascends the contrastive loss* (one FGM step of size ``epsilon`` on
+InfoNCE(view 1, view 2) with respect to view 1's word embeddings), not the label loss:
+
+    contrastive = InfoNCE(h_1, h_adv) + InfoNCE(h_2, h_adv)
+    loss        = CE(clean) + alpha * contrastive          (alpha < 1)
+
+The supervised task term is the objective of the first clean pass. Every pass's loss comes from
+``self.objective`` and the representations from the same passes, so ``uscal`` composes with
+ASA. With ``pooling = "prompt"`` the three contrastive views are built on the template-wrapped
+batch and the task term on the plain input (four passes instead of three).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
+from asa_plugin.defences.contrastive import (
+    DEFAULT_TEMPLATE,
+    Pooling,
+    Representations,
+    check_template,
+    info_nce,
+)
+from asa_plugin.defences.perturbation import fgm_delta, token_mask, zero_delta
+from asa_plugin.schema import option
+
+
+@dataclass
+class USCALParams:
+    epsilon: float = option(0.3, gt=0, help="L2 norm of the perturbation per example (paper: 0.1-0.5)")
+    temperature: float = option(0.05, gt=0, help="InfoNCE temperature of the cosine similarities")
+    alpha: float = option(0.5, gt=0, lt=1, help="weight (< 1) of the contrastive loss beside the task loss")
+    pooling: Pooling = option("cls", help="sequence representation: cls, mean, or prompt (PromptBERT)")
+    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling=prompt)")
+
+    def __post_init__(self):
+        check_template(self.template)
+
+
+class USCALDefence(Defence):
+    """SimCSE dropout views plus an adversarial view that ascends the contrastive loss."""
+
+    name = "uscal"
+    Params = USCALParams
+    role = "procedure"
+
+    def __init__(self, params: USCALParams, adapter):
+        super().__init__(params, adapter)
+        self.representations = Representations(self, params.pooling, params.template)
+
+    def training_step(self, batch: Batch, backward: Backward) -> StepResult:
+        p, reps, embed = self.params, self.representations, self.adapter.embed
+        view, positions = reps.view(batch)
+        probe = zero_delta(self.adapter, view)  # (B, L, E)
+        first_loss, first = reps.objective_and_representation(view, embed(view["input_ids"]) + probe,
+                                                              positions)
+        task = first_loss if view is batch else self.objective(batch, None)
+        _, second = reps.objective_and_representation(view, None, positions)  # another dropout mask
+        # The perturbation ascends the contrastive loss of view 1 against view 2.
+        ascent = info_nce(first, second.detach(), p.temperature)
+        (grad,) = torch.autograd.grad(ascent, probe, retain_graph=True)
+        delta = fgm_delta(grad, token_mask(view), p.epsilon)  # (B, L, E)
+        _, adversarial = reps.objective_and_representation(view, embed(view["input_ids"]) + delta, positions)
+        contrastive = (info_nce(first, adversarial, p.temperature)
+                       + info_nce(second, adversarial, p.temperature))
+        loss = task + p.alpha * contrastive
+        backward(loss)
+        return StepResult(loss=loss.detach().item(),
+                          metrics={"task_loss": task.detach().item(),
+                                   "contrastive_loss": contrastive.detach().item()})
