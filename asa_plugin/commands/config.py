@@ -1,0 +1,46 @@
+"""``advrobust config [CONFIG] [--set ...]`` prints the resolved config; ``--reference`` documents every key."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("config", help="validate and print a resolved config, or the config reference")
+    p.add_argument("config", nargs="?", help="TOML or YAML run config (omit for the defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--reference", action="store_true", help="print every section, key, default and meaning")
+    p.set_defaults(run=run)
+
+
+def reference() -> str:
+    """Markdown tables of every config key, including each registered defence's parameters."""
+    from asa_plugin.config import SECTIONS
+    from asa_plugin.plugins import get_plugin_manager
+    from asa_plugin.schema import describe
+
+    def table(title: str, cls) -> list[str]:
+        rows = [f"#### `{title}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        rows += [f"| `{k}` | {t.replace('|', 'or')} | `{d!r}` | {h} |" for k, t, d, h in describe(cls)]
+        return [*rows, ""]
+
+    lines: list[str] = []
+    for name in ("model", "data", "train", "attack", "output", "plugins"):
+        lines += table(f"[{name}]", SECTIONS[name])
+    lines += ["#### `[defence]`", "", "`name` = a defence name, or a list of two to compose (e.g. "
+              '`["asa", "freelb"]`, parameters then go in `[defence.asa]` / `[defence.freelb]`).', ""]
+    pm = get_plugin_manager()
+    for entry in pm.defences.entries():
+        lines += table(f"[defence] name = \"{entry.name}\"", entry.value.Params)
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    if args.reference:
+        print(reference())
+        return 0
+    import tomli_w
+
+    from asa_plugin.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(tomli_w.dumps(cfg.to_dict()), end="")
+    return 0
