@@ -1,9 +1,12 @@
 """The adapter contract, for every architecture in the table and each attention implementation it offers.
 
-Fast (tiny random models); the tox cells go deeper on one backbone in test_backbone_matrix.py.
+Fast (tiny random models). A plain ``pytest`` checks every architecture; with ADVROBUST_TEST_BACKBONE
+set (a tox matrix cell) only that one, next to the deeper tests of test_backbone_matrix.py.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -14,7 +17,10 @@ from asa_plugin.adapters.table import ARCHITECTURES
 from asa_plugin.errors import UserError
 from asa_plugin.plugins import get_plugin_manager
 
-CASES = [(model_type, impl) for model_type, arch in ARCHITECTURES.items() for impl in arch.attn_implementations]
+pytestmark = pytest.mark.backbone
+SELECTED = os.environ.get("ADVROBUST_TEST_BACKBONE")
+CASES = [(model_type, impl) for model_type, arch in ARCHITECTURES.items() for impl in arch.attn_implementations
+         if SELECTED in (None, model_type)]
 PADDED = ["the movie was good", "bad film , really awful and dull !"]
 UNPADDED = ["the movie was good", "the film was bad"]  # equal lengths: sdpa passes no mask at all
 BLOCK = torch.finfo(torch.float32).min
@@ -207,3 +213,9 @@ def test_unsupported_type_names_supported_ones_and_the_plugin_hook():
     assert "\n" not in message and "gpt2" in message
     assert all(model_type in message for model_type in ARCHITECTURES)
     assert "advrobust_register_adapters" in message
+
+
+def test_an_attention_implementation_the_architecture_lacks_is_a_one_line_error(tiny_backbone_dir):
+    with pytest.raises(UserError, match="eager") as err:
+        load_adapter(str(tiny_backbone_dir("deberta-v2")), num_labels=2, attn_implementation="sdpa")
+    assert "\n" not in str(err.value)
