@@ -13,14 +13,14 @@ A plugin adds an architecture without subclassing::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar, Iterator
-
-from torch import nn
+from typing import ClassVar
 
 from asa_plugin.adapters.base import BackboneAdapter, Batch, BiasProvider
 from asa_plugin.adapters.routes import ROUTES, forward_parameters
 from asa_plugin.adapters.table import ARCHITECTURES, Architecture
+from torch import nn
 
 
 def resolve_modules(root: nn.Module, pattern: str) -> list[nn.Module]:

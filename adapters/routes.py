@@ -14,13 +14,13 @@ table. Defences only ever call ``adapter.attention_bias(provider)`` and never se
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
-
 from asa_plugin.adapters.table import Architecture
+from torch import nn
 
 BiasProvider = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 

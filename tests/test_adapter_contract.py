@@ -10,10 +10,10 @@ import os
 
 import pytest
 import torch
-
 from asa_plugin.adapters.loading import adapter_class_for, load_adapter
 from asa_plugin.adapters.routes import add_to_additive_mask, reweight_probabilities
 from asa_plugin.adapters.table import ARCHITECTURES
+
 from asa_plugin.errors import UserError
 from asa_plugin.plugins import get_plugin_manager
 

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForSequenceClassification
-
 from asa_plugin.adapters.loading import load_adapter
 from asa_plugin.adapters.table import ARCHITECTURES
+from transformers import AutoModelForSequenceClassification
+
 from asa_plugin.config import TrainConfig, load_config
 from asa_plugin.defences.base import build_defence
 from asa_plugin.plugins import get_plugin_manager
@@ -107,23 +107,27 @@ def test_exported_checkpoint_reloads_with_plain_transformers(defence_name, backb
         assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-5)
 
 
+def blocking_provider(length: int, biases: list):
+    """Blocks key 1 in layer 0, zero elsewhere; keeps every bias to inspect its gradient."""
+
+    def provider(index, hidden):
+        bias = torch.zeros(hidden.shape[0], 1, length, length)  # (B, 1, L, L)
+        if index == 0:
+            bias[..., 1] = -1e4
+        biases.append(bias.requires_grad_(True))
+        return biases[-1]
+
+    return provider
+
+
 def test_bias_semantics_hold_for_each_attention_implementation(backbone_dir, backbone_type):
     for impl in ARCHITECTURES[backbone_type].attn_implementations:
         adapter = load_adapter(str(backbone_dir), num_labels=2, attn_implementation=impl)
         adapter.model.eval()
         batch = fixed_batch(adapter)
-        length = batch["input_ids"].shape[1]
-        biases = []
-
-        def provider(index, hidden):  # block key 1 in layer 0, zero elsewhere; all differentiable
-            bias = torch.zeros(hidden.shape[0], 1, length, length)
-            if index == 0:
-                bias[..., 1] = -1e4
-            biases.append(bias.requires_grad_(True))
-            return biases[-1]
-
+        biases: list[torch.Tensor] = []
         plain = adapter.forward(batch).logits
-        with adapter.attention_bias(provider):
+        with adapter.attention_bias(blocking_provider(batch["input_ids"].shape[1], biases)):
             biased = adapter.forward(batch).logits
         biased.sum().backward()
         assert (biased - plain).abs().max() > 1e-6, impl

@@ -22,13 +22,13 @@ TINY_CONFIGS: dict[str, dict] = {
     "roberta": TINY_DIMS,
     "xlm-roberta": TINY_DIMS,
     # ELECTRA and ALBERT factorise embeddings: word vectors narrower than the hidden states.
-    "electra": TINY_DIMS | dict(embedding_size=16),
-    "albert": TINY_DIMS | dict(embedding_size=16, num_hidden_groups=1, inner_group_num=1),
-    "distilbert": dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128),
+    "electra": TINY_DIMS | {"embedding_size": 16},
+    "albert": TINY_DIMS | {"embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1},
+    "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64, "max_position_embeddings": 128},
     # DeBERTa-v3 style: disentangled relative attention, no absolute positions.
-    "deberta-v2": TINY_DIMS | dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
-                                   max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
-                                   position_biased_input=False, type_vocab_size=0),
+    "deberta-v2": TINY_DIMS | {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16,
+                               "max_relative_positions": -1, "norm_rel_ebd": "layer_norm", "share_att_key": True,
+                               "position_biased_input": False, "type_vocab_size": 0},
 }
 """Keyword arguments of ``AutoConfig.for_model`` per ``model_type``: 2 layers, hidden 32."""
 
