@@ -143,8 +143,9 @@ def test_provider_sees_each_layers_hidden_states_in_order(adapter):
     seen = []
     with torch.no_grad(), adapter.attention_bias(lambda i, h: seen.append((i, tuple(h.shape)))):
         adapter.forward(batch)
+        adapter.forward(batch)  # indices restart with every forward
     length = batch["input_ids"].shape[1]
-    assert seen == [(i, (2, length, adapter.hidden_size)) for i in range(adapter.num_layers)]
+    assert seen == [(i, (2, length, adapter.hidden_size)) for i in range(adapter.num_layers)] * 2
 
 
 def test_injection_is_reversible(adapter):
@@ -191,6 +192,40 @@ def test_representation_is_the_first_token_the_head_reads(adapter):
     assert torch.equal(rep, out.hidden_states[-1][:, 0])
     mean = adapter.sequence_representation(out, batch, pooling="mean")
     assert mean.shape == rep.shape == (2, adapter.hidden_size)
+
+
+def perturb_last_attention_output(adapter, positions: slice):
+    """Forward hook adding noise to the last layer's attention output at ``positions``.
+
+    After the last attention only position-wise layers remain, so positions the head does not
+    read cannot reach the logits.
+    """
+    last = adapter.attention_modules()[-1]
+    calls_per_forward = adapter.attention_modules().count(last)  # ALBERT shares one module
+    calls = []
+
+    def hook(_module, _args, output):
+        calls.append(1)
+        if len(calls) % calls_per_forward:
+            return None
+        states = output[0].clone()  # (B, L, H)
+        states[:, positions] += torch.randn_like(states[:, positions])
+        return (states, *output[1:])
+
+    return last.register_forward_hook(hook)
+
+
+def test_the_head_reads_only_the_first_token(adapter):
+    batch = encode(adapter, PADDED)
+    with torch.no_grad():
+        plain = adapter.forward(batch).logits
+        for positions, changes in ((slice(1, None), False), (slice(0, 1), True)):
+            handle = perturb_last_attention_output(adapter, positions)
+            try:
+                perturbed = adapter.forward(batch).logits
+            finally:
+                handle.remove()
+            assert torch.allclose(perturbed, plain, atol=1e-6) is not changes, positions
 
 
 def test_classifier_head_outputs_the_logits(adapter):
