@@ -254,3 +254,21 @@ def test_an_attention_implementation_the_architecture_lacks_is_a_one_line_error(
     with pytest.raises(UserError, match="eager") as err:
         load_adapter(str(tiny_backbone_dir("deberta-v2")), num_labels=2, attn_implementation="sdpa")
     assert "\n" not in str(err.value)
+
+
+def test_a_plugin_row_builds_a_working_adapter_and_a_wrong_row_is_caught(tiny_backbone_dir):
+    from dataclasses import replace
+
+    from asa_plugin.adapters.encoder import adapter_for
+
+    plain = load_adapter(str(tiny_backbone_dir("bert")), num_labels=2)
+    row = replace(ARCHITECTURES["bert"], model_type="my-bert")
+    adapter = adapter_for(row)(plain.model.eval(), plain.tokenizer)
+    assert type(adapter).__name__ == "MyBertAdapter" and adapter.num_layers == 2
+    batch = encode(adapter, PADDED)
+    with torch.no_grad():
+        before = adapter.forward(batch).logits
+        with adapter.attention_bias(block_key(position=1)):
+            assert not torch.allclose(adapter.forward(batch).logits, before, atol=1e-6)
+    with pytest.raises(TypeError, match="no 'mask'"):
+        adapter_for(replace(row, mask_arg="mask"))(plain.model, plain.tokenizer)
