@@ -7,9 +7,10 @@ a reversible per-layer additive attention bias.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn

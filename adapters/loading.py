@@ -53,6 +53,10 @@ def load_adapter(name_or_path: str, num_labels: int | None = None, attn_implemen
     if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     if attn_implementation is not None:
+        offered = getattr(getattr(cls, "architecture", None), "attn_implementations", None)
+        if offered is not None and attn_implementation not in offered:
+            raise UserError(f"model.attn_implementation = '{attn_implementation}' is not offered by "
+                            f"{config.model_type} backbones; use one of: {', '.join(offered)} (or leave it unset)")
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)

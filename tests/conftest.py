@@ -25,6 +25,26 @@ def backbone_type() -> str:
     return os.environ.get(BACKBONE_ENV, "bert")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that take ``backbone_type`` form the tox matrix cell: ``pytest -m backbone``."""
+    for item in items:
+        if "backbone_type" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.backbone)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory):
+    """Factory: ``model_type`` -> directory of a tiny random classifier of it (built once per session)."""
+    built: dict[str, Path] = {}
+
+    def make(model_type: str) -> Path:
+        if model_type not in built:
+            built[model_type] = tiny_model_dir(tmp_path_factory.mktemp(f"tiny-{model_type}"), model_type)
+        return built[model_type]
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"), "bert")

@@ -17,6 +17,21 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TINY_DIMS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=128)
 
+TINY_CONFIGS: dict[str, dict] = {
+    "bert": TINY_DIMS,
+    "roberta": TINY_DIMS,
+    "xlm-roberta": TINY_DIMS,
+    # ELECTRA and ALBERT factorise embeddings: word vectors narrower than the hidden states.
+    "electra": TINY_DIMS | {"embedding_size": 16},
+    "albert": TINY_DIMS | {"embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1},
+    "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64, "max_position_embeddings": 128},
+    # DeBERTa-v3 style: disentangled relative attention, no absolute positions.
+    "deberta-v2": TINY_DIMS | {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16,
+                               "max_relative_positions": -1, "norm_rel_ebd": "layer_norm", "share_att_key": True,
+                               "position_biased_input": False, "type_vocab_size": 0},
+}
+"""Keyword arguments of ``AutoConfig.for_model`` per ``model_type``: 2 layers, hidden 32."""
+
 
 def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
     """A WordPiece tokenizer over a small vocabulary, written to ``directory``."""
@@ -28,12 +43,15 @@ def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
 
 
 def tiny_model_dir(directory: Path, model_type: str = "bert", num_labels: int = 2, seed: int = 0) -> Path:
-    """Save a randomly initialised tiny ``model_type`` classifier plus tokenizer; return the path."""
+    """Save a randomly initialised tiny ``model_type`` classifier plus tokenizer; return the path.
+
+    Every architecture shares the WordPiece tokenizer: only the vocabulary matters to a random model.
+    """
     import torch
 
     tokenizer = tiny_tokenizer(directory / "_tok")
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=num_labels,
-                                  pad_token_id=tokenizer.pad_token_id, **TINY_DIMS)
+                                  pad_token_id=tokenizer.pad_token_id, **TINY_CONFIGS[model_type])
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     directory.mkdir(parents=True, exist_ok=True)
