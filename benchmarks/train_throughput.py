@@ -23,9 +23,8 @@ import torch
 
 def raw_loop(backbone: str, dataset, batch_order, collate, lr: float, seed: int) -> float:
     """The minimal loop: forward, cross-entropy, backward, clip, AdamW, linear schedule. Returns ex/s."""
-    from transformers import get_linear_schedule_with_warmup
-
     from asa_plugin.adapters.loading import load_adapter
+    from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
     model = load_adapter(backbone, 2).model
@@ -77,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from asa_plugin.adapters.loading import load_adapter
+    from transformers import DataCollatorWithPadding
+
     from asa_plugin.config import DataConfig
     from asa_plugin.data import load_split
     from asa_plugin.training.batching import EncodedDataset, LengthGroupedBatches
-    from transformers import DataCollatorWithPadding
 
     workdir = Path(tempfile.mkdtemp(prefix="train-throughput-"))
     examples = load_split(DataConfig(dataset=None, train_file=args.data), "train", 2,
