@@ -13,6 +13,8 @@ from asa_plugin.errors import UserError
 COMMANDS = [
     "asa_plugin.commands.train",
     "asa_plugin.commands.plugins",
+    "asa_plugin.commands.attack",
+    "asa_plugin.commands.merge",
 ]
 
 
