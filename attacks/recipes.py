@@ -243,8 +243,7 @@ def build_pso(ctx: RecipeContext):
 
 
 def build_a2t(ctx: RecipeContext):
-    from textattack.constraints.overlap import MaxModificationRate
-    from textattack.constraints.pre_transformation import InputColumnModification
+    from textattack.constraints.pre_transformation import InputColumnModification, MaxModificationRate
     from textattack.constraints.semantics import WordEmbeddingDistance
     from textattack.search_methods import GreedyWordSwapWIR
     from textattack.transformations import WordSwapEmbedding
@@ -307,7 +306,8 @@ def apply_profile(attack, ctx: RecipeContext):
     """Return ``attack`` changed to the profile's constraints (``stock`` leaves it as built)."""
     if ctx.profile == "stock":
         return attack
-    from textattack.constraints.overlap import MaxModificationRate, MaxWordsPerturbed
+    from textattack.constraints.overlap import MaxWordsPerturbed
+    from textattack.constraints.pre_transformation import MaxModificationRate
     from textattack.constraints.semantics.sentence_encoders import SentenceEncoder
 
     for transformation in _leaf_transformations(attack.transformation):
