@@ -2,6 +2,8 @@
 
 ``import textattack`` does three things we control here:
 
+* it imports matplotlib, which writes ``~/.config/matplotlib`` unless ``MPLCONFIGDIR`` is set
+  (we point it into the cache while TextAttack is imported);
 * it reads ``TA_CACHE_DIR`` (default ``~/.cache/textattack``) and, when set, points ``HF_HOME``,
   ``XDG_CACHE_HOME``, ``TFHUB_CACHE_DIR`` and ``PYTORCH_TRANSFORMERS_CACHE`` at it. We set
   ``TA_CACHE_DIR`` to the run's cache, then restore the user's other variables, so TextAttack's
@@ -29,7 +31,7 @@ from asa_plugin.attacks.stopwords import ENGLISH
 
 OFFLINE_ENVS = ("ADVROBUST_OFFLINE", "HF_HUB_OFFLINE")
 RESTORED_ENVS = ("HF_HOME", "XDG_CACHE_HOME", "TFHUB_CACHE_DIR", "PYTORCH_TRANSFORMERS_CACHE",
-                 "TOKENIZERS_PARALLELISM")
+                 "TOKENIZERS_PARALLELISM", "MPLCONFIGDIR")
 NLTK_CATEGORIES = ("corpora", "taggers", "tokenizers", "models", "chunkers", "grammars", "misc")
 
 
@@ -118,6 +120,9 @@ def import_textattack(cache_dir: str | Path, allow_download: bool = True):
         return sys.modules["textattack"]
     saved = {k: os.environ.get(k) for k in RESTORED_ENVS}
     os.environ["TA_CACHE_DIR"] = str(cache_dir)
+    if "matplotlib" not in sys.modules and not saved["MPLCONFIGDIR"]:
+        os.environ["MPLCONFIGDIR"] = str(cache_dir / "matplotlib")  # imported by TextAttack; not ~/.config
+    import transformers  # noqa: F401 - before TA_CACHE_DIR's side effects, so its cache paths stay the user's
     try:
         with nltk_downloads(cache_dir, allow_download):
             import textattack

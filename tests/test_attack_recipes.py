@@ -6,8 +6,7 @@ import json
 import math
 
 import pytest
-from attack_support import (attack_args, attack_cache, attack_data, flipped_copy, predict,  # noqa: F401
-                            read_jsonl, trained_tiny)
+from attack_support import attack_args, flipped_copy, predict, read_jsonl
 
 from asa_plugin.cli import main
 

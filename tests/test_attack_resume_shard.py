@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from attack_support import attack_args, attack_cache, attack_data, read_jsonl, trained_tiny  # noqa: F401
+from attack_support import attack_args, read_jsonl
 
 from asa_plugin.attacks.results import without_timing
 from asa_plugin.attacks.runner import KILL_AFTER_ENV
