@@ -51,7 +51,7 @@ def merge_recipe(recipe_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def merge_run(path: Path, recipes: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def merge_run(path: Path, recipes: list[str] | None = None) -> dict[Path, dict[str, Any]]:
     """Merge every sharded recipe under ``path`` (a run dir, its attack/ dir, or one recipe dir)."""
     path = Path(path)
     if (path / "shards").is_dir():
@@ -63,4 +63,4 @@ def merge_run(path: Path, recipes: list[str] | None = None) -> dict[str, dict[st
         candidates = [d for d in candidates if d.name in recipes]
     if not candidates:
         raise UserError(f"{path}: no sharded attack results found (looked for attack/<recipe>/shards/)")
-    return {d.name: merge_recipe(d) for d in candidates}
+    return {d: merge_recipe(d) for d in candidates}

@@ -21,8 +21,7 @@ def run(args) -> int:
 
     pm = get_plugin_manager()
     merged = merge_run(Path(args.run_dir), args.recipe or None)
-    for name, summary in merged.items():
-        recipe_dir = Path(args.run_dir)
+    for recipe_dir, summary in merged.items():
         pm.on_report(recipe_dir, summary)
         keys = ("recipe", "num_examples", "clean_accuracy", "accuracy_under_attack", "attack_success_rate")
         print(json.dumps({k: summary[k] for k in keys}))
