@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asa_plugin.attacks.textattack_env import add_nltk_dir, nltk_has, offline
+
 from asa_plugin.errors import UserError
 
 ANTONYMS_ENV = "ADVROBUST_ANTONYM_FILES"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_plugin.attacks import results as res
+
 from asa_plugin.errors import UserError
 
 

@@ -8,11 +8,12 @@ Profile ``textdefender`` then applies Li et al. (2021)'s common constraints to a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from asa_plugin.attacks.assets import COUNTER_FITTED, AssetUse, Assets, MissingAsset
+from asa_plugin.attacks.assets import COUNTER_FITTED, Assets, AssetUse, MissingAsset
 
 TEXTDEFENDER_K = 50
 """TextDefender: candidate substitutes per word; the query budget is K x number of words."""
@@ -27,7 +28,7 @@ class Recipe:
     """A registered attack recipe: ``build(ctx) -> textattack.Attack``."""
 
     name: str
-    build: Callable[["RecipeContext"], Any]
+    build: Callable[[RecipeContext], Any]
     description: str
     paper: str = ""
 
@@ -134,9 +135,13 @@ def _attack(ctx: RecipeContext, constraints, transformation, search_method, cls=
 def build_deepwordbug(ctx: RecipeContext):
     from textattack.constraints.overlap import LevenshteinEditDistance
     from textattack.search_methods import GreedyWordSwapWIR
-    from textattack.transformations import (CompositeTransformation, WordSwapNeighboringCharacterSwap,
-                                            WordSwapRandomCharacterDeletion, WordSwapRandomCharacterInsertion,
-                                            WordSwapRandomCharacterSubstitution)
+    from textattack.transformations import (
+        CompositeTransformation,
+        WordSwapNeighboringCharacterSwap,
+        WordSwapRandomCharacterDeletion,
+        WordSwapRandomCharacterInsertion,
+        WordSwapRandomCharacterSubstitution,
+    )
 
     transformation = CompositeTransformation([
         WordSwapNeighboringCharacterSwap(), WordSwapRandomCharacterSubstitution(),
@@ -154,12 +159,11 @@ def build_pwws(ctx: RecipeContext):
 
 
 def build_textfooler(ctx: RecipeContext):
+    from asa_plugin.attacks.textfooler_stopwords import textfooler_stopwords
     from textattack.constraints.pre_transformation import InputColumnModification
     from textattack.constraints.semantics import WordEmbeddingDistance
     from textattack.search_methods import GreedyWordSwapWIR
     from textattack.transformations import WordSwapEmbedding
-
-    from asa_plugin.attacks.textfooler_stopwords import textfooler_stopwords
 
     embedding = ctx.word_embedding()
     constraints = _base_constraints(textfooler_stopwords()) + [
@@ -175,12 +179,15 @@ def build_textfooler(ctx: RecipeContext):
 
 
 def build_textbugger(ctx: RecipeContext):
-    from textattack.search_methods import GreedyWordSwapWIR
-    from textattack.transformations import (CompositeTransformation, WordSwapEmbedding,
-                                            WordSwapNeighboringCharacterSwap, WordSwapRandomCharacterDeletion,
-                                            WordSwapRandomCharacterInsertion)
-
     from asa_plugin.attacks.substitutes import WordSwapVisualChars
+    from textattack.search_methods import GreedyWordSwapWIR
+    from textattack.transformations import (
+        CompositeTransformation,
+        WordSwapEmbedding,
+        WordSwapNeighboringCharacterSwap,
+        WordSwapRandomCharacterDeletion,
+        WordSwapRandomCharacterInsertion,
+    )
 
     ctx.assets.record(AssetUse("homoglyphs", "asa_plugin.attacks.substitutes.VISUAL_CHARS",
                                substitute_for="TextAttack's intentional_homoglyphs.txt (missing from its wheel)",

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 OUTCOMES = ("successful", "failed", "skipped", "maximized")
 TIMING_KEYS = ("seconds",)
@@ -98,7 +99,7 @@ class RowWriter:
     """Appends rows to results.jsonl, one write + flush + fsync per row."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across rows
 
     def write(self, row: dict) -> None:
         self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -119,8 +120,7 @@ def write_json(path: Path, data: Any) -> None:
 def write_rows(path: Path, rows: Iterable[dict]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     tmp.replace(path)
 
 

@@ -14,14 +14,15 @@ import os
 import random
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-
 from asa_plugin.attacks import results as res
+
 from asa_plugin.errors import UserError
 
 KILL_AFTER_ENV = "ADVROBUST_ATTACK_KILL_AFTER"
@@ -34,7 +35,7 @@ class Shard:
     count: int
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str) -> Shard:
         try:
             i, n = (int(x) for x in text.split("/"))
         except ValueError:

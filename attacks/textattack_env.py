@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from asa_plugin.attacks.stopwords import ENGLISH
 

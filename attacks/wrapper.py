@@ -11,7 +11,7 @@ Import this module only after :func:`asa_plugin.attacks.textattack_env.import_te
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

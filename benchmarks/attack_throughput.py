@@ -34,9 +34,8 @@ def plain_textattack(recipe: str, model, tokenizer, texts, labels, seed: int, ca
     """The script a TextAttack user writes: stock recipe, HuggingFaceModelWrapper, Attacker."""
     import textattack
     import textattack.attack_recipes as recipes
-    from textattack.models.wrappers import HuggingFaceModelWrapper
-
     from asa_plugin.attacks.textattack_env import nltk_downloads
+    from textattack.models.wrappers import HuggingFaceModelWrapper
 
     start = time.perf_counter()
     with nltk_downloads(cache, allow=False):
@@ -70,6 +69,7 @@ def main(argv=None) -> int:
     from asa_plugin.adapters.loading import load_adapter
     from asa_plugin.attacks.results import outcome_name
     from asa_plugin.attacks.wrapper import FastModelWrapper
+
     from asa_plugin.config import load_config
     from asa_plugin.data.files import read_rows
 
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     print(f"{'recipe':<14}{'plain ex/min':>14}{'ours ex/min':>14}{'speedup':>10}{'same outcomes':>16}")
     for r in table:
         print(f"{r['recipe']:<14}{r['plain_examples_per_min']:>14.2f}{r['ours_examples_per_min']:>14.2f}"
-              f"{r['speedup']:>9.2f}x{str(r['outcomes_identical']):>16}")
+              f"{r['speedup']:>9.2f}x{r['outcomes_identical']!s:>16}")
     result = {"model": args.model, "device": str(wrapper.device), "seed": args.seed, "recipes": table}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

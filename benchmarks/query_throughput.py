@@ -59,10 +59,9 @@ def main(argv=None) -> int:
     from asa_plugin.attacks.textattack_env import import_textattack
 
     import_textattack(Path(tempfile.gettempdir()) / "advrobust-bench-cache")
-    from textattack.models.wrappers import HuggingFaceModelWrapper
-
     from asa_plugin.adapters.loading import load_adapter
     from asa_plugin.attacks.wrapper import FastModelWrapper, pick_device
+    from textattack.models.wrappers import HuggingFaceModelWrapper
 
     adapter = load_adapter(args.model, num_labels=2)
     device = pick_device(args.device)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tiny import tiny_model_dir, write_sentiment_tsv
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from asa_plugin.attacks.results import read_rows, summarize, without_timing
 from asa_plugin.attacks.runner import Shard, example_seed
+
 from asa_plugin.errors import UserError
 
 MANIFEST = {"recipe": "pwws", "profile": "stock", "seed": 1, "split": "dev", "model": "m", "data": "d",

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from attack_support import attack_args, read_jsonl
-
 from asa_plugin.attacks.results import without_timing
 from asa_plugin.attacks.runner import KILL_AFTER_ENV
+from attack_support import attack_args, read_jsonl
+
 from asa_plugin.cli import main
 
 RECIPE = "deepwordbug"  # random character edits: the per-example seeding is really exercised
@@ -36,7 +36,7 @@ def test_resume_after_kill_9_gives_the_uninterrupted_results(tmp_path, uninterru
                                                            attack_cache):
     argv = attack_args(trained_tiny, attack_data["dev"], tmp_path, attack_cache, RECIPE, num_examples=N)
     env = {**os.environ, KILL_AFTER_ENV: "4"}
-    killed = subprocess.run([sys.executable, "-m", "asa_plugin.cli", *argv], env=env, capture_output=True)
+    killed = subprocess.run([sys.executable, "-m", "asa_plugin.cli", *argv], env=env, capture_output=True, check=False)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     results = tmp_path / "attack" / RECIPE / "results.jsonl"
     assert len(read_jsonl(results)) == 4

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from asa_plugin.attacks.textattack_env import import_textattack
 
 TEXTS = ["good", "the movie was really awful and the plot was dull", "", "great fun",
@@ -20,6 +19,7 @@ TEXTS = ["good", "the movie was really awful and the plot was dull", "", "great 
 def wrapper(trained_tiny, attack_cache):
     import_textattack(attack_cache)
     from asa_plugin.attacks.runner import load_wrapper
+
     from asa_plugin.config import load_config
 
     return load_wrapper(str(trained_tiny), load_config(data={}).attack, 64)
@@ -69,7 +69,8 @@ def test_textattack_imports_offline_into_the_given_cache(tmp_path):
             "import_textattack(os.environ['CACHE']); print(os.environ.get('HF_HOME'))")
     env = {k: v for k, v in os.environ.items() if k not in ("NLTK_DATA", "TA_CACHE_DIR", "HF_HOME")}
     env.update(HF_HUB_OFFLINE="1", CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path,
+                          check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "None"  # TextAttack's HF_HOME redirect was undone
     assert (tmp_path / "cache" / "nltk_data" / "corpora" / "stopwords" / "english").is_file()
@@ -78,6 +79,7 @@ def test_textattack_imports_offline_into_the_given_cache(tmp_path):
 
 def _assets(tmp_path, **attack):
     from asa_plugin.attacks.assets import Assets
+
     from asa_plugin.config import load_config
 
     return Assets(load_config(data={"attack": attack}).attack, tmp_path, "textfooler")
@@ -109,7 +111,6 @@ def test_missing_assets_are_one_line_with_the_fix(tmp_path, monkeypatch, attack,
 
 def test_missing_wordnet_names_nltk_data(tmp_path, monkeypatch):
     import nltk
-
     from asa_plugin.attacks.assets import MissingAsset
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
