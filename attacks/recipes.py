@@ -209,8 +209,9 @@ def _masked_lm_swap(ctx: RecipeContext, method: str, max_candidates: int, **kwar
     from textattack.transformations import WordSwapMaskedLM
 
     model, tokenizer = ctx.masked_lm()
+    max_length = min(512, int(tokenizer.model_max_length), model.config.max_position_embeddings)
     return WordSwapMaskedLM(method=method, masked_language_model=model, tokenizer=tokenizer,
-                            max_candidates=max_candidates, **kwargs)
+                            max_candidates=max_candidates, max_length=max_length, **kwargs)
 
 
 def build_bae(ctx: RecipeContext):

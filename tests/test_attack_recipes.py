@@ -85,3 +85,41 @@ def test_pwws_uses_the_configured_wordnet(attacked):
     _, summary = attacked["stock", "pwws"]
     wordnet = next(a for a in summary["assets"] if a["asset"] == "wordnet")
     assert "wordnet" in wordnet["source"] and "substitute_for" not in wordnet
+
+
+@pytest.fixture(scope="module")
+def tiny_masked_lm(tmp_path_factory):
+    """A random tiny BERT masked LM over the tiny vocabulary (stands in for bert-base-uncased)."""
+    from tiny import TINY_DIMS, tiny_tokenizer
+    from transformers import BertConfig, BertForMaskedLM
+
+    path = tmp_path_factory.mktemp("tiny-mlm")
+    tokenizer = tiny_tokenizer(path / "_tok")
+    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **TINY_DIMS)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+OTHER_RECIPES = [
+    # (recipe, substitutes it must name)
+    ("textbugger", {"homoglyphs", "word_embedding", "sentence_encoder"}),
+    ("a2t", {"word_embedding", "sentence_encoder"}),
+    ("pso", {"word_embedding", "sememes"}),
+    ("bae", {"sentence_encoder"}),
+    ("bert-attack", {"sentence_encoder"}),
+]
+
+
+@pytest.mark.parametrize("recipe,substitutes", OTHER_RECIPES)
+def test_other_recipes_run_offline_and_name_their_substitutes(tmp_path, trained_tiny, attack_data, attack_cache,
+                                                              tiny_masked_lm, recipe, substitutes):
+    argv = attack_args(trained_tiny, attack_data["dev"], tmp_path, attack_cache, recipe,
+                       "--set", f"attack.masked_lm_path={tiny_masked_lm}", num_examples=3)
+    assert main(argv) == 0
+    recipe_dir = tmp_path / "attack" / recipe
+    rows = read_jsonl(recipe_dir / "results.jsonl")
+    summary = json.loads((recipe_dir / "summary.json").read_text())
+    assert substitutes <= {a["asset"] for a in summary["substitutes"]}
+    won = [r for r in rows if r["outcome"] == "successful"]
+    for row, prediction in zip(won, predict(trained_tiny, [r["perturbed_text"] for r in won])):
+        assert prediction == row["perturbed_prediction"] != row["gold_label"]
