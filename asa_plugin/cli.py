@@ -14,6 +14,8 @@ COMMANDS = [
     "asa_plugin.commands.train",
     "asa_plugin.commands.plugins",
     "asa_plugin.commands.config",
+    "asa_plugin.commands.attack",
+    "asa_plugin.commands.merge",
 ]
 
 

@@ -243,7 +243,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if data_cfg.train_file is None and data_cfg.dataset is None:
         raise ConfigError(f"{source}: [data] needs `dataset` or `train_file`")
     for recipe in cfg.attack.recipes:
-        if recipe not in pm.recipes and len(pm.recipes.names()) > 0:
+        if recipe not in pm.recipes:
             raise ConfigError(f"{source}: attack.recipes: unknown recipe '{recipe}'; available: "
                               f"{', '.join(pm.recipes.names())}")
     return cfg

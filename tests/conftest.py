@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny_model_dir, write_sentiment_tsv  # noqa: E402
 
+pytest_plugins = ["attack_support"]  # fixtures of the attack tests
+
 BACKBONE_ENV = "ADVROBUST_TEST_BACKBONE"
 """The tox matrix factor: which architecture the adapter/defence contract tests use."""
 

@@ -1,0 +1,137 @@
+"""``advrobust attack CONFIG`` or ``advrobust attack --model PATH --recipe NAME --dataset NAME ...``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from asa_plugin.errors import UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("attack", help="attack a trained model with TextAttack recipes",
+                       description="Attack a model (a run dir of `advrobust train`, or a HF path/name) and "
+                                   "write RUN/attack/<recipe>/{results.jsonl,summary.json}.")
+    p.add_argument("config", nargs="?", help="TOML or YAML run config (its [attack], [data], [model] sections)")
+    p.add_argument("--model", help="run dir of `advrobust train` (uses RUN/model) or a HF checkpoint path/name")
+    p.add_argument("--recipe", action="append", default=[], metavar="NAME", help="recipe to run (repeatable)")
+    p.add_argument("--dataset", help="registered dataset name (sst2, rotten_tomatoes, imdb, ag_news)")
+    p.add_argument("--data-file", help="local TSV/CSV/JSONL/parquet file to attack")
+    p.add_argument("--split", help="split to attack (default: dev)")
+    p.add_argument("--num-examples", type=int, help="examples to attack (default: the profile's)")
+    p.add_argument("--profile", choices=["stock", "textdefender"], help="recipe constraints")
+    p.add_argument("--seed", type=int, help="seed of example selection and attacks")
+    p.add_argument("--out", help="run dir receiving attack/<recipe>/ (default: the model's run dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set attack.nltk_data=/data/nltk (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (same settings)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results of these recipes")
+    p.add_argument("--shard", metavar="I/N", help="attack only shard I of N (0-based); merge with `advrobust merge`")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def resolve_model(path: str) -> tuple[str, Path | None]:
+    """(model checkpoint to load, the run dir it belongs to or None)."""
+    p = Path(path)
+    if (p / "model" / "config.json").is_file():
+        return str(p / "model"), p
+    if (p / "config.json").is_file() and (p.parent / "config.resolved.toml").is_file():
+        return str(p), p.parent
+    return path, None
+
+
+def _raw_config(args) -> dict:
+    raw: dict = {"attack": {}, "data": {}, "model": {}}
+    if args.dataset:
+        raw["data"]["dataset"] = args.dataset
+    if args.data_file:
+        raw["data"].update(dataset=None, train_file=args.data_file, dev_file=args.data_file,
+                           test_file=args.data_file)
+    for key, value in (("recipes", args.recipe or None), ("split", args.split), ("profile", args.profile),
+                       ("num_examples", args.num_examples), ("seed", args.seed), ("model", args.model)):
+        if value is not None:
+            raw["attack"][key] = value
+    return raw
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for section, values in extra.items():
+        out[section] = {**(out.get(section) or {}), **{k: v for k, v in values.items() if v is not None
+                                                       or k == "dataset"}}
+    return out
+
+
+def build_jobs(args):
+    """The config (validated) and one AttackJob per recipe."""
+    from asa_plugin.attacks.runner import AttackJob, Shard
+    from asa_plugin.config import load_config, read_file
+    from asa_plugin.data import load_split
+
+    if args.config is None and not args.model:
+        raise UserError("give a CONFIG, or --model PATH with --recipe NAME and --dataset NAME or --data-file FILE")
+    if args.config is None and not (args.dataset or args.data_file):
+        raise UserError("--model needs --dataset NAME or --data-file FILE (or give a CONFIG)")
+    raw = read_file(args.config) if args.config else {}
+    raw = _merge(raw, _raw_config(args))
+    model_arg = raw["attack"].get("model")
+    if args.config is None:
+        from transformers import AutoConfig
+
+        from asa_plugin.adapters.loading import resolve_backbone
+
+        checkpoint, _ = resolve_model(model_arg)
+        try:
+            num_labels = AutoConfig.from_pretrained(resolve_backbone(checkpoint)).num_labels
+        except OSError as exc:
+            raise UserError(f"--model {model_arg}: cannot load: {str(exc).splitlines()[0]}") from None
+        raw["model"] = {"backbone": checkpoint, "num_labels": num_labels, **raw["model"]}
+    cfg = load_config(None, args.overrides, data=raw)
+    cfg.source = args.config or "<command line>"
+    checkpoint, run_dir = resolve_model(cfg.attack.model or str(cfg.run_dir()))
+    if args.config and cfg.attack.model is None and run_dir is None:
+        raise UserError(f"{cfg.run_dir()} has no trained model (model/); train first with `advrobust train "
+                        f"{args.config}`, or set attack.model / --model")
+    if args.out:
+        out = Path(args.out)
+    elif run_dir is not None:
+        out = run_dir
+    elif args.config:
+        out = cfg.run_dir()
+    else:
+        out = Path("runs") / f"attack-{Path(checkpoint.rstrip('/')).name}"
+    data = cfg.data
+    examples = load_split(data, cfg.attack.split, cfg.model.num_labels, limit=cfg.attack.examples_for_profile(),
+                          seed=cfg.attack.seed)
+    source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
+    shard = Shard.parse(args.shard) if args.shard else None
+    jobs = [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=[e.text for e in examples],
+                      labels=[e.label for e in examples], recipe_dir=out / "attack" / name,
+                      data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
+                      resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+            for name in cfg.attack.recipes]
+    return cfg, jobs
+
+
+def run(args) -> int:
+    from asa_plugin.attacks.runner import load_wrapper, run_attack
+    from asa_plugin.plugins import get_plugin_manager
+
+    cfg, jobs = build_jobs(args)
+    pm = get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
+    for job in jobs:
+        pm.recipes.get(job.recipe)  # unknown names fail before any work
+    wrapper = None
+    for job in jobs:
+        if wrapper is None:
+            from asa_plugin.attacks.runner import resolve_cache_dir
+            from asa_plugin.attacks.textattack_env import import_textattack
+
+            import_textattack(resolve_cache_dir(job), allow_download=job.cfg.download)
+            wrapper = load_wrapper(job.model_path, job.cfg, job.max_length)
+        summary = run_attack(job, pm, wrapper=wrapper)
+        keys = ("recipe", "profile", "num_examples", "clean_accuracy", "accuracy_under_attack",
+                "attack_success_rate", "avg_words_perturbed_pct", "avg_queries", "seconds")
+        print(json.dumps({"out": str(job.out_dir), **{k: summary[k] for k in keys}}))
+    return 0

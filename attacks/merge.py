@@ -1,0 +1,67 @@
+"""Combine the shards of a recipe run into the results and summary of one unsharded run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from asa_plugin.attacks import results as res
+
+from asa_plugin.errors import UserError
+
+
+def merge_recipe(recipe_dir: Path) -> dict[str, Any]:
+    """Merge ``recipe_dir/shards/*-of-N`` into ``recipe_dir``; every shard must be complete."""
+    shard_dirs = sorted((recipe_dir / "shards").glob("*-of-*"))
+    if not shard_dirs:
+        raise UserError(f"{recipe_dir}: no shards to merge (expected shards/<i>-of-<n>/ from --shard i/n)")
+    counts = {d.name.split("-of-")[1] for d in shard_dirs}
+    if len(counts) != 1:
+        raise UserError(f"{recipe_dir}/shards mixes shard counts ({', '.join(sorted(counts))}); remove the "
+                        f"stale ones")
+    n = int(counts.pop())
+    manifests, rows, assets = [], [], None
+    for i in range(n):
+        d = recipe_dir / "shards" / f"{i}-of-{n}"
+        if not (d / "summary.json").is_file():
+            raise UserError(f"{d}: shard {i}/{n} has not finished; run it (with --resume if it started) "
+                            f"and merge again")
+        manifest = json.loads((d / "run.json").read_text())
+        manifest.pop("shard")
+        manifests.append(manifest)
+        rows += res.read_rows(d / "results.jsonl")
+        shard_assets = json.loads((d / "summary.json").read_text())["assets"]
+        assets = shard_assets if assets is None else assets
+        if res.without_timing(shard_assets) != res.without_timing(assets):
+            raise UserError(f"{d}: shard {i}/{n} used different assets than shard 0; rerun it with the same "
+                            f"assets")
+    if any(m != manifests[0] for m in manifests):
+        raise UserError(f"{recipe_dir}: shards were run with different settings; rerun them alike")
+    manifest = manifests[0] | {"shard": None}
+    expected = manifest["selection_size"]
+    indices = sorted(r["index"] for r in rows)
+    if indices != list(range(expected)):
+        raise UserError(f"{recipe_dir}: shards hold {len(indices)} rows for {expected} examples; a shard is "
+                        f"incomplete or duplicated")
+    rows.sort(key=lambda r: r["index"])
+    res.write_rows(recipe_dir / "results.jsonl", rows)
+    res.write_json(recipe_dir / "run.json", manifest)
+    summary = res.summarize(rows, manifest, assets or [])
+    res.write_json(recipe_dir / "summary.json", summary)
+    return summary
+
+
+def merge_run(path: Path, recipes: list[str] | None = None) -> dict[Path, dict[str, Any]]:
+    """Merge every sharded recipe under ``path`` (a run dir, its attack/ dir, or one recipe dir)."""
+    path = Path(path)
+    if (path / "shards").is_dir():
+        candidates = [path]
+    else:
+        attack_dir = path / "attack" if (path / "attack").is_dir() else path
+        candidates = sorted(d for d in attack_dir.iterdir() if (d / "shards").is_dir()) if attack_dir.is_dir() else []
+    if recipes:
+        candidates = [d for d in candidates if d.name in recipes]
+    if not candidates:
+        raise UserError(f"{path}: no sharded attack results found (looked for attack/<recipe>/shards/)")
+    return {d: merge_recipe(d) for d in candidates}

@@ -1,0 +1,133 @@
+"""Per-example result rows, the summary computed from them, crash-safe JSONL files and merging.
+
+The summary is a pure function of the rows (sorted by example index) and the run manifest, so a
+resumed run, or shards merged, give the summary of one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+OUTCOMES = ("successful", "failed", "skipped", "maximized")
+TIMING_KEYS = ("seconds",)
+"""Fields that measure time: they differ between any two runs and are left out of comparisons."""
+
+
+def outcome_name(result) -> str:
+    """'successful' | 'failed' | 'skipped' | 'maximized' for a TextAttack ``AttackResult``."""
+    name = type(result).__name__
+    for outcome in OUTCOMES:
+        if name.lower().startswith(outcome[:6]):
+            return outcome
+    raise ValueError(f"unknown TextAttack result type {name}")
+
+
+def result_row(index: int, gold: int, result, seconds: float, query_budget: float) -> dict[str, Any]:
+    """One results.jsonl row from a TextAttack ``AttackResult``."""
+    original = result.original_result.attacked_text
+    perturbed = result.perturbed_result.attacked_text
+    num_words = len(original.words)
+    changed = len(original.all_words_diff(perturbed)) if original.text != perturbed.text else 0
+    outcome = outcome_name(result)
+    return {
+        "index": index,
+        "outcome": outcome,
+        "gold_label": gold,
+        "original_prediction": int(result.original_result.output),
+        "perturbed_prediction": int(result.perturbed_result.output),
+        "original_text": original.text,
+        "perturbed_text": perturbed.text,
+        "num_words": num_words,
+        "words_perturbed": changed,
+        "words_perturbed_pct": 100.0 * changed / max(num_words, 1),
+        "queries": int(result.perturbed_result.num_queries),
+        "query_budget": None if math.isinf(query_budget) else int(query_budget),
+        "seconds": round(seconds, 4),
+    }
+
+
+def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict]) -> dict[str, Any]:
+    """The summary.json of a finished run (or of merged shards)."""
+    n = len(rows)
+    counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
+    attacked = [r for r in rows if r["outcome"] != "skipped"]
+    successful = [r for r in rows if r["outcome"] == "successful"]
+    decided = counts["successful"] + counts["failed"]
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return {
+        "recipe": manifest["recipe"],
+        "profile": manifest["profile"],
+        "num_examples": n,
+        "clean_accuracy": (n - counts["skipped"]) / n if n else None,
+        "accuracy_under_attack": (counts["failed"] + counts["maximized"]) / n if n else None,
+        "attack_success_rate": counts["successful"] / decided if decided else None,
+        "avg_words_perturbed_pct": mean([r["words_perturbed_pct"] for r in successful]),
+        "avg_queries": mean([r["queries"] for r in attacked]),
+        "seconds": round(sum(r["seconds"] for r in rows), 3),
+        "outcomes": counts,
+        "assets": assets,
+        "substitutes": [a for a in assets if a.get("substitute_for")],
+        "seed": manifest["seed"],
+        "split": manifest["split"],
+        "model": manifest["model"],
+        "data": manifest["data"],
+        "selection_size": manifest["selection_size"],
+    }
+
+
+def read_rows(path: Path, repair: bool = False) -> list[dict]:
+    """Complete rows of a results.jsonl. ``repair`` cuts a torn last line left by a kill."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if repair and end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+
+
+class RowWriter:
+    """Appends rows to results.jsonl, one write + flush + fsync per row."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across rows
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_rows(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    tmp.replace(path)
+
+
+def without_timing(obj: Any) -> Any:
+    """``obj`` with timing fields removed (recursively), for equality checks."""
+    if isinstance(obj, dict):
+        return {k: without_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timing(v) for v in obj]
+    return obj

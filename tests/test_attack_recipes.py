@@ -1,0 +1,125 @@
+"""Real attacks on a tiny trained classifier: outcomes must be consistent with the model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from attack_support import attack_args, flipped_copy, predict, read_jsonl
+
+from asa_plugin.cli import main
+
+RECIPES = ["deepwordbug", "pwws", "textfooler"]
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory, trained_tiny, attack_data, attack_cache):
+    """Each recipe run once (stock and textdefender) on toy data where every 5th label is flipped."""
+    root = tmp_path_factory.mktemp("attacked")
+    data = flipped_copy(attack_data["dev"], root / "dev.tsv")
+    runs = {}
+    for profile in ("stock", "textdefender"):
+        for recipe in RECIPES:
+            out = root / profile
+            assert main(attack_args(trained_tiny, data, out, attack_cache, recipe, "--profile", profile)) == 0
+            recipe_dir = out / "attack" / recipe
+            runs[profile, recipe] = (read_jsonl(recipe_dir / "results.jsonl"),
+                                     json.loads((recipe_dir / "summary.json").read_text()))
+    return runs
+
+
+@pytest.mark.parametrize("profile", ["stock", "textdefender"])
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_successful_perturbations_really_flip_the_model(attacked, trained_tiny, recipe, profile):
+    rows, _ = attacked[profile, recipe]
+    won = [r for r in rows if r["outcome"] == "successful"]
+    assert won, f"{recipe}/{profile} succeeded on no example: the check below would be vacuous"
+    predictions = predict(trained_tiny, [r["perturbed_text"] for r in won])
+    for row, prediction in zip(won, predictions):
+        assert row["perturbed_text"] != row["original_text"]
+        assert prediction == row["perturbed_prediction"] != row["gold_label"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_skipped_examples_are_exactly_those_the_model_gets_wrong(attacked, trained_tiny, recipe):
+    rows, summary = attacked["stock", recipe]
+    predictions = predict(trained_tiny, [r["original_text"] for r in rows])
+    wrong = {r["index"] for r, p in zip(rows, predictions) if p != r["gold_label"]}
+    assert wrong, "the flipped labels should make the model wrong on some examples"
+    assert {r["index"] for r in rows if r["outcome"] == "skipped"} == wrong
+    assert summary["clean_accuracy"] == pytest.approx(1 - len(wrong) / len(rows))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_textdefender_profile_limits_hold(attacked, recipe):
+    rows, summary = attacked["textdefender", recipe]
+    assert summary["profile"] == "textdefender"
+    for row in rows:
+        assert row["words_perturbed"] <= math.ceil(0.3 * row["num_words"])
+        assert row["query_budget"] == 50 * row["num_words"]
+        assert row["queries"] <= row["query_budget"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_summary_is_computed_from_the_rows(attacked, recipe):
+    rows, summary = attacked["stock", recipe]
+    outcomes = [r["outcome"] for r in rows]
+    won, lost = outcomes.count("successful"), outcomes.count("failed")
+    assert summary["num_examples"] == len(rows) == 8
+    assert summary["accuracy_under_attack"] == pytest.approx(lost / len(rows))
+    assert summary["attack_success_rate"] == pytest.approx(won / (won + lost))
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+
+
+def test_textfooler_names_its_offline_substitutes(attacked):
+    _, summary = attacked["stock", "textfooler"]
+    substituted = {a["asset"]: a for a in summary["substitutes"]}
+    assert "counter-fitted" in substituted["word_embedding"]["substitute_for"]
+    assert "GloVe" in substituted["word_embedding"]["source"]
+    assert "Universal Sentence Encoder" in substituted["sentence_encoder"]["substitute_for"]
+    assert "pos_tagger" in {a["asset"] for a in summary["assets"]}
+
+
+def test_pwws_uses_the_configured_wordnet(attacked):
+    _, summary = attacked["stock", "pwws"]
+    wordnet = next(a for a in summary["assets"] if a["asset"] == "wordnet")
+    assert "wordnet" in wordnet["source"] and "substitute_for" not in wordnet
+
+
+@pytest.fixture(scope="module")
+def tiny_masked_lm(tmp_path_factory):
+    """A random tiny BERT masked LM over the tiny vocabulary (stands in for bert-base-uncased)."""
+    from tiny import TINY_DIMS, tiny_tokenizer
+    from transformers import BertConfig, BertForMaskedLM
+
+    path = tmp_path_factory.mktemp("tiny-mlm")
+    tokenizer = tiny_tokenizer(path / "_tok")
+    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **TINY_DIMS)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+OTHER_RECIPES = [
+    # (recipe, substitutes it must name)
+    ("textbugger", {"homoglyphs", "word_embedding", "sentence_encoder"}),
+    ("a2t", {"word_embedding", "sentence_encoder"}),
+    ("pso", {"word_embedding", "sememes"}),
+    ("bae", {"sentence_encoder"}),
+    ("bert-attack", {"sentence_encoder"}),
+]
+
+
+@pytest.mark.parametrize("recipe,substitutes", OTHER_RECIPES)
+def test_other_recipes_run_offline_and_name_their_substitutes(tmp_path, trained_tiny, attack_data, attack_cache,
+                                                              tiny_masked_lm, recipe, substitutes):
+    argv = attack_args(trained_tiny, attack_data["dev"], tmp_path, attack_cache, recipe,
+                       "--set", f"attack.masked_lm_path={tiny_masked_lm}", num_examples=3)
+    assert main(argv) == 0
+    recipe_dir = tmp_path / "attack" / recipe
+    rows = read_jsonl(recipe_dir / "results.jsonl")
+    summary = json.loads((recipe_dir / "summary.json").read_text())
+    assert substitutes <= {a["asset"] for a in summary["substitutes"]}
+    won = [r for r in rows if r["outcome"] == "successful"]
+    for row, prediction in zip(won, predict(trained_tiny, [r["perturbed_text"] for r in won])):
+        assert prediction == row["perturbed_prediction"] != row["gold_label"]
