@@ -13,6 +13,7 @@ from asa_plugin.errors import UserError
 COMMANDS = [
     "asa_plugin.commands.train",
     "asa_plugin.commands.plugins",
+    "asa_plugin.commands.asa_maps",
 ]
 
 

@@ -5,6 +5,8 @@ from asa_plugin.hookspecs import hookimpl
 
 @hookimpl
 def advrobust_register_defences(register):
+    from asa_plugin.defences.asa import ASADefence
     from asa_plugin.defences.vanilla import VanillaDefence
 
     register("vanilla", VanillaDefence)
+    register("asa", ASADefence)
