@@ -22,8 +22,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -84,6 +85,7 @@ class Row:
 
     def __init__(self, name: str, table: dict[str, Any], args, pm):
         from asa_plugin.adapters.loading import load_adapter
+
         from asa_plugin.config import TrainConfig, _build_defence
         from asa_plugin.defences.base import build_defence
         from asa_plugin.training.loop import _optimizer
@@ -142,8 +144,9 @@ def export_and_time(rows: list[Row], batches: list[dict], args) -> dict[str, dic
         for name, model in models.items():  # warm-up
             model(**inputs[0])
         for r in range(args.inference_repeats):
+            x = inputs[r % len(inputs)]
             for name, model in models.items():
-                seconds[name].append(timed(lambda: model(**inputs[r % len(inputs)]), args.device))
+                seconds[name].append(timed(lambda m=model, x=x: m(**x), args.device))
     return {name: {"parameters": sum(p.numel() for p in model.parameters()),
                    "inference_seconds": statistics.median(seconds[name])} for name, model in models.items()}
 
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.steps):
         order = rows[i % len(rows):] + rows[:i % len(rows)]  # rotate so no row always runs first
         for row in order:
-            row.step_seconds.append(timed(lambda: row.step(batches[args.warmup + i]), args.device))
+            row.step_seconds.append(timed(lambda r=row, b=batches[args.warmup + i]: r.step(b), args.device))
     adversary = {row.name: adversary_seconds(row, batches[0], args.device, max(args.steps, 3)) for row in rows}
     exported = export_and_time(rows, batches, args)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-
 from asa_plugin.adapters.loading import load_adapter
+
 from asa_plugin.defences.asa import ASADefence, ASAParams
 from asa_plugin.defences.asa import functional as asa_f
 from asa_plugin.defences.base import Defence, StepResult, build_defence

@@ -54,7 +54,7 @@ def test_export_is_a_plain_model_identical_in_structure_to_vanilla(trained_runs)
     exported = {}
     for name, (run_dir, _) in trained_runs.items():
         with safe_open(str(run_dir / "model" / "model.safetensors"), "pt") as f:
-            exported[name] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            exported[name] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     assert exported["asa"] == exported["vanilla"]
     assert not any("adversar" in k for k in exported["asa"])
     models = {n: AutoModelForSequenceClassification.from_pretrained(r / "model") for n, (r, _) in trained_runs.items()}

@@ -81,7 +81,7 @@ class ASAAdversary(nn.Module):
         (run_dir / META_FILE).write_text(json.dumps(info, indent=2))
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> tuple["ASAAdversary", dict]:
+    def load(cls, run_dir: str | Path) -> tuple[ASAAdversary, dict]:
         """The adversary saved in ``run_dir`` and its metadata."""
         from safetensors.torch import load_file
 
