@@ -24,8 +24,8 @@ pytestmark = pytest.mark.slow
 
 RUNS = {  # row -> defence overrides; same seed, data and steps for every row
     "vanilla": ['defence.name="vanilla"'],
+    "asa_tau_0.1": ['defence.name="asa"', "defence.tau=0.1"],
     "asa_tau_0.5": ['defence.name="asa"', "defence.tau=0.5"],
-    "asa_tau_2.0": ['defence.name="asa"', "defence.tau=2.0"],
 }
 
 
@@ -72,12 +72,12 @@ def test_asa_trains_without_nan_and_every_layer_masks_some_units(sst2_runs):
 
 
 def test_larger_tau_masks_less(sst2_runs):
-    weak = sst2_runs["asa_tau_2.0"]["asa_mask_ratio_per_layer"]
-    strong = sst2_runs["asa_tau_0.5"]["asa_mask_ratio_per_layer"]
+    weak = sst2_runs["asa_tau_0.5"]["asa_mask_ratio_per_layer"]
+    strong = sst2_runs["asa_tau_0.1"]["asa_mask_ratio_per_layer"]
     assert mean(weak) < mean(strong), (weak, strong)
 
 
 def test_clean_accuracy_stays_within_two_points_of_vanilla(sst2_runs):
     vanilla = sst2_runs["vanilla"]["eval_accuracy"]
     asa = sst2_runs["asa_tau_0.5"]["eval_accuracy"]
-    assert asa >= vanilla - 0.02, (asa, vanilla)
+    assert asa >= vanilla - 0.02, (asa, vanilla)  # not worse than vanilla by more than 2 points

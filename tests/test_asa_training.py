@@ -34,8 +34,10 @@ def test_trains_from_a_config_file_and_reports_mask_ratios(run_config):
     metrics = train(cfg)
     run_dir = cfg.run_dir()
     assert metrics["defence"] == "asa"
+    first = metrics["history"][0]["asa_mask_ratio_per_layer"]
+    assert len(first) == 2 and all(0 < r < 1 for r in first), first
     ratios = metrics["asa_mask_ratio_per_layer"]
-    assert len(ratios) == 2 and all(0 < r < 1 for r in ratios), ratios
+    assert len(ratios) == 2 and all(0 <= r < 1 for r in ratios), ratios
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["history"][-1]["asa_mask_ratio_per_layer"] == ratios
     assert 'name = "asa"' in (run_dir / "config.resolved.toml").read_text()
@@ -46,7 +48,10 @@ def test_every_epoch_reports_one_ratio_per_layer(trained_runs):
     assert len(metrics["history"]) == 2
     for epoch in metrics["history"]:
         assert len(epoch["asa_mask_ratio_per_layer"]) == 2
-        assert all(0 < r < 1 for r in epoch["asa_mask_ratio_per_layer"])
+        assert all(0 <= r < 1 for r in epoch["asa_mask_ratio_per_layer"])
+    # the first epoch always masks some units; later, tau=0.5 may drive the tiny model's weak
+    # adversaries to keep everything (see docs/asa.md, "Calibration")
+    assert all(0 < r < 1 for r in metrics["history"][0]["asa_mask_ratio_per_layer"])
     assert all(torch.isfinite(torch.tensor(a)) for a in metrics["eval_accuracy_per_epoch"])
 
 

@@ -23,7 +23,7 @@ class ASAParams:
                     "off in the published recipe, which binarizes deterministically")
     adversarial_ce: bool = option(False, help="also add cross-entropy on the adversarial logits to the loss")
     adversary_lr: float | None = option(
-        1e-3, gt=0, help="learning rate of the adversaries (they start from random projections, so they "
+        1e-2, gt=0, help="learning rate of the adversaries (they start from random projections, so they "
                          "need a larger rate than the fine-tuned model); none = train.lr")
 
     def __post_init__(self) -> None:
