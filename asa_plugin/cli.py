@@ -16,6 +16,7 @@ COMMANDS = [
     "asa_plugin.commands.config",
     "asa_plugin.commands.attack",
     "asa_plugin.commands.merge",
+    "asa_plugin.commands.asa_maps",
 ]
 
 

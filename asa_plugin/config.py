@@ -94,7 +94,7 @@ class DefenceConfig:
         for n in self.names:
             p = self.params.get(n)
             if p is not None and dataclasses.fields(p):
-                values = dataclasses.asdict(p)
+                values = {k: v for k, v in dataclasses.asdict(p).items() if v is not None}  # TOML has no null
                 if len(self.names) == 1:
                     out.update(values)
                 else:

@@ -19,6 +19,7 @@ for every pass it runs. See :func:`compose`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
@@ -64,7 +65,8 @@ class Defence:
 
     # --- lifecycle -----------------------------------------------------------------------
     def trainable_modules(self) -> list[nn.Module]:
-        """Modules the optimizer trains beside the model (never exported)."""
+        """Modules the optimizer trains beside the model (never exported). A module may carry an
+        ``lr`` attribute (float) to be optimized at that learning rate instead of ``train.lr``."""
         return []
 
     def attach(self) -> None:
@@ -72,6 +74,10 @@ class Defence:
 
     def detach(self) -> None:
         """Remove every injection so the model is a plain HF model again; called after training."""
+
+    def save_extras(self, run_dir: Path) -> None:
+        """Write defence-owned artifacts (e.g. ASA's adversaries) into the run directory, beside
+        ``model/``; called once by the loop after the export."""
 
     # --- per step ------------------------------------------------------------------------
     def cross_entropy_objective(self, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,6 +127,10 @@ class ComposedDefence(Defence):
     def detach(self) -> None:
         for part in self.parts:
             part.detach()
+
+    def save_extras(self, run_dir: Path) -> None:
+        for part in self.parts:
+            part.save_extras(run_dir)
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         return self._procedure.training_step(batch, backward)

@@ -5,6 +5,7 @@ from asa_plugin.hookspecs import hookimpl
 
 @hookimpl
 def advrobust_register_defences(register):
+    from asa_plugin.defences.asa import ASADefence
     from asa_plugin.defences.fgm import FGMDefence
     from asa_plugin.defences.freelb import FreeLBDefence
     from asa_plugin.defences.pgd import PGDDefence
@@ -13,6 +14,7 @@ def advrobust_register_defences(register):
     from asa_plugin.defences.vanilla import VanillaDefence
 
     register("vanilla", VanillaDefence)
+    register("asa", ASADefence)
     register("fgm", FGMDefence)
     register("pgd", PGDDefence)
     register("freelb", FreeLBDefence)

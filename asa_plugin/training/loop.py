@@ -45,9 +45,10 @@ def _optimizer(model: torch.nn.Module, defence: Defence, cfg) -> torch.optim.Opt
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    extra = [p for m in defence.trainable_modules() for p in m.parameters() if p.requires_grad]
-    if extra:
-        groups.append({"params": extra, "weight_decay": 0.0})
+    for module in defence.trainable_modules():
+        extra = [p for p in module.parameters() if p.requires_grad]
+        if extra:
+            groups.append({"params": extra, "weight_decay": 0.0, "lr": getattr(module, "lr", None) or cfg.lr})
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
@@ -165,6 +166,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model)
         adapter.export(run_dir / "model")
+        defence.save_extras(run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         shutil.rmtree(run_dir / checkpoint.CHECKPOINT, ignore_errors=True)
     accelerator.wait_for_everyone()

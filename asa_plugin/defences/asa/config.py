@@ -1,0 +1,43 @@
+"""``ASAParams``: the ``[defence]`` options of ``name = "asa"``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from asa_plugin.schema import option
+
+
+@dataclass
+class ASAParams:
+    """Options of Adversarial Self-Attention (Wu et al., AAAI 2023)."""
+
+    tau: float = option(0.5, ge=0, help="charge per kept attention unit is tau^2: larger tau, weaker adversary, "
+                                       "fewer masked units")
+    layers: Literal["all"] | list[int] = option(
+        "all", help='layers that carry an adversary: "all" or a list of 0-based layer indices (bottom = 0)')
+    projection_size: int | None = option(
+        None, ge=1, help="size of each adversary's query/key projections; default: the model's hidden size")
+    gumbel_noise: bool = option(
+        False, help="add logistic (Gumbel difference) noise to the adversary's scores before binarizing; "
+                    "off in the published recipe, which binarizes deterministically")
+    adversarial_ce: bool = option(False, help="also add cross-entropy on the adversarial logits to the loss")
+    adversary_lr: float | None = option(
+        1e-2, gt=0, help="learning rate of the adversaries (they start from random projections, so they "
+                         "need a larger rate than the fine-tuned model); none = train.lr")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            if not self.layers:
+                raise ValueError('defence.layers must name at least one layer, or be "all"')
+            bad = [i for i in self.layers if i < 0]
+            if bad:
+                raise ValueError(f"defence.layers must be 0-based layer indices >= 0, got {bad[0]}")
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"defence.layers lists a layer twice: {self.layers}")
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The adversarial layers of a ``num_layers``-layer model, sorted."""
+        if self.layers == "all":
+            return list(range(num_layers))
+        return sorted(self.layers)

@@ -1,0 +1,137 @@
+"""``asa``: Adversarial Self-Attention (Wu et al., "Adversarial Self-Attention for Language
+Understanding", AAAI 2023) as a trainable defence.
+
+Each step runs a clean forward and an adversarial forward in which every adversarial layer's
+attention is masked by its adversary's binary mask M_l (added as ``(1 - M_l) * MASK_VALUE`` to
+the scores of all heads). One objective, one backward:
+
+    loss = CE(clean) + symKL(clean, adv) + tau^2 * kept_units      (+ CE(adv) if adversarial_ce)
+
+The masks pass a gradient-reversal layer before they touch the model or the tau term, so the
+model *descends* the loss (fits the labels, stays stable under masking) while the adversaries
+*ascend* it: they maximize the divergence and, through ``+tau^2 * kept_units``, are paid for
+every unit they keep, i.e. charged for every unit they mask. Larger tau, weaker adversary.
+The tau term depends on the adversaries alone (their inputs are gradient-stopped), so it
+exerts no gradient on the model.
+
+The adversaries act only inside :meth:`ASADefence.adversarial_attention`, an explicit context
+entered by the objective; ``model.train()``/``model.eval()`` never switch them on, so
+evaluation, export and attacks see the plain model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asa_plugin.defences.asa import functional as asa_f
+from asa_plugin.defences.asa.adversary import ASAAdversary
+from asa_plugin.defences.asa.config import ASAParams
+from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
+from asa_plugin.errors import ConfigError
+
+
+class ASADefence(Defence):
+    """Adversarial Self-Attention; composes as the objective of a procedure defence (e.g. FreeLB)."""
+
+    name = "asa"
+    Params = ASAParams
+    role = "objective"
+
+    def __init__(self, params: ASAParams, adapter):
+        super().__init__(params, adapter)
+        num_layers = adapter.num_layers
+        layers = params.layer_indices(num_layers)
+        if layers[-1] >= num_layers:
+            raise ConfigError(f"defence.layers: layer {layers[-1]} does not exist; the backbone has "
+                              f"{num_layers} layers (0..{num_layers - 1})")
+        self.adversary = ASAAdversary(adapter.hidden_size, layers, params.projection_size or adapter.hidden_size)
+        self.adversary.to(adapter.model.device)
+        self.adversary.lr = params.adversary_lr  # read by the training loop's optimizer
+        self.objective = self.asa_objective
+        self._reset_stats()
+        self._last: dict[str, float] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.adversary]
+
+    def save_extras(self, run_dir: str | Path) -> None:
+        """Save the trained adversaries beside (never inside) the exported model."""
+        self.adversary.save(run_dir, num_layers=self.adapter.num_layers, tau=self.params.tau)
+
+    # --- the adversarial context ----------------------------------------------------------
+    @contextmanager
+    def adversarial_attention(self, batch: Batch) -> Iterator[list[torch.Tensor]]:
+        """Inside the block, forwards of the adapter run with the adversaries' masks.
+
+        Yields a list that collects each adversarial layer's mask (B, L, L) as it is computed
+        (after gradient reversal). Hooks exist only inside the block.
+        """
+        attention_mask = batch.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(batch["input_ids"])
+        masks: list[torch.Tensor] = []
+
+        def provider(layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+            if not self.adversary.has_layer(layer):
+                return None
+            mask = self.adversary.mask(layer, hidden, attention_mask, noise=self.params.gumbel_noise)  # (B, L, L)
+            self._record(layer, mask.detach(), attention_mask)
+            mask = asa_f.grad_reverse(mask)  # model descends, adversary ascends
+            masks.append(mask)
+            return asa_f.mask_to_bias(mask)  # (B, 1, L, L)
+
+        with self.adapter.attention_bias(provider):
+            yield masks
+
+    # --- objective ------------------------------------------------------------------------
+    def asa_objective(self, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """One pass of ASA's loss on ``batch`` (optionally on given input embeddings)."""
+        labels = batch["labels"]
+        clean = self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
+        with self.adversarial_attention(batch) as masks:
+            adv = self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
+        ce = F.cross_entropy(clean, labels)
+        divergence = asa_f.symmetric_kl(clean, adv)
+        kept = torch.stack([asa_f.kept_units(m) for m in masks]).sum(0).mean()  # units per example
+        loss = ce + divergence + self.params.tau ** 2 * kept
+        if self.params.adversarial_ce:
+            loss = loss + F.cross_entropy(adv, labels)
+        self._last = {"asa_ce": ce.item(), "asa_symmetric_kl": divergence.item(), "asa_kept_units": kept.item()}
+        return loss
+
+    def training_step(self, batch: Batch, backward: Backward) -> StepResult:
+        loss = self.objective(batch, None)
+        backward(loss)
+        return StepResult(loss=loss.detach().item(), metrics=dict(self._last))
+
+    # --- metrics --------------------------------------------------------------------------
+    def _reset_stats(self) -> None:
+        self._masked = {i: 0 for i in self.adversary.layers}
+        self._units = {i: 0 for i in self.adversary.layers}
+
+    def _record(self, layer: int, mask: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        real = asa_f.pair_mask(attention_mask)  # (B, L, L)
+        self._masked[layer] = self._masked[layer] + (real & (mask == 0)).sum()
+        self._units[layer] = self._units[layer] + real.sum()
+
+    def mask_ratio_per_layer(self) -> list[float | None]:
+        """Fraction of real (non-padding) attention units masked since the last reset, per
+        model layer; ``None`` for a layer without an adversary or not yet seen."""
+        ratios: list[float | None] = []
+        for i in range(self.adapter.num_layers):
+            units = int(self._units.get(i, 0))
+            ratios.append(int(self._masked[i]) / units if units else None)
+        return ratios
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        out = {"asa_mask_ratio_per_layer": self.mask_ratio_per_layer()}
+        self._reset_stats()
+        return out

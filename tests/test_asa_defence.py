@@ -1,0 +1,194 @@
+"""The ``asa`` defence on a tiny BERT: masks, gradient directions, tau, composition, reversibility."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from asa_plugin.adapters.loading import load_adapter
+
+from asa_plugin.defences.asa import ASADefence, ASAParams
+from asa_plugin.defences.asa import functional as asa_f
+from asa_plugin.defences.base import Defence, StepResult, build_defence
+from asa_plugin.errors import ConfigError
+from asa_plugin.plugins import Registry
+from asa_plugin.schema import option
+
+TEXTS = ["the movie was good and really fun", "bad boring plot", "i love it", "a very awful film"]
+
+
+@pytest.fixture
+def adapter(tiny_bert_dir):
+    torch.manual_seed(0)
+    return load_adapter(str(tiny_bert_dir), num_labels=2)
+
+
+def make_batch(adapter, texts=TEXTS, labels=(1, 0, 1, 0)):
+    batch = dict(adapter.tokenizer(list(texts), padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor(labels)
+    return batch
+
+
+def hooks_left(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def test_one_binary_mask_per_adversarial_layer_with_padding_masked(adapter):
+    defence = ASADefence(ASAParams(), adapter)
+    batch = make_batch(adapter)
+    B, L = batch["input_ids"].shape
+    assert (batch["attention_mask"] == 0).any()  # the batch has padding
+    with defence.adversarial_attention(batch) as masks:
+        adapter.forward(batch)
+    assert len(masks) == adapter.num_layers
+    real = asa_f.pair_mask(batch["attention_mask"])
+    for mask in masks:
+        assert mask.shape == (B, L, L)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert (mask[~real] == 0).all()
+
+
+def test_padding_stays_masked_even_when_the_adversary_would_keep_everything(adapter):
+    defence = ASADefence(ASAParams(), adapter)
+    for layer in defence.adversary.per_layer.values():  # scores hugely positive everywhere
+        torch.nn.init.zeros_(layer.query.weight), torch.nn.init.zeros_(layer.key.weight)
+        torch.nn.init.constant_(layer.query.bias, 30.0), torch.nn.init.constant_(layer.key.bias, 30.0)
+    batch = make_batch(adapter)
+    real = asa_f.pair_mask(batch["attention_mask"])
+    with defence.adversarial_attention(batch) as masks:
+        adapter.forward(batch)
+    for mask in masks:
+        assert torch.equal(mask.bool(), real)
+
+
+def test_only_configured_layers_carry_an_adversary(adapter):
+    defence = ASADefence(ASAParams(layers=[1], projection_size=8), adapter)
+    batch = make_batch(adapter)
+    with defence.adversarial_attention(batch) as masks:
+        adapter.forward(batch)
+    assert len(masks) == 1
+    assert defence.adversary.layers == [1]
+    assert defence.adversary.per_layer["1"].query.out_features == 8
+    ratios = defence.epoch_metrics()["asa_mask_ratio_per_layer"]
+    assert ratios[0] is None and 0 < ratios[1] < 1
+
+
+def test_a_layer_beyond_the_model_is_a_config_error(adapter):
+    with pytest.raises(ConfigError, match="layer 5 does not exist; the backbone has 2 layers"):
+        ASADefence(ASAParams(layers=[0, 5]), adapter)
+
+
+def test_masks_change_the_logits_only_inside_the_context(adapter):
+    adapter.model.eval()
+    defence = ASADefence(ASAParams(), adapter)
+    batch = make_batch(adapter)
+    plain = adapter.forward(batch).logits
+    with defence.adversarial_attention(batch):
+        masked = adapter.forward(batch).logits
+    after = adapter.forward(batch).logits
+    adapter.model.train()
+    train_mode = adapter.forward(batch).logits  # module.training never switches the adversary on
+    adapter.model.eval()
+    assert not torch.allclose(plain, masked, atol=1e-4)
+    assert torch.equal(plain, after)
+    assert hooks_left(adapter.model) == 0
+    assert train_mode.shape == plain.shape
+
+
+def test_adversary_gradient_is_the_reverse_of_the_objective_gradient(adapter, monkeypatch):
+    """Through the reversal the adversary ascends what the model descends."""
+    adapter.model.eval()  # no dropout: both passes see the same computation
+    defence = ASADefence(ASAParams(tau=0.1, adversarial_ce=True), adapter)
+    batch = make_batch(adapter)
+
+    def grads():
+        adapter.model.zero_grad(), defence.adversary.zero_grad()
+        defence.objective(batch, None).backward()
+        adv = torch.cat([p.grad.flatten() for p in defence.adversary.parameters()])
+        model = torch.cat([p.grad.flatten() for p in adapter.model.parameters() if p.grad is not None])
+        return adv, model
+
+    adv_reversed, model_reversed = grads()
+    monkeypatch.setattr(asa_f, "grad_reverse", lambda x, scale=1.0: x)
+    adv_plain, model_plain = grads()
+    assert adv_plain.abs().max() > 0
+    assert torch.allclose(adv_reversed, -adv_plain, atol=1e-6)
+    assert torch.allclose(model_reversed, model_plain, atol=1e-6)  # the model is not reversed
+
+
+def test_objective_is_ce_plus_symmetric_kl_plus_tau_squared_kept_units(adapter):
+    adapter.model.eval()
+    tau = 0.3
+    defence = ASADefence(ASAParams(tau=tau), adapter)
+    batch = make_batch(adapter)
+    loss = defence.objective(batch, None)
+    clean = adapter.forward(batch).logits
+    with defence.adversarial_attention(batch) as masks:
+        adv = adapter.forward(batch).logits
+    kept = sum(m.sum() for m in masks) / batch["labels"].shape[0]
+    expected = F.cross_entropy(clean, batch["labels"]) + asa_f.symmetric_kl(clean, adv) + tau ** 2 * kept
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def mask_ratio_under_training(adapter, tau: float, steps: int = 12) -> float:
+    """Mean masked fraction over ``steps`` SGD steps of the adversary on a fixed batch."""
+    torch.manual_seed(0)
+    defence = ASADefence(ASAParams(tau=tau), adapter)
+    batch = make_batch(adapter)
+    optimizer = torch.optim.SGD(defence.adversary.parameters(), lr=0.05)
+    for _ in range(steps):
+        defence.training_step(batch, lambda loss: loss.backward())
+        optimizer.step(), optimizer.zero_grad(), adapter.model.zero_grad()
+    ratios = defence.epoch_metrics()["asa_mask_ratio_per_layer"]
+    return sum(ratios) / len(ratios)
+
+
+def test_larger_tau_weakens_the_adversary(adapter):
+    ratios = [mask_ratio_under_training(adapter, tau) for tau in (0.0, 0.3, 1.0)]
+    assert 0 < ratios[0] < 1
+    assert ratios[0] > ratios[1] > ratios[2], ratios
+
+
+# --- composition with a procedure defence -------------------------------------------------
+@dataclass
+class TinyFGMParams:
+    epsilon: float = option(0.1, gt=0, help="L2 size of the embedding perturbation")
+
+
+class TinyFGM(Defence):
+    """A minimal FGM: a clean pass, then a pass on gradient-perturbed embeddings."""
+
+    name = "tinyfgm"
+    Params = TinyFGMParams
+    role = "procedure"
+
+    def training_step(self, batch, backward):
+        embeds = self.adapter.embed(batch["input_ids"]).detach().requires_grad_(True)  # (B, L, H)
+        clean = self.objective(batch, embeds)
+        backward(clean)
+        delta = self.params.epsilon * embeds.grad / embeds.grad.norm().clamp_min(1e-12)  # (B, L, H)
+        perturbed = self.objective(batch, embeds.detach() + delta)
+        backward(perturbed)
+        return StepResult(loss=clean.item())
+
+
+def test_composes_with_a_procedure_defence_every_pass_uses_asa(adapter):
+    registry = Registry("defence")
+    registry.add("asa", ASADefence, "test")
+    registry.add("tinyfgm", TinyFGM, "test")
+    composed = build_defence(["asa", "tinyfgm"], {"asa": ASAParams(), "tinyfgm": TinyFGMParams()},
+                             adapter, registry)
+    asa = composed.parts[0]
+    assert composed.name == "asa+tinyfgm"
+    assert composed.trainable_modules() == [asa.adversary]
+    batch = make_batch(adapter)
+    result = composed.training_step(batch, lambda loss: loss.backward())
+    assert torch.isfinite(torch.tensor(result.loss))
+    real_units = int(asa_f.pair_mask(batch["attention_mask"]).sum())
+    assert int(asa._units[0]) == 2 * real_units  # both passes ran the adversarial forward
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in asa.adversary.parameters()
+               if p.dim() == 2)
+    assert all(0 < r < 1 for r in composed.epoch_metrics()["asa_mask_ratio_per_layer"])
+    assert hooks_left(adapter.model) == 0
