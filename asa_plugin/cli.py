@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"advrobust {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
     except KeyboardInterrupt:
         print(f"advrobust {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
