@@ -31,6 +31,14 @@ import torch
 DEFENCES: dict[str, dict[str, Any]] = {
     "vanilla": {"name": "vanilla"},
     "asa": {"name": "asa", "tau": 0.5},
+    # Baselines; by construction fgm ~2x, pgd K+1 and freelb K forward/backward passes per step.
+    "fgm": {"name": "fgm"},
+    "pgd-k3": {"name": "pgd", "adv_steps": 3},
+    "freelb-k3": {"name": "freelb", "adv_steps": 3},
+    "freelb-k5": {"name": "freelb", "adv_steps": 5},
+    "scal": {"name": "scal"},
+    "uscal": {"name": "uscal"},
+    "asa+freelb-k3": {"name": ["asa", "freelb"], "freelb": {"adv_steps": 3}},
 }
 """Row name -> the ``[defence]`` table it trains with. The first row is the reference."""
 
