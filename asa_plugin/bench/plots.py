@@ -79,11 +79,15 @@ def plot_clean_vs_attack(report: dict, path: Path) -> str | None:
         mine = [c for c in points if c["recipe"] == recipe]
         if not mine:
             continue
-        xs = [100 * c["eval_accuracy"] for c in mine]
-        ys = [100 * c["accuracy_under_attack"] for c in mine]
-        ax.scatter(xs, ys, marker=markers[j % len(markers)], label=recipe, s=40)
-        for c, x, y in zip(mine, xs, ys):
-            ax.annotate(c["defence"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        at: dict[tuple[float, float], list[str]] = {}  # defences on the same point share one label
+        for c in mine:
+            at.setdefault((100 * c["eval_accuracy"], 100 * c["accuracy_under_attack"]), []).append(c["defence"])
+        ax.scatter([x for x, _ in at], [y for _, y in at], marker=markers[j % len(markers)], label=recipe, s=40)
+        for (x, y), names in at.items():
+            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.plot([0, 100], [0, 100], color="gray", linewidth=0.8, linestyle=":", label="no loss under attack")
+    ax.set_xlim(0, 102)
+    ax.set_ylim(0, 102)
     ax.set_xlabel("clean accuracy on dev (%)")
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_title("Clean accuracy vs accuracy under attack")
@@ -117,6 +121,7 @@ def plot_asa_mask_ratio(report: dict, out_dir: Path, path: Path) -> str | None:
     for label, ratios in series.items():
         ys = [math.nan if r is None else 100 * r for r in ratios]
         ax.plot(range(len(ys)), ys, marker="o", label=label)
+    ax.set_ylim(bottom=0)
     layers = max(len(r) for r in series.values())
     ax.set_xticks(range(layers))
     ax.set_xlabel("layer")
@@ -130,16 +135,15 @@ def plot_asa_mask_ratio(report: dict, out_dir: Path, path: Path) -> str | None:
     return None
 
 
-def map_sentence(run_dir: Path, min_words: int = 5) -> str | None:
-    """A dev sentence attacked for this run: the shortest with at least ``min_words`` words (stored results)."""
+def map_sentences(run_dir: Path, count: int = 5, min_words: int = 5) -> list[str]:
+    """Dev sentences attacked for this run (stored results): the ``count`` shortest with at least
+    ``min_words`` words, so that the drawn map stays legible."""
     from asa_plugin.attacks import results as res
 
-    texts = [r["original_text"] for f in sorted((run_dir / "attack").glob("*/results.jsonl"))
-             for r in res.read_rows(f)]
-    if not texts:
-        return None
+    texts = sorted({r["original_text"] for f in sorted((run_dir / "attack").glob("*/results.jsonl"))
+                    for r in res.read_rows(f)})
     long_enough = [t for t in texts if len(t.split()) >= min_words] or texts
-    return min(long_enough, key=lambda t: (len(t.split()), t))
+    return sorted(long_enough, key=lambda t: (len(t.split()), t))[:count]
 
 
 def plot_asa_map(report: dict, out_dir: Path, path: Path) -> str | None:
@@ -153,16 +157,18 @@ def plot_asa_map(report: dict, out_dir: Path, path: Path) -> str | None:
         run_dir = out_dir / "runs" / label
         if not (run_dir / "metrics.json").is_file():
             continue
-        text = map_sentence(run_dir)
-        if text is None:
-            continue
+        candidates = []  # (masked ratio, -order, text, tokens, map): the sentence and layer masked most
         try:
-            tokens, maps = compute_maps(run_dir, text)
+            for order, text in enumerate(map_sentences(run_dir)):
+                tokens, maps = compute_maps(run_dir, text)
+                for m in maps:
+                    candidates.append((m.masked_ratio, -order, -m.layer, text, tokens, m))
         except UserError:
             continue
-        chosen = max(maps, key=lambda m: (m.masked_ratio, -m.layer))
-        render(tokens, [chosen], path, title=f"{label}: {text}")
-        return None
+        if candidates:
+            *_, text, tokens, chosen = max(candidates, key=lambda c: c[:3])
+            render(tokens, [chosen], path, title=f"{label}: {text}")
+            return None
     return "no finished ASA run with attacked dev sentences yet"
 
 

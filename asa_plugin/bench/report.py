@@ -87,6 +87,8 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
     settings = {section: {k: info["settings"].get(section, {}).get(k) for k in keys
                           if info["settings"].get(section, {}).get(k) is not None}
                 for section, keys in SETTINGS.items()}
+    if settings["data"].get("train_file"):
+        settings["data"].pop("dataset", None)  # a local train file overrides the dataset name
     return {"bench_dir": str(out), "config": info.get("source"), "defences": info["defences"],
             "recipes": info["recipes"], "settings": settings, "defence_params": info.get("defence_params", {}),
             "machines": info.get("machines", []), "training": training, "cells": cells,
@@ -149,7 +151,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"GPU {m.get('gpu') or 'none'}; Python {m.get('python', '?')}, torch {m.get('torch', '?')}")
     lines += ["", "## Attack assets and substitutes", ""]
     if not report["assets"]:
-        lines.append("- none recorded (no attack finished yet)")
+        finished = any(c["status"] == "done" for c in report["cells"])
+        lines.append("- none: the recipes used no external assets" if finished
+                     else "- none recorded (no attack finished yet)")
     for a in report["assets"]:
         extra = {k: v for k, v in a.items() if k != "recipes"}
         lines.append(f"- `{json.dumps(extra, sort_keys=True)}` (recipes: {', '.join(a['recipes'])})")
