@@ -71,7 +71,7 @@ def test_report_has_every_cell_with_the_values_of_its_summary(bench):
         assert cell["train_seconds"] == metrics["train_seconds"]
     training = {t["defence"]: t for t in report["training"]}
     vanilla = training["vanilla"]["train_seconds"] / training["vanilla"]["steps"]
-    for label, row in training.items():
+    for row in training.values():
         assert row["seconds_per_step_vs_vanilla"] == pytest.approx(row["train_seconds"] / row["steps"] / vanilla)
     assert training["vanilla"]["seconds_per_step_vs_vanilla"] == pytest.approx(1.0)
     assert report["machines"] and report["machines"][0]["cpu_count"] >= 1
@@ -141,6 +141,7 @@ def test_missing_cells_are_reported_missing_never_invented(bench, tmp_path):
 
 def test_rerun_skips_finished_cells_and_redoes_only_a_deleted_summary(bench, monkeypatch):
     import asa_plugin.attacks.runner as runner
+
     import asa_plugin.training.loop as loop
 
     config, out = bench
