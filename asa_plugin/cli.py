@@ -17,6 +17,8 @@ COMMANDS = [
     "asa_plugin.commands.attack",
     "asa_plugin.commands.merge",
     "asa_plugin.commands.asa_maps",
+    "asa_plugin.commands.bench",
+    "asa_plugin.commands.report",
 ]
 
 

@@ -65,9 +65,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def build_jobs(args):
     """The config (validated) and one AttackJob per recipe."""
-    from asa_plugin.attacks.runner import AttackJob, Shard
+    from asa_plugin.attacks.runner import Shard
     from asa_plugin.config import load_config, read_file
-    from asa_plugin.data import load_split
 
     if args.config is None and not args.model:
         raise UserError("give a CONFIG, or --model PATH with --recipe NAME and --dataset NAME or --data-file FILE")
@@ -101,17 +100,28 @@ def build_jobs(args):
         out = cfg.run_dir()
     else:
         out = Path("runs") / f"attack-{Path(checkpoint.rstrip('/')).name}"
+    shard = Shard.parse(args.shard) if args.shard else None
+    jobs = recipe_jobs(cfg, checkpoint, out, cfg.attack.recipes, shard=shard, resume=args.resume,
+                       overwrite=args.overwrite, progress=not args.no_progress)
+    return cfg, jobs
+
+
+def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None, resume: bool = False,
+                overwrite: bool = False, progress: bool = True):
+    """One AttackJob per recipe on ``cfg``'s attack split, writing ``out/attack/<recipe>/``
+    (shared with ``advrobust bench``, so both produce the same manifests)."""
+    from asa_plugin.attacks.runner import AttackJob
+    from asa_plugin.data import load_split
+
     data = cfg.data
     examples = load_split(data, cfg.attack.split, cfg.model.num_labels, limit=cfg.attack.examples_for_profile(),
                           seed=cfg.attack.seed)
     source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
-    shard = Shard.parse(args.shard) if args.shard else None
-    jobs = [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=[e.text for e in examples],
+    return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=[e.text for e in examples],
                       labels=[e.label for e in examples], recipe_dir=out / "attack" / name,
                       data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
-                      resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-            for name in cfg.attack.recipes]
-    return cfg, jobs
+                      resume=resume, overwrite=overwrite, progress=progress)
+            for name in recipes]
 
 
 def run(args) -> int:

@@ -71,7 +71,7 @@ def render(tokens: list[str], maps: list[LayerMap], out_path: str | Path, title:
     import matplotlib.pyplot as plt
 
     n = len(tokens)
-    size = max(3.0, 0.28 * n + 1.5)
+    size = max(4.5, 0.28 * n + 1.5)  # wide enough for the panel titles
     fig, axes = plt.subplots(len(maps), 2, figsize=(2 * size + 1, size * len(maps)), squeeze=False)
     for row, layer_map in zip(axes, maps):
         left, right = row

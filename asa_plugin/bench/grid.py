@@ -1,0 +1,119 @@
+"""Run the grid: train each defence, then attack each trained model with each recipe.
+
+A training cell is done when ``runs/<label>/metrics.json`` exists; one with a checkpoint and no
+metrics resumes. An attack cell is done when its ``summary.json`` exists; otherwise it runs with
+the harness's own resume (rows already in results.jsonl are kept). So an interrupted bench
+continues where it stopped when it is run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from asa_plugin.attacks import results as res
+from asa_plugin.bench.plan import BENCH_FILE, BenchPlan, Cell
+
+Log = Callable[[str], None]
+
+
+def say(line: str) -> None:
+    print(f"[bench] {line}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers come from: platform, CPU, GPU, library versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
+            "python": sys.version.split()[0], "torch": torch.__version__}
+
+
+def write_bench_file(plan: BenchPlan) -> dict[str, Any]:
+    """Record the grid in OUT/bench.json (keeping the machines of earlier runs of the same bench)."""
+    path = plan.out_dir / BENCH_FILE
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    machines = old.get("machines", [])
+    here = machine()
+    if here not in machines:
+        machines.append(here)
+    info = {**plan.describe(), "machines": machines}
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    res.write_json(path, info)
+    return info
+
+
+def train_cell(cell: Cell, pm, log: Log = say) -> dict[str, Any]:
+    """Train ``cell`` unless its metrics.json exists; resume from a checkpoint when one exists."""
+    from asa_plugin.training import checkpoint
+    from asa_plugin.training.loop import train
+
+    metrics_path = cell.run_dir / "metrics.json"
+    if metrics_path.is_file():
+        log(f"train {cell.label}: done, skipped ({metrics_path})")
+        return json.loads(metrics_path.read_text(encoding="utf-8"))
+    resuming = checkpoint.find(cell.run_dir) is not None
+    log(f"train {cell.label}: {'resuming from checkpoint' if resuming else 'training'} into {cell.run_dir}")
+    metrics = train(cell.cfg, resume=True, pm=pm)  # resume=True: also continues a run dir with no checkpoint
+    log(f"train {cell.label}: eval_accuracy {metrics['eval_accuracy']:.4f}, {metrics['steps']} steps, "
+        f"{metrics['train_seconds']:.1f} s")
+    return metrics
+
+
+def attack_cells(cell: Cell, recipes: list[str], pm, progress: bool = True, log: Log = say) -> None:
+    """Attack ``cell``'s trained model with every recipe whose summary.json does not exist yet."""
+    from asa_plugin.attacks.runner import load_wrapper, resolve_cache_dir, run_attack
+    from asa_plugin.attacks.textattack_env import import_textattack
+    from asa_plugin.commands.attack import recipe_jobs
+
+    todo = []
+    for recipe in recipes:
+        summary = cell.run_dir / "attack" / recipe / "summary.json"
+        if summary.is_file():
+            log(f"attack {cell.label}/{recipe}: done, skipped ({summary})")
+        else:
+            todo.append(recipe)
+    if not todo:
+        return
+    jobs = recipe_jobs(cell.cfg, str(cell.run_dir / "model"), cell.run_dir, todo, resume=True, progress=progress)
+    wrapper = None
+    for job in jobs:
+        done = len(res.read_rows(job.out_dir / "results.jsonl"))
+        log(f"attack {cell.label}/{job.recipe}: " + (f"resuming after {done} of {len(job.texts)} examples"
+                                                      if done else f"attacking {len(job.texts)} examples"))
+        if wrapper is None:
+            import_textattack(resolve_cache_dir(job), allow_download=job.cfg.download)
+            wrapper = load_wrapper(job.model_path, job.cfg, job.max_length)
+        start = time.perf_counter()
+        summary = run_attack(job, pm, wrapper=wrapper)
+        log(f"attack {cell.label}/{job.recipe}: accuracy_under_attack {summary['accuracy_under_attack']:.4f}, "
+            f"attack_success_rate {_fmt(summary['attack_success_rate'])}, {time.perf_counter() - start:.1f} s")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def run_grid(plan: BenchPlan, pm, progress: bool = True, log: Log = say) -> None:
+    """Train every defence (same seed and budget), then attack each with every recipe."""
+    write_bench_file(plan)
+    log(f"{len(plan.cells)} defences x {len(plan.recipes)} recipes into {plan.out_dir}")
+    for cell in plan.cells:
+        train_cell(cell, pm, log)
+    for cell in plan.cells:
+        attack_cells(cell, plan.recipes, pm, progress, log)

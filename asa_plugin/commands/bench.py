@@ -1,0 +1,30 @@
+"""``advrobust bench CONFIG [--set ...]``: the defence x attack grid and its report."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="train every defence, attack each with every recipe, write a report",
+                       description="Train each defence of [bench] defences with the same seed and budget, attack "
+                                   "each with each recipe, and write report.md, report.json and PNG plots into "
+                                   "[bench] out_dir. Finished cells are skipped, so rerunning resumes.")
+    p.add_argument("config", help="TOML or YAML run config with a [bench] section")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set bench.out_dir=bench/try (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no attack progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from asa_plugin.bench.grid import run_grid, say
+    from asa_plugin.bench.plan import load_plan
+    from asa_plugin.bench.report import write_report
+    from asa_plugin.plugins import get_plugin_manager
+
+    plan = load_plan(args.config, args.overrides)
+    plugins = plan.cells[0].cfg.plugins
+    pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
+    run_grid(plan, pm, progress=not args.no_progress)
+    report = write_report(plan.out_dir, pm)
+    say(f"report: {plan.out_dir / 'report.md'} ({len(report['missing'])} cells missing)")
+    return 0
