@@ -23,7 +23,8 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="advrobust", description="Adversarial-robustness toolkit for text classifiers.")
+    parser = argparse.ArgumentParser(prog="advrobust",
+                                     description="Adversarial-robustness toolkit for text classifiers.")
     parser.add_argument("--version", action="version", version=f"advrobust {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:

@@ -7,8 +7,9 @@ Observer hooks let a reporting plugin follow training and attacks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 

@@ -149,7 +149,7 @@ def export_and_time(rows: list[Row], batches: list[dict], args) -> dict[str, dic
     seconds: dict[str, list[float]] = {name: [] for name in models}
     inputs = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
     with torch.no_grad():
-        for name, model in models.items():  # warm-up
+        for model in models.values():  # warm-up
             model(**inputs[0])
         for r in range(args.inference_repeats):
             x = inputs[r % len(inputs)]
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(results: list[dict], setup: dict, reference: str) -> None:
     print(f"defence cost: {setup['backbone']}, batch {setup['batch_size']} x {setup['length']} tokens, "
           f"{setup['steps']} steps each, {setup['device']} ({setup['threads']} threads)")
-    header = f"{'defence':<16}{'s/step':>9}{'ratio':>8}{'adv share':>11}{'params':>12}{'infer s':>10}{'infer ratio':>13}"
+    header = (f"{'defence':<16}{'s/step':>9}{'ratio':>8}{'adv share':>11}{'params':>12}{'infer s':>10}"
+              f"{'infer ratio':>13}")
     print(header)
     print("-" * len(header))
     for r in results:

@@ -66,9 +66,8 @@ def run_config(tmp_path, tiny_bert_dir, toy_data):
     ``defence`` and ``train`` are TOML lines merged over the defaults (``train="epochs = 1"``
     replaces the default epochs); ``extra`` is a dict of further sections to merge.
     """
-    import tomllib
-
     import tomli_w
+    import tomllib
 
     def make(defence: str = 'name = "vanilla"', train: str = "", backbone: Path | None = None,
              extra: dict | None = None) -> Path:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from attack_support import nltk_data_dir
-
 from asa_plugin.attacks.embeddings import nearest_neighbours
+from attack_support import nltk_data_dir
 
 
 def test_neighbour_matrix_ranks_by_cosine_with_the_word_first():

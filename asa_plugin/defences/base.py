@@ -18,9 +18,10 @@ for every pass it runs. See :func:`compose`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ class Defence:
     """How the defence composes: ``objective`` (per-pass loss, e.g. ASA), ``procedure``
     (multi-pass input perturbation, e.g. FreeLB), ``standalone`` (does not compose)."""
 
-    def __init__(self, params: Any, adapter: "BackboneAdapter"):
+    def __init__(self, params: Any, adapter: BackboneAdapter):
         self.params = params
         self.adapter = adapter
         self.objective: Objective = self.cross_entropy_objective
@@ -142,7 +143,7 @@ class ComposedDefence(Defence):
         return out
 
 
-def build_defence(names: list[str], params: dict[str, Any], adapter: "BackboneAdapter", registry) -> Defence:
+def build_defence(names: list[str], params: dict[str, Any], adapter: BackboneAdapter, registry) -> Defence:
     """Instantiate the configured defence (composing two when a list is given)."""
     parts = [registry.get(n)(params[n], adapter) for n in names]
     if len(parts) == 1:

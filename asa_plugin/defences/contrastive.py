@@ -15,8 +15,9 @@ tokens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ def check_template(template: str) -> None:
 class PromptTemplate:
     """Wraps tokenized batches in a template such as ``This sentence : "[X]" means [MASK] .``."""
 
-    def __init__(self, template: str, adapter: "BackboneAdapter"):
+    def __init__(self, template: str, adapter: BackboneAdapter):
         check_template(template)
         tok = adapter.tokenizer
         if tok.mask_token_id is None:
@@ -77,7 +78,7 @@ class PromptTemplate:
         special = self.tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
         return [t for t, s in zip(ids, special) if not s][: self.room]
 
-    def wrap(self, batch: "Batch") -> tuple["Batch", torch.Tensor]:
+    def wrap(self, batch: Batch) -> tuple[Batch, torch.Tensor]:
         """(template-wrapped batch, (B,) index of the template's mask token in each row)."""
         tok = self.tokenizer
         rows, positions = [], []
@@ -103,7 +104,7 @@ class PromptTemplate:
 
 
 @contextmanager
-def capture_outputs(adapter: "BackboneAdapter") -> Iterator[list[Any]]:
+def capture_outputs(adapter: BackboneAdapter) -> Iterator[list[Any]]:
     """Inside the block every forward of the model returns hidden states; outputs are collected."""
     outputs: list[Any] = []
 
@@ -126,18 +127,18 @@ def capture_outputs(adapter: "BackboneAdapter") -> Iterator[list[Any]]:
 class Representations:
     """Pooling of a defence's passes: ``cls`` / ``mean`` through the adapter, or ``prompt``."""
 
-    def __init__(self, defence: "Defence", pooling: Pooling, template: str):
+    def __init__(self, defence: Defence, pooling: Pooling, template: str):
         self.defence = defence
         self.pooling = pooling
         self.prompt = PromptTemplate(template, defence.adapter) if pooling == "prompt" else None
 
-    def view(self, batch: "Batch") -> tuple["Batch", torch.Tensor | None]:
+    def view(self, batch: Batch) -> tuple[Batch, torch.Tensor | None]:
         """The batch the contrastive views are built from, and its mask positions (prompt only)."""
         if self.prompt is None:
             return batch, None
         return self.prompt.wrap(batch)
 
-    def objective_and_representation(self, batch: "Batch", inputs_embeds: torch.Tensor | None,
+    def objective_and_representation(self, batch: Batch, inputs_embeds: torch.Tensor | None,
                                      mask_positions: torch.Tensor | None = None
                                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective loss, (B, H) representation) from the objective's own forward pass."""

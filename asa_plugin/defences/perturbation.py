@@ -9,8 +9,9 @@ positions (``attention_mask == 0``) always hold zero.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -24,7 +25,7 @@ TINY = 1e-12
 
 
 # --- pure maths ----------------------------------------------------------------------------
-def token_mask(batch: "Batch", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def token_mask(batch: Batch, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, L, 1) with 1 at real tokens and 0 at padding."""
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
@@ -88,7 +89,7 @@ def fgm_delta(grad: torch.Tensor, mask: torch.Tensor, epsilon: float) -> torch.T
 
 
 # --- passes through the model -------------------------------------------------------------
-def zero_delta(adapter: "BackboneAdapter", batch: "Batch") -> torch.Tensor:
+def zero_delta(adapter: BackboneAdapter, batch: Batch) -> torch.Tensor:
     """A zero perturbation (B, L, E) that requires grad: its ``.grad`` is the embedding gradient."""
     weight = adapter.input_embeddings().weight
     ids = batch["input_ids"]
@@ -96,14 +97,14 @@ def zero_delta(adapter: "BackboneAdapter", batch: "Batch") -> torch.Tensor:
                        requires_grad=True)
 
 
-def perturbed_loss(defence: "Defence", batch: "Batch", delta: torch.Tensor) -> torch.Tensor:
+def perturbed_loss(defence: Defence, batch: Batch, delta: torch.Tensor) -> torch.Tensor:
     """The defence's per-pass objective on word embeddings plus ``delta`` (composes with ASA)."""
     embeds = defence.adapter.embed(batch["input_ids"])  # (B, L, E)
     return defence.objective(batch, embeds + delta)
 
 
 @contextmanager
-def without_gradient_sync(adapter: "BackboneAdapter") -> Iterator[None]:
+def without_gradient_sync(adapter: BackboneAdapter) -> Iterator[None]:
     """Passes that only need the input gradient skip DDP's gradient synchronisation."""
     runner = adapter.runner
     if isinstance(runner, torch.nn.parallel.DistributedDataParallel):
@@ -113,7 +114,7 @@ def without_gradient_sync(adapter: "BackboneAdapter") -> Iterator[None]:
         yield
 
 
-def input_gradient(defence: "Defence", batch: "Batch", delta: torch.Tensor) -> torch.Tensor:
+def input_gradient(defence: Defence, batch: Batch, delta: torch.Tensor) -> torch.Tensor:
     """d objective / d delta at ``delta``, leaving every parameter's ``.grad`` untouched."""
     with without_gradient_sync(defence.adapter):
         delta = delta.detach().requires_grad_()
