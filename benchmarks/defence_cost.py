@@ -31,6 +31,8 @@ import torch
 DEFENCES: dict[str, dict[str, Any]] = {
     "vanilla": {"name": "vanilla"},
     "asa": {"name": "asa", "tau": 0.5},
+    # The adversary's projection size is its cost knob (default: hidden size).
+    "asa-proj64": {"name": "asa", "tau": 0.5, "projection_size": 64},
     # Baselines; by construction fgm ~2x, pgd K+1 and freelb K forward/backward passes per step.
     "fgm": {"name": "fgm"},
     "pgd-k3": {"name": "pgd", "adv_steps": 3},
