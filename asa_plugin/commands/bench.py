@@ -12,6 +12,10 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set bench.out_dir=bench/try (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no attack progress bars")
+    p.add_argument("--only-defences", default=None, metavar="LABEL,...",
+                   help="run only these defences now (the report still lists the whole grid)")
+    p.add_argument("--only-recipes", default=None, metavar="NAME,...",
+                   help="run only these recipes now (the report still lists the whole grid)")
     p.set_defaults(run=run)
 
 
@@ -24,7 +28,22 @@ def run(args) -> int:
     plan = load_plan(args.config, args.overrides)
     plugins = plan.cells[0].cfg.plugins
     pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
-    run_grid(plan, pm, progress=not args.no_progress)
+    only_defences = _names(args.only_defences, [c.label for c in plan.cells], "--only-defences")
+    only_recipes = _names(args.only_recipes, plan.recipes, "--only-recipes")
+    run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences, only_recipes=only_recipes)
     report = write_report(plan.out_dir, pm)
     say(f"report: {plan.out_dir / 'report.md'} ({len(report['missing'])} cells missing)")
     return 0
+
+
+def _names(text: str | None, allowed: list[str], flag: str) -> list[str] | None:
+    """Comma-separated names, each one of ``allowed`` (one clear line otherwise)."""
+    from asa_plugin.errors import UserError
+
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise UserError(f"{flag}: unknown name '{unknown[0] if unknown else text}'; the grid has: {', '.join(allowed)}")
+    return names
