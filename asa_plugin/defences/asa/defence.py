@@ -101,16 +101,20 @@ class ASADefence(Defence):
         ce = F.cross_entropy(clean, labels)
         divergence = asa_f.symmetric_kl(clean, adv)
         kept = torch.stack([asa_f.kept_units(m) for m in masks]).sum(0).mean()  # units per example
-        loss = ce + divergence + self.params.tau ** 2 * kept
+        model_loss = ce + divergence  # what the model descends; the tau term only moves the adversaries
         if self.params.adversarial_ce:
-            loss = loss + F.cross_entropy(adv, labels)
-        self._last = {"asa_ce": ce.item(), "asa_symmetric_kl": divergence.item(), "asa_kept_units": kept.item()}
-        return loss
+            model_loss = model_loss + F.cross_entropy(adv, labels)
+        self._last = {"asa_model_loss": model_loss.item(), "asa_ce": ce.item(),
+                      "asa_symmetric_kl": divergence.item(), "asa_kept_units": kept.item()}
+        return model_loss + self.params.tau ** 2 * kept
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         loss = self.objective(batch, None)
         backward(loss)
-        return StepResult(loss=loss.detach().item(), metrics=dict(self._last))
+        # Report the model's loss: the tau term (thousands of kept units x tau^2) exerts no gradient on
+        # the model and grows as the adversaries learn to keep units, so it would hide training progress.
+        reported = self._last["asa_model_loss"] if torch.isfinite(loss) else loss.item()
+        return StepResult(loss=reported, metrics=dict(self._last))
 
     # --- metrics --------------------------------------------------------------------------
     def _reset_stats(self) -> None:
