@@ -44,7 +44,7 @@ def plot_accuracy_under_attack(report: dict, path: Path) -> str | None:
             if cell is not None and cell["accuracy_under_attack"] is not None:
                 xs.append(i - 0.4 + width * (j + 0.5))
                 ys.append(100 * cell["accuracy_under_attack"])
-        bars = ax.bar(xs, ys, width, label=recipe)
+        bars = ax.bar(xs, ys, width, label=recipe, color=f"C{j}")  # fixed colour even when empty
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
     clean_label = "clean (dev)"
     for i, defence in enumerate(defences):
@@ -59,7 +59,12 @@ def plot_accuracy_under_attack(report: dict, path: Path) -> str | None:
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy under attack per defence and recipe")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    from matplotlib.patches import Patch
+
+    # Explicit handles: an empty bar group (a recipe not run yet) has no patch to take a colour from.
+    handles = [h for h in ax.get_legend_handles_labels()[0] if not hasattr(h, "patches")]
+    handles += [Patch(color=f"C{j}", label=recipe) for j, recipe in enumerate(recipes)]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
