@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from asa_plugin.errors import ConfigError
+from asa_plugin.schema import option
 
 if TYPE_CHECKING:
     from asa_plugin.adapters.base import BackboneAdapter
@@ -50,6 +52,18 @@ def check_template(template: str) -> None:
         raise ValueError(f"template must contain {TEXT_SLOT} and {MASK_SLOT} exactly once, got {template!r}")
     if template.index(MASK_SLOT) < template.index(TEXT_SLOT):
         raise ValueError(f"template must put {MASK_SLOT} after {TEXT_SLOT}, got {template!r}")
+
+
+@dataclass
+class ContrastiveOptions:
+    """The InfoNCE options ``scal`` and ``uscal`` share (their Params extend this)."""
+
+    temperature: float = option(0.05, gt=0, help="InfoNCE temperature of the cosine similarities")
+    pooling: Pooling = option("cls", help="sequence representation: cls, mean, or prompt (PromptBERT)")
+    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling=prompt)")
+
+    def __post_init__(self):
+        check_template(self.template)
 
 
 class PromptTemplate:

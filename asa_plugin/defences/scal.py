@@ -22,10 +22,8 @@ import torch
 
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
 from asa_plugin.defences.contrastive import (
-    DEFAULT_TEMPLATE,
-    Pooling,
+    ContrastiveOptions,
     Representations,
-    check_template,
     info_nce,
 )
 from asa_plugin.defences.perturbation import fgm_delta, token_mask, zero_delta
@@ -33,15 +31,9 @@ from asa_plugin.schema import option
 
 
 @dataclass
-class SCALParams:
+class SCALParams(ContrastiveOptions):
     epsilon: float = option(0.3, gt=0, help="L2 norm of the FGM perturbation per example (paper: 0.1-0.5)")
-    temperature: float = option(0.05, gt=0, help="InfoNCE temperature of the cosine similarities")
     contrastive_weight: float = option(1.0, ge=0, help="weight of the InfoNCE term")
-    pooling: Pooling = option("cls", help="sequence representation: cls, mean, or prompt (PromptBERT)")
-    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling=prompt)")
-
-    def __post_init__(self):
-        check_template(self.template)
 
 
 @dataclass

@@ -21,10 +21,8 @@ import torch
 
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
 from asa_plugin.defences.contrastive import (
-    DEFAULT_TEMPLATE,
-    Pooling,
+    ContrastiveOptions,
     Representations,
-    check_template,
     info_nce,
 )
 from asa_plugin.defences.perturbation import fgm_delta, token_mask, zero_delta
@@ -32,15 +30,9 @@ from asa_plugin.schema import option
 
 
 @dataclass
-class USCALParams:
+class USCALParams(ContrastiveOptions):
     epsilon: float = option(0.3, gt=0, help="L2 norm of the perturbation per example (paper: 0.1-0.5)")
-    temperature: float = option(0.05, gt=0, help="InfoNCE temperature of the cosine similarities")
     alpha: float = option(0.5, gt=0, lt=1, help="weight (< 1) of the contrastive loss beside the task loss")
-    pooling: Pooling = option("cls", help="sequence representation: cls, mean, or prompt (PromptBERT)")
-    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling=prompt)")
-
-    def __post_init__(self):
-        check_template(self.template)
 
 
 class USCALDefence(Defence):
