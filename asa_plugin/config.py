@@ -65,6 +65,9 @@ class TrainConfig:
     group_by_length: bool = option(True, help="length-grouped batches (less padding)")
     checkpoint_every_steps: int = option(0, ge=0, help="also checkpoint every N steps; 0 = each epoch only")
     log_every_steps: int = option(50, ge=1, help="log the running loss every N steps")
+    threads: int | None = option(
+        None, ge=1, help="torch CPU threads; default: $OMP_NUM_THREADS, else a count set with "
+                         "torch.set_num_threads, else 1 (measured: benchmarks/README.md)")
 
 
 @dataclass

@@ -28,6 +28,12 @@ class AttackConfig:
     query_budget: int | None = option(None, ge=1, help="model queries per example; default: the profile's "
                                                        "(stock: none, textdefender: 50 x words)")
     device: Literal["auto", "cpu", "cuda"] = option("auto", help="where the attacked model runs")
+    workers: int | None = option(
+        None, ge=1, help="worker processes, each with its own model copy; default: one per visible GPU on "
+                         "GPU, else CPU cores / attack.threads")
+    threads: int | None = option(
+        None, ge=1, help="torch CPU threads per worker; default: $OMP_NUM_THREADS, else a count set with "
+                         "torch.set_num_threads, else 1")
     cache_dir: str | None = option(None, help="TextAttack's cache and derived assets; default: $TA_CACHE_DIR, "
                                               "else RUN/attack/.cache")
     download: bool = option(True, help="fetch missing assets online (never when ADVROBUST_OFFLINE or "

@@ -21,7 +21,7 @@ def merge_recipe(recipe_dir: Path) -> dict[str, Any]:
         raise UserError(f"{recipe_dir}/shards mixes shard counts ({', '.join(sorted(counts))}); remove the "
                         f"stale ones")
     n = int(counts.pop())
-    manifests, rows, assets = [], [], None
+    manifests, rows, assets, executions = [], [], None, []
     for i in range(n):
         d = recipe_dir / "shards" / f"{i}-of-{n}"
         if not (d / "summary.json").is_file():
@@ -31,7 +31,9 @@ def merge_recipe(recipe_dir: Path) -> dict[str, Any]:
         manifest.pop("shard")
         manifests.append(manifest)
         rows += res.read_rows(d / "results.jsonl")
-        shard_assets = json.loads((d / "summary.json").read_text())["assets"]
+        shard_summary = json.loads((d / "summary.json").read_text())
+        shard_assets = shard_summary["assets"]
+        executions.append(shard_summary.get("execution"))
         assets = shard_assets if assets is None else assets
         if res.without_timing(shard_assets) != res.without_timing(assets):
             raise UserError(f"{d}: shard {i}/{n} used different assets than shard 0; rerun it with the same "
@@ -47,7 +49,7 @@ def merge_recipe(recipe_dir: Path) -> dict[str, Any]:
     rows.sort(key=lambda r: r["index"])
     res.write_rows(recipe_dir / "results.jsonl", rows)
     res.write_json(recipe_dir / "run.json", manifest)
-    summary = res.summarize(rows, manifest, assets or [])
+    summary = res.summarize(rows, manifest, assets or [], {"shards": executions})
     res.write_json(recipe_dir / "summary.json", summary)
     return summary
 

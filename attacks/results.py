@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 OUTCOMES = ("successful", "failed", "skipped", "maximized")
-TIMING_KEYS = ("seconds",)
+TIMING_KEYS = ("seconds", "timing", "time_breakdown", "execution")
 """Fields that measure time: they differ between any two runs and are left out of comparisons."""
 
 
@@ -51,8 +51,12 @@ def result_row(index: int, gold: int, result, seconds: float, query_budget: floa
     }
 
 
-def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict]) -> dict[str, Any]:
-    """The summary.json of a finished run (or of merged shards)."""
+def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict],
+              execution: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary.json of a finished run (or of merged shards); ``execution`` records how it ran
+    (workers, threads per worker, device)."""
+    from asa_plugin.attacks.profiling import breakdown
+
     n = len(rows)
     counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
     attacked = [r for r in rows if r["outcome"] != "skipped"]
@@ -72,6 +76,8 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict]) ->
         "avg_words_perturbed_pct": mean([r["words_perturbed_pct"] for r in successful]),
         "avg_queries": mean([r["queries"] for r in attacked]),
         "seconds": round(sum(r["seconds"] for r in rows), 3),
+        "time_breakdown": breakdown(rows),
+        "execution": execution,
         "outcomes": counts,
         "assets": assets,
         "substitutes": [a for a in assets if a.get("substitute_for")],

@@ -69,6 +69,8 @@ class AttackJob:
     overwrite: bool = False
     cache_dir: Path | None = None
     progress: bool = True
+    load_external: bool = True  # plugin manager options, for the worker processes
+    block: tuple[str, ...] = ()
 
     @property
     def out_dir(self) -> Path:
@@ -137,52 +139,40 @@ def load_wrapper(model_path: str, cfg, max_length: int | None):
 
 
 def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
-    """Attack the job's examples (those of its shard), append rows, write and return the summary."""
-    from asa_plugin.attacks.recipes import build_attack, profile_query_budget
-    from asa_plugin.attacks.textattack_env import import_textattack
+    """Attack the job's examples (those of its shard), append rows, write and return the summary.
+
+    The examples still to do are spread over ``attack.workers`` processes (see
+    :mod:`asa_plugin.attacks.workers`); a preloaded ``wrapper`` runs them all in this process.
+    """
+    from asa_plugin.attacks import workers as pool
 
     if pm is None:
         from asa_plugin.plugins import get_plugin_manager
 
-        pm = get_plugin_manager()
-    recipe = pm.recipes.get(job.recipe)
+        pm = get_plugin_manager(load_external=job.load_external, block=job.block)
+    pm.recipes.get(job.recipe)  # an unknown name fails before any work
     indices = list(range(len(job.texts)))
     if job.shard is not None:
         indices = job.shard.select(indices)
     done_rows = _prepare_out_dir(job)
     done = {r["index"] for r in done_rows}
     todo = [i for i in indices if i not in done]
-    cache_dir = resolve_cache_dir(job)
-    import_textattack(cache_dir, allow_download=job.cfg.download)
-    if wrapper is None:
-        wrapper = load_wrapper(job.model_path, job.cfg, job.max_length)
-    attack, assets = build_attack(recipe, wrapper, job.cfg, cache_dir)
-    if hasattr(attack.goal_function, "batch_size"):
-        attack.goal_function.batch_size = job.cfg.batch_size
-    res.write_json(job.out_dir / "assets.json", assets.report())
-
-    rows = list(done_rows)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
-    bar = _progress(job, len(indices), len(done_rows), rows)
-    writer = res.RowWriter(job.out_dir / "results.jsonl")
-    run_dir = job.recipe_dir.parent.parent
+    execution = pool.plan(job.cfg, len(todo), in_process=wrapper is not None)
+    sink = _RowSink(job, pm, len(indices), done_rows)
     try:
-        for written, index in enumerate(todo, start=1):
-            row = _attack_one(attack, job, index, profile_query_budget)
-            writer.write(row)
-            rows.append(row)
-            pm.on_attack_result(run_dir, job.recipe, row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(_running(rows), refresh=False)
-            if kill_after and written >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+        if execution.workers == 1:
+            assets = _run_here(job, pm, wrapper, todo, execution, sink)
+        else:
+            assets = pool.run_workers(job, todo, execution, sink)
     finally:
-        writer.close()
-        if bar is not None:
-            bar.close()
-    rows.sort(key=lambda r: r["index"])
-    summary = res.summarize(rows, job.manifest(), assets.report())
+        sink.close()
+    rows = sorted(sink.rows, key=lambda r: r["index"])
+    if execution.workers > 1:
+        res.write_rows(job.out_dir / "results.jsonl", rows)  # index order, as one worker writes it
+    if assets is None:  # nothing was left to attack: keep the assets of the run that did it
+        path = job.out_dir / "assets.json"
+        assets = json.loads(path.read_text()) if path.is_file() else []
+    summary = res.summarize(rows, job.manifest(), assets, execution.to_dict())
     if job.shard is not None:
         summary["shard"] = [job.shard.index, job.shard.count]
     res.write_json(job.out_dir / "summary.json", summary)
@@ -190,18 +180,88 @@ def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
     return summary
 
 
-def _attack_one(attack, job: AttackJob, index: int, budget_for) -> dict[str, Any]:
-    from textattack.shared import AttackedText
+class AttackSession:
+    """A built attack over one model copy: attacks examples of a job one at a time."""
 
-    text, gold = job.texts[index], int(job.labels[index])
-    attacked = AttackedText(text)
-    seed_everything(example_seed(job.cfg.seed, index))
-    attack.clear_cache()
-    budget = budget_for(job.cfg.profile, len(attacked.words), job.cfg.query_budget)
-    attack.goal_function.query_budget = budget
-    start = time.perf_counter()
-    result = attack.attack(attacked, gold)
-    return res.result_row(index, gold, result, time.perf_counter() - start, budget)
+    def __init__(self, job: AttackJob, pm, wrapper=None):
+        from asa_plugin.attacks.profiling import instrument
+        from asa_plugin.attacks.recipes import build_attack
+        from asa_plugin.attacks.textattack_env import import_textattack
+
+        self.job = job
+        cache_dir = resolve_cache_dir(job)
+        import_textattack(cache_dir, allow_download=job.cfg.download)
+        self.wrapper = wrapper if wrapper is not None else load_wrapper(job.model_path, job.cfg, job.max_length)
+        self.attack, assets = build_attack(pm.recipes.get(job.recipe), self.wrapper, job.cfg, cache_dir)
+        if hasattr(self.attack.goal_function, "batch_size"):
+            self.attack.goal_function.batch_size = job.cfg.batch_size
+        self.assets = assets.report()
+        self.clock = instrument(self.attack, self.wrapper)
+
+    def attack_one(self, index: int) -> dict[str, Any]:
+        from asa_plugin.attacks.recipes import profile_query_budget
+        from textattack.shared import AttackedText
+
+        job = self.job
+        text, gold = job.texts[index], int(job.labels[index])
+        attacked = AttackedText(text)
+        seed_everything(example_seed(job.cfg.seed, index))
+        self.attack.clear_cache()
+        budget = profile_query_budget(job.cfg.profile, len(attacked.words), job.cfg.query_budget)
+        self.attack.goal_function.query_budget = budget
+        self.clock.reset()
+        start = time.perf_counter()
+        result = self.attack.attack(attacked, gold)
+        seconds = time.perf_counter() - start
+        row = res.result_row(index, gold, result, seconds, budget)
+        row["timing"] = self.clock.row(seconds)
+        return row
+
+
+def _run_here(job: AttackJob, pm, wrapper, todo: list[int], execution, sink: _RowSink) -> list[dict] | None:
+    """Attack ``todo`` in this process (one worker); return the assets report."""
+    from asa_plugin.threads import apply_threads
+
+    if not todo:
+        return None
+    apply_threads(job.cfg.threads, execution.threads.threads)
+    session = AttackSession(job, pm, wrapper)
+    res.write_json(job.out_dir / "assets.json", session.assets)
+    for index in todo:
+        sink.add(session.attack_one(index))
+    return session.assets
+
+
+class _RowSink:
+    """The parent's side of a run: appends each finished row to results.jsonl (crash-safe), calls the
+    plugins' ``on_attack_result`` and moves the one progress bar (examples/min over all workers)."""
+
+    def __init__(self, job: AttackJob, pm, total: int, done_rows: list[dict]):
+        self.job, self.pm = job, pm
+        self.rows = list(done_rows)
+        self.writer = res.RowWriter(job.out_dir / "results.jsonl")
+        self.run_dir = job.recipe_dir.parent.parent
+        self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+        self.written = 0
+        self.start = time.perf_counter()
+        self.bar = _progress(job, total, len(done_rows), self.rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.writer.write(row)
+        self.rows.append(row)
+        self.written += 1
+        self.pm.on_attack_result(self.run_dir, self.job.recipe, row)
+        if self.bar is not None:
+            per_min = 60 * self.written / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(1)
+            self.bar.set_postfix({**_running(self.rows), "ex/min": f"{per_min:.1f}"}, refresh=False)
+        if self.kill_after and self.written >= self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _running(rows: list[dict]) -> dict[str, str]:

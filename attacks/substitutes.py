@@ -14,28 +14,72 @@ from textattack.transformations import WordSwap
 
 
 class TransformerSentenceEncoder(SentenceEncoder):
-    """A BERT-style sentence encoder (mean pooling), e.g. all-MiniLM-L6-v2 in place of USE."""
+    """A BERT-style sentence encoder (mean pooling), e.g. all-MiniLM-L6-v2 in place of USE.
 
-    def __init__(self, path: str, batch_size: int = 64, **kwargs):
+    Decisions are TextAttack's ``SentenceEncoder``'s, with less encoder work:
+
+    - every text's embedding is cached until :meth:`clear_cache` (called by ``Attack.clear_cache``
+      before each example), so the original windows that all candidates at one word index share,
+      and windows seen in earlier search steps, are encoded once;
+    - only texts not yet cached are encoded, deduplicated and length-sorted into batches;
+    - with ``skip_text_shorter_than_window``, texts that would get score 1 anyway are not encoded.
+    """
+
+    def __init__(self, path: str, batch_size: int = 64, cache_size: int = 50_000, **kwargs):
         super().__init__(**kwargs)
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.encoder = AutoModel.from_pretrained(path).eval()
         self.batch_size = batch_size
+        self.cache_size = cache_size
         self.model = self  # SentenceEncoder._sim_score calls self.model.encode
+        self._cache: dict[str, torch.Tensor] = {}
+        self.num_forwards = 0  # encoder forward passes (batches), for the time breakdown
+        self.num_encoded = 0  # texts encoded (cache misses)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def encode(self, sentences: list[str]) -> torch.Tensor:
+        """Embeddings of ``sentences`` (N, H), each text encoded at most once per cache lifetime."""
+        if not sentences:
+            return torch.empty(0)
+        missing = [s for s in dict.fromkeys(sentences) if s not in self._cache]
+        if missing:
+            if len(self._cache) + len(missing) > self.cache_size:
+                self._cache.clear()
+            self._cache.update(zip(missing, self.encode_uncached(missing)))
+        return torch.stack([self._cache[s] for s in sentences])  # (N, H)
 
     @torch.inference_mode()
-    def encode(self, sentences: list[str]) -> torch.Tensor:
+    def encode_uncached(self, sentences: list[str]) -> torch.Tensor:
+        """Mean-pooled embeddings (N, H) on the CPU, in input order, from length-sorted batches."""
         device = next(self.encoder.parameters()).device
-        out = []
-        for start in range(0, len(sentences), self.batch_size):
-            enc = self.tokenizer(sentences[start:start + self.batch_size], padding=True, truncation=True,
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+        out = torch.empty(len(sentences), self.encoder.config.hidden_size)  # (N, H)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            enc = self.tokenizer([sentences[i] for i in idx], padding=True, truncation=True,
                                  max_length=256, return_tensors="pt").to(device)
             hidden = self.encoder(**enc).last_hidden_state  # (B, L, H)
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)).float().cpu())  # (B, H)
-        return torch.cat(out) if out else torch.empty(0)
+            out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)).float().cpu()  # (B, H)
+            self.num_forwards += 1
+        self.num_encoded += len(sentences)
+        return out
+
+    def _check_constraint_many(self, transformed_texts, reference_text):
+        """TextAttack's filter, without encoding the texts it scores 1 regardless."""
+        skip = [self.skip_text_shorter_than_window and len(t.words) < self.window_size for t in transformed_texts]
+        scored = [t for t, s in zip(transformed_texts, skip) if not s]
+        scores = torch.ones(len(transformed_texts))  # (N,)
+        if scored:
+            scores[[i for i, s in enumerate(skip) if not s]] = self._score_list(reference_text, scored).float().cpu()
+        for text, score in zip(transformed_texts, scores):
+            text.attack_attrs["similarity_score"] = score.item()
+        mask = (scores >= self.threshold).numpy().nonzero()
+        return np.array(transformed_texts)[mask]
 
     def to(self, device):
         self.encoder.to(device)

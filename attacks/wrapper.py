@@ -39,6 +39,7 @@ class FastModelWrapper(ModelWrapper):
         self.batch_size = batch_size
         self.max_length = max_length or min(int(tokenizer.model_max_length), 512)
         self.num_queries = 0
+        self.num_forwards = 0  # model forward passes (batches), for the time breakdown
 
     def _encode(self, texts: Sequence) -> dict[str, list]:
         if texts and isinstance(texts[0], (tuple, list)):  # multi-column inputs (premise, hypothesis)
@@ -58,6 +59,7 @@ class FastModelWrapper(ModelWrapper):
             idx = order[start:start + self.batch_size]
             batch = self._pad([[enc[k][i] for i in idx] for k in keys], keys)
             logits = self.model(**batch).logits  # (B, C)
+            self.num_forwards += 1
             out[idx] = logits.float().cpu()
         return out
 

@@ -77,8 +77,7 @@ def train_cell(cell: Cell, pm, log: Log = say) -> dict[str, Any]:
 
 def attack_cells(cell: Cell, recipes: list[str], pm, progress: bool = True, log: Log = say) -> None:
     """Attack ``cell``'s trained model with every recipe whose summary.json does not exist yet."""
-    from asa_plugin.attacks.runner import load_wrapper, resolve_cache_dir, run_attack
-    from asa_plugin.attacks.textattack_env import import_textattack
+    from asa_plugin.attacks.runner import run_attack
     from asa_plugin.commands.attack import recipe_jobs
 
     todo = []
@@ -91,16 +90,12 @@ def attack_cells(cell: Cell, recipes: list[str], pm, progress: bool = True, log:
     if not todo:
         return
     jobs = recipe_jobs(cell.cfg, str(cell.run_dir / "model"), cell.run_dir, todo, resume=True, progress=progress)
-    wrapper = None
     for job in jobs:
         done = len(res.read_rows(job.out_dir / "results.jsonl"))
         log(f"attack {cell.label}/{job.recipe}: " + (f"resuming after {done} of {len(job.texts)} examples"
                                                       if done else f"attacking {len(job.texts)} examples"))
-        if wrapper is None:
-            import_textattack(resolve_cache_dir(job), allow_download=job.cfg.download)
-            wrapper = load_wrapper(job.model_path, job.cfg, job.max_length)
         start = time.perf_counter()
-        summary = run_attack(job, pm, wrapper=wrapper)
+        summary = run_attack(job, pm)  # attack.workers processes, as `advrobust attack`
         log(f"attack {cell.label}/{job.recipe}: accuracy_under_attack {summary['accuracy_under_attack']:.4f}, "
             f"attack_success_rate {_fmt(summary['attack_success_rate'])}, {time.perf_counter() - start:.1f} s")
 

@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (same settings)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results of these recipes")
     p.add_argument("--shard", metavar="I/N", help="attack only shard I of N (0-based); merge with `advrobust merge`")
+    p.add_argument("--workers", type=int, help="worker processes, each with its own model copy (default: one "
+                                               "per GPU, else CPU cores / --threads)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per worker (default: $OMP_NUM_THREADS, else 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -49,7 +52,8 @@ def _raw_config(args) -> dict:
         raw["data"].update(dataset=None, train_file=args.data_file, dev_file=args.data_file,
                            test_file=args.data_file)
     for key, value in (("recipes", args.recipe or None), ("split", args.split), ("profile", args.profile),
-                       ("num_examples", args.num_examples), ("seed", args.seed), ("model", args.model)):
+                       ("num_examples", args.num_examples), ("seed", args.seed), ("model", args.model),
+                       ("workers", getattr(args, "workers", None)), ("threads", getattr(args, "threads", None))):
         if value is not None:
             raw["attack"][key] = value
     return raw
@@ -120,27 +124,21 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
     return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=[e.text for e in examples],
                       labels=[e.label for e in examples], recipe_dir=out / "attack" / name,
                       data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
-                      resume=resume, overwrite=overwrite, progress=progress)
+                      resume=resume, overwrite=overwrite, progress=progress,
+                      load_external=cfg.plugins.external, block=tuple(cfg.plugins.block))
             for name in recipes]
 
 
 def run(args) -> int:
-    from asa_plugin.attacks.runner import load_wrapper, run_attack
+    from asa_plugin.attacks.runner import run_attack
     from asa_plugin.plugins import get_plugin_manager
 
     cfg, jobs = build_jobs(args)
     pm = get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     for job in jobs:
         pm.recipes.get(job.recipe)  # unknown names fail before any work
-    wrapper = None
     for job in jobs:
-        if wrapper is None:
-            from asa_plugin.attacks.runner import resolve_cache_dir
-            from asa_plugin.attacks.textattack_env import import_textattack
-
-            import_textattack(resolve_cache_dir(job), allow_download=job.cfg.download)
-            wrapper = load_wrapper(job.model_path, job.cfg, job.max_length)
-        summary = run_attack(job, pm, wrapper=wrapper)
+        summary = run_attack(job, pm)
         keys = ("recipe", "profile", "num_examples", "clean_accuracy", "accuracy_under_attack",
                 "attack_success_rate", "avg_words_perturbed_pct", "avg_queries", "seconds")
         print(json.dumps({"out": str(job.out_dir), **{k: summary[k] for k in keys}}))

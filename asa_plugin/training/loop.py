@@ -22,6 +22,7 @@ from asa_plugin.data import load_split
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import TrainingDiverged, UserError
 from asa_plugin.plugins import PluginManager, get_plugin_manager
+from asa_plugin.threads import TRAIN_DEFAULT_THREADS, apply_threads
 from asa_plugin.training import checkpoint
 from asa_plugin.training.batching import EncodedDataset, make_loader
 from asa_plugin.training.evaluate import accuracy
@@ -71,6 +72,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     if resume and (run_dir / "metrics.json").exists() and checkpoint.find(run_dir) is None:
         return json.loads((run_dir / "metrics.json").read_text())  # already finished
     tc = cfg.train
+    threads = apply_threads(tc.threads, TRAIN_DEFAULT_THREADS)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision,
                               gradient_accumulation_steps=tc.gradient_accumulation_steps)
     if accelerator.is_main_process:
@@ -163,6 +165,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
         defence.detach()
 
     metrics = _final_metrics(cfg, defence, state)
+    metrics["threads"] = threads.to_dict()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model)
         adapter.export(run_dir / "model")
