@@ -17,6 +17,7 @@ from typing import Any
 MODEL = "model_queries"
 TRANSFORMATION = "transformation"
 SEARCH = "search_and_other"
+COUNTERS = ("model_forwards", "model_texts", "encoder_forwards", "encoder_texts")
 
 
 class AttackClock:
@@ -26,7 +27,7 @@ class AttackClock:
         self.wrapper = wrapper
         self.encoders = encoders or []
         self.seconds: dict[str, float] = defaultdict(float)
-        self._forwards0 = self._encoder_forwards0 = 0
+        self._start = (0, 0, 0, 0)
 
     def timed(self, key: str, fn: Callable) -> Callable:
         def run(*args, **kwargs):
@@ -38,22 +39,23 @@ class AttackClock:
 
         return run
 
-    def _model_forwards(self) -> int:
-        return int(getattr(self.wrapper, "num_forwards", 0))
-
-    def _encoder_forwards(self) -> int:
-        return sum(int(getattr(e, "num_forwards", 0)) for e in self.encoders)
+    def _counters(self) -> tuple[int, int, int, int]:
+        """(model forwards, texts through the model, encoder forwards, texts through the encoder)."""
+        return (int(getattr(self.wrapper, "num_forwards", 0)), int(getattr(self.wrapper, "num_queries", 0)),
+                sum(int(getattr(e, "num_forwards", 0)) for e in self.encoders),
+                sum(int(getattr(e, "num_encoded", 0)) for e in self.encoders))
 
     def reset(self) -> None:
         self.seconds.clear()
-        self._forwards0, self._encoder_forwards0 = self._model_forwards(), self._encoder_forwards()
+        self._start = self._counters()
 
     def row(self, total: float) -> dict[str, Any]:
-        """The ``timing`` field of a results row: stage seconds (summing to ``total``) and forwards."""
+        """The ``timing`` field of a results row: stage seconds (summing to ``total``) and the
+        forward passes and texts of the model and of the sentence encoder."""
         stages = {k: round(v, 4) for k, v in sorted(self.seconds.items())}
         stages[SEARCH] = round(max(total - sum(self.seconds.values()), 0.0), 4)
-        return {"seconds": stages, "model_forwards": self._model_forwards() - self._forwards0,
-                "encoder_forwards": self._encoder_forwards() - self._encoder_forwards0}
+        counts = [now - then for now, then in zip(self._counters(), self._start)]
+        return {"seconds": stages, **dict(zip(COUNTERS, counts))}
 
 
 def constraint_key(constraint) -> str:
@@ -90,6 +92,5 @@ def breakdown(rows: list[dict]) -> dict[str, Any] | None:
         "examples": n,
         "seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
         "fraction": {k: round(v / total, 4) if total else None for k, v in sorted(seconds.items())},
-        "model_forwards_per_example": sum(t["model_forwards"] for t in timed) / n,
-        "encoder_forwards_per_example": sum(t["encoder_forwards"] for t in timed) / n,
+        **{f"{key}_per_example": sum(t.get(key, 0) for t in timed) / n for key in COUNTERS},
     }

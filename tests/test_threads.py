@@ -1,0 +1,74 @@
+"""The thread policy and the worker plan: who decides the thread count, how many workers run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asa_plugin import threads as tp
+from asa_plugin.config import load_config
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in tp.THREAD_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tp, "torch_default_threads", lambda: {torch.get_num_threads()})
+    return monkeypatch
+
+
+@pytest.mark.parametrize(("configured", "env", "default", "expected"), [
+    (3, {"OMP_NUM_THREADS": "2"}, 1, tp.ThreadChoice(3, "config")),  # the config beats the environment
+    (None, {"OMP_NUM_THREADS": "2"}, 1, tp.ThreadChoice(2, "OMP_NUM_THREADS")),
+    (None, {"MKL_NUM_THREADS": "4"}, 1, tp.ThreadChoice(4, "MKL_NUM_THREADS")),
+    (None, {"OMP_NUM_THREADS": "lots"}, 1, tp.ThreadChoice(1, "default")),  # not a count: ignored
+    (None, {}, 1, tp.ThreadChoice(1, "default")),
+    (None, {}, 2, tp.ThreadChoice(2, "default")),
+])
+def test_thread_precedence(clean_env, configured, env, default, expected):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    assert tp.resolve_threads(configured, default) == expected
+
+
+def test_a_count_set_with_torch_is_respected(clean_env):
+    clean_env.setattr(tp, "torch_default_threads", lambda: {torch.get_num_threads() + 5})
+    assert tp.resolve_threads(None, 1) == tp.ThreadChoice(torch.get_num_threads(), "torch.set_num_threads")
+
+
+def test_apply_threads_sets_torch(clean_env):
+    before = torch.get_num_threads()
+    try:
+        choice = tp.apply_threads(1, 4)
+        assert (choice.threads, torch.get_num_threads()) == (1, 1)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("attack", "cpus", "todo", "in_process", "workers", "threads"), [
+    ({}, 4, 100, False, 4, 1),  # one single-threaded worker per core
+    ({"threads": 2}, 4, 100, False, 2, 2),  # cores / threads per worker
+    ({"threads": 8}, 4, 100, False, 1, 8),
+    ({"workers": 3}, 1, 100, False, 3, 1),  # explicit
+    ({}, 4, 2, False, 2, 1),  # never more workers than examples left
+    ({}, 4, 0, False, 1, 1),
+    ({"workers": 3}, 4, 100, True, 1, 1),  # a preloaded model runs in this process
+])
+def test_worker_plan_on_cpu(clean_env, attack, cpus, todo, in_process, workers, threads):
+    from asa_plugin.attacks import workers as pool
+
+    clean_env.setattr(pool, "cpu_count", lambda: cpus)
+    cfg = load_config(data={"attack": {"device": "cpu", **attack}}).attack
+    execution = pool.plan(cfg, todo, in_process=in_process)
+    assert (execution.workers, execution.threads.threads, execution.device) == (workers, threads, "cpu")
+    assert execution.to_dict()["threads_per_worker"] == threads
+
+
+def test_worker_plan_on_gpu_is_one_per_device(clean_env):
+    from asa_plugin.attacks import workers as pool
+
+    clean_env.setattr(torch.cuda, "is_available", lambda: True)
+    clean_env.setattr(torch.cuda, "device_count", lambda: 3)
+    cfg = load_config(data={"attack": {}}).attack
+    assert pool.plan(cfg, 100).workers == 3
+    assert pool.plan(cfg, 100).device == "cuda"
