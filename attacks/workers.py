@@ -137,6 +137,9 @@ def worker_main(rank: int, job, execution: Execution, tasks, results, parent: in
             if index is None:
                 break
             results.put(("row", rank, session.attack_one(index)))
+        if os.getppid() != parent:  # orphaned (the parent was killed): exit without flushing to nobody
+            results.cancel_join_thread()
+            return
         results.put(("done", rank, None))
     except UserError as exc:
         results.put(("user_error", rank, str(exc)))

@@ -20,7 +20,7 @@ def train_cli(config: Path, *args: str, **env: str) -> subprocess.CompletedProce
 
 
 def test_run_directory_holds_a_plain_hf_model_config_and_metrics(tmp_path, run_config):
-    proc = train_cli(run_config())
+    proc = train_cli(run_config(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="")
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -28,6 +28,7 @@ def test_run_directory_holds_a_plain_hf_model_config_and_metrics(tmp_path, run_c
                 "train_examples_per_second", "steps"):
         assert key in metrics
     assert metrics["steps"] == 12 and len(metrics["eval_accuracy_per_epoch"]) == 2
+    assert metrics["threads"] == {"threads": 1, "source": "OMP_NUM_THREADS"}  # the user's setting, recorded
     assert (run / "config.resolved.toml").is_file() and (run / "train.log").is_file()
     assert not (run / "checkpoint").exists()
     resolved = (run / "config.resolved.toml").read_text()
