@@ -167,7 +167,7 @@ def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
     finally:
         sink.close()
     rows = sorted(sink.rows, key=lambda r: r["index"])
-    if execution.workers > 1:
+    if [r["index"] for r in sink.rows] != [r["index"] for r in rows]:  # workers finish out of order
         res.write_rows(job.out_dir / "results.jsonl", rows)  # index order, as one worker writes it
     if assets is None:  # nothing was left to attack: keep the assets of the run that did it
         path = job.out_dir / "assets.json"
