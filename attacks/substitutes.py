@@ -5,6 +5,8 @@ Import this module only after :func:`asa_plugin.attacks.textattack_env.import_te
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from textattack.constraints import Constraint
@@ -104,11 +106,13 @@ class AntonymSwapFilter(Constraint):
         return not any(pair in self.pairs for pair in changed_word_pairs(transformed_text, reference_text))
 
 
-def wordnet_pos(word: str) -> set[str]:
-    """The parts of speech WordNet lists for ``word`` (n, v, a, r; satellites count as a)."""
+@functools.lru_cache(maxsize=200_000)
+def wordnet_pos(word: str) -> frozenset[str]:
+    """The parts of speech WordNet lists for ``word`` (n, v, a, r; satellites count as a); cached,
+    as the same words recur in every candidate of an attack."""
     from nltk.corpus import wordnet
 
-    return {"a" if s.pos() == "s" else s.pos() for s in wordnet.synsets(word)}
+    return frozenset("a" if s.pos() == "s" else s.pos() for s in wordnet.synsets(word))
 
 
 class WordNetPOSMatch(Constraint):
@@ -122,6 +126,9 @@ class WordNetPOSMatch(Constraint):
     def __init__(self, allow_verb_noun_swap: bool = True):
         super().__init__(compare_against_original=True)
         self.allow_verb_noun_swap = allow_verb_noun_swap
+        from nltk.corpus import wordnet
+
+        wordnet.ensure_loaded()  # load WordNet now, not inside the first example's attack time
 
     def _check_constraint(self, transformed_text, reference_text) -> bool:
         for old, new in changed_word_pairs(transformed_text, reference_text):
