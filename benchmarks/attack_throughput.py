@@ -34,6 +34,9 @@ def parse_args(argv=None):
                                                                    "(its wrapper pads to 512 tokens: slow); 0 = skip")
     p.add_argument("--seed", type=int, default=765)
     p.add_argument("--nltk-data", default=None, help="NLTK data dir with WordNet (pwws); default: NLTK_DATA")
+    p.add_argument("--include-entries", default=None,
+                   help="JSONL of recipe entries an earlier run printed (to stderr); they join this run's table "
+                        "and get its physical-limit figures (say so when you quote them)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -156,6 +159,10 @@ def main(argv=None) -> int:
                                                       for a, b in zip(stock, after[:n])))
         table.append(entry)
         print(json.dumps(entry), file=sys.stderr, flush=True)
+
+    if args.include_entries:
+        earlier = [json.loads(line) for line in Path(args.include_entries).read_text().splitlines() if line.strip()]
+        table = [{**e, "from_earlier_run": True} for e in earlier] + table
 
     # The physical limit: this run's model and encoder texts at the bare forward speed (1 thread).
     torch.set_num_threads(1)
