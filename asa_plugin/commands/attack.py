@@ -120,6 +120,7 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
     source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
     return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=[e.text for e in examples],
                       labels=[e.label for e in examples], recipe_dir=out / "attack" / name,
+                      text_pairs=[e.text_pair for e in examples] if examples[0].text_pair is not None else None,
                       data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
                       resume=resume, overwrite=overwrite, progress=progress)
             for name in recipes]
