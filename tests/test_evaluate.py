@@ -92,3 +92,31 @@ def test_bad_static_sets_give_one_line(pair_run, tmp_path, capsys, name, content
     assert len(err) == 1
     for word in words:
         assert word in err[0]
+
+
+def test_bench_lists_static_sets_beside_recipes(tmp_path, tiny_bert_dir, toy_data, attack_cache):
+    from attack_support import nltk_data_dir
+
+    advglue = tmp_path / "dev.json"
+    advglue.write_text(json.dumps({"sst2": [{"idx": 0, "label": 1, "sentence": "a great film"},
+                                            {"idx": 1, "label": 0, "sentence": "awful and boring"}],
+                                   "qqp": [{"idx": 0, "label": 0, "question1": "a", "question2": "b"}]}))
+    out = tmp_path / "bench"
+    config = {"bench": {"defences": ["vanilla", "fgm"], "recipes": ["deepwordbug"], "out_dir": str(out),
+                        "static_sets": [f"{advglue}#sst2", str(toy_data["dev"])]},
+              "model": {"backbone": str(tiny_bert_dir), "max_length": 32},
+              "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},
+              "train": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "seed": 7},
+              "attack": {"num_examples": 2, "seed": 3, "cache_dir": str(attack_cache), "nltk_data": nltk_data_dir()}}
+    (tmp_path / "bench.toml").write_text(tomli_w.dumps(config))
+    assert main(["bench", str(tmp_path / "bench.toml"), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["static_sets"] == ["dev-sst2", "dev"] and report["missing"] == []
+    for row in report["training"]:
+        for name in ("dev-sst2", "dev"):
+            summary = json.loads((out / "runs" / row["defence"] / "evaluate" / name / "summary.json").read_text())
+            assert row["static"][name] == summary["accuracy"]
+        assert json.loads((out / "runs" / row["defence"] / "evaluate" / "dev-sst2" / "summary.json")
+                          .read_text())["num_examples"] == 2
+    markdown = (out / "report.md").read_text()
+    assert "## Static sets" in markdown and "| Defence | dev-sst2 | dev |" in markdown

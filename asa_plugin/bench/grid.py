@@ -124,3 +124,8 @@ def run_grid(plan: BenchPlan, pm, progress: bool = True, log: Log = say,
         train_cell(cell, pm, log)
     for cell in cells:
         attack_cells(cell, recipes, pm, progress, log)
+    if plan.bench.static_sets:
+        from asa_plugin.bench.static import evaluate_cell
+
+        for cell in cells:
+            evaluate_cell(cell.run_dir, plan.bench.static_sets, log, cell.label)

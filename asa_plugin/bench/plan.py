@@ -27,6 +27,8 @@ class BenchSection:
     defences: list[str] = option(["vanilla"], help='defence labels: a name, or "a+b" for a composition')
     recipes: list[str] | None = option(None, help="attack recipes; default: the [attack] section's recipes")
     out_dir: str = option("bench", help="bench directory: runs/<label>/, report.md, report.json, plots")
+    static_sets: list[str] = option([], help="static adversarial sets every trained model is evaluated on: "
+                                             "FILE, or FILE#TASK for a key of AdvGLUE's dev.json")
 
     def __post_init__(self) -> None:
         if not self.defences:
@@ -67,6 +69,7 @@ class BenchPlan:
         shared.pop("defence")
         shared.pop("output")
         return {"source": self.source, "defences": list(self.bench.defences), "recipes": list(self.recipes),
+                "static_sets": list(self.bench.static_sets),
                 "defence_params": {c.label: c.cfg.defence.to_dict() for c in self.cells}, "settings": shared}
 
 

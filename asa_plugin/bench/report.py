@@ -13,6 +13,7 @@ from typing import Any
 
 from asa_plugin.attacks import results as res
 from asa_plugin.bench.plan import read_bench_file
+from asa_plugin.bench.static import parse as parse_static
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "seconds")
@@ -84,6 +85,11 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
                 missing.append(f"attack {label}/{recipe}")
             else:
                 summaries.append(summary)
+    static = [parse_static(spec)[2] for spec in info.get("static_sets", [])]
+    for train in training:
+        summaries_of = {n: _read_json(runs / train["defence"] / "evaluate" / n / "summary.json") for n in static}
+        train["static"] = {n: None if s is None else s["accuracy"] for n, s in summaries_of.items()}
+        missing += [f"evaluate {train['defence']}/{n}" for n, s in summaries_of.items() if s is None]
     settings = {section: {k: info["settings"].get(section, {}).get(k) for k in keys
                           if info["settings"].get(section, {}).get(k) is not None}
                 for section, keys in SETTINGS.items()}
@@ -91,7 +97,7 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
         settings["data"].pop("dataset", None)  # a local train file overrides the dataset name
     return {"bench_dir": str(out), "config": info.get("source"), "defences": info["defences"],
             "recipes": info["recipes"], "settings": settings, "defence_params": info.get("defence_params", {}),
-            "machines": info.get("machines", []), "training": training, "cells": cells,
+            "machines": info.get("machines", []), "training": training, "cells": cells, "static_sets": static,
             "assets": _assets(summaries), "missing": missing}
 
 
@@ -137,6 +143,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         else:
             lines.append(f"| {t['defence']} | {_pct(t['eval_accuracy'])} | {t['steps']} | {_num(t['train_seconds'])} "
                          f"| {_num(t['seconds_per_step'], 3)} | {_num(t['seconds_per_step_vs_vanilla'], 2, 'x')} |")
+    if report.get("static_sets"):
+        names = report["static_sets"]
+        lines += ["", "## Static sets", "", "Accuracy in % of each trained model on each fixed set "
+                  "(`advrobust evaluate`).", "", "| Defence | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        for t in report["training"]:
+            values = [_pct(v) if v is not None else "missing" for v in (t.get("static") or {}).values()]
+            lines.append(f"| {t['defence']} | " + " | ".join(values or ["missing"] * len(names)) + " |")
     attacked = sorted({c["num_examples"] for c in report["cells"] if c["status"] == "done"})
     if attacked:
         lines += ["", f"Examples attacked per cell: {', '.join(map(str, attacked))}."]

@@ -92,25 +92,35 @@ def evaluate(model_path: str, examples: list, max_length: int, batch_size: int =
     return {"accuracy": correct / len(rows), "correct": correct, "num_examples": len(rows)}, rows
 
 
-def run(args) -> int:
+def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, data_file: str | None = None,
+                        task: str | None = None, dataset: str | None = None, split: str = "dev",
+                        name: str | None = None, batch_size: int = 64) -> tuple[dict, Path]:
+    """Evaluate ``checkpoint`` on one static set; write ``out_root/evaluate/<name>/``; (summary, that dir)."""
     from asa_plugin.attacks import results as res
-    from asa_plugin.commands.attack import resolve_model
     from asa_plugin.data.labels import checkpoint_labels
+
+    settings = _run_settings(run_dir)
+    labels = checkpoint_labels(checkpoint)
+    examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels)
+    max_length = settings.get("model", {}).get("max_length", 512)
+    summary, rows = evaluate(checkpoint, examples, max_length, batch_size)
+    out = out_root / "evaluate" / (name or default_name)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "name": name or default_name, "data": where, "model": checkpoint}
+    res.write_rows(out / "predictions.jsonl", rows)
+    res.write_json(out / "summary.json", summary)
+    return summary, out
+
+
+def run(args) -> int:
+    from asa_plugin.commands.attack import resolve_model
     from asa_plugin.errors import UserError
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     checkpoint, run_dir = resolve_model(args.model)
-    settings = _run_settings(run_dir)
-    labels = checkpoint_labels(checkpoint)
-    examples, where, name = static_set(args.data_file, args.task, args.dataset, args.split, settings, labels)
-    max_length = settings.get("model", {}).get("max_length", 512)
-    summary, rows = evaluate(checkpoint, examples, max_length, args.batch_size)
-    out = Path(args.out) if args.out else (run_dir or Path("runs") / f"evaluate-{Path(checkpoint).name}")
-    out = out / "evaluate" / (args.name or name)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {**summary, "name": args.name or name, "data": where, "task": args.task, "model": checkpoint}
-    res.write_rows(out / "predictions.jsonl", rows)
-    res.write_json(out / "summary.json", summary)
+    out_root = Path(args.out) if args.out else (run_dir or Path("runs") / f"evaluate-{Path(checkpoint).name}")
+    summary, out = evaluate_static_set(checkpoint, run_dir, out_root, args.data_file, args.task, args.dataset,
+                                       args.split, args.name, args.batch_size)
     print(json.dumps({"out": str(out), **summary}))
     return 0
