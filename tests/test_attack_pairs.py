@@ -87,3 +87,20 @@ def test_a_recipe_that_cannot_attack_pairs_says_why_in_one_line(tmp_path):
     with pytest.raises(UserError) as info:
         build_attack(single_only, None, AttackConfig(), tmp_path, pairs=True)
     assert str(info.value) == "recipe 'single-only' cannot attack sentence pairs: it rewrites the input as one text"
+
+
+def test_wrapper_gradient_of_a_pair_covers_both_texts(pair_run, attack_cache):
+    from asa_plugin.attacks.textattack_env import import_textattack
+
+    import_textattack(attack_cache, allow_download=False)
+    from asa_plugin.attacks.wrapper import FastModelWrapper
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = pair_run[0] / "model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    wrapper = FastModelWrapper(AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer,
+                               device="cpu")
+    out = wrapper.get_grad(("the film was", "really great"))
+    tokens = tokenizer.convert_ids_to_tokens(out["ids"][0])
+    assert tokens == ["[CLS]", "the", "film", "was", "[SEP]", "really", "great", "[SEP]"]
+    assert out["gradient"].shape[0] == len(tokens) and (abs(out["gradient"]).sum(1) > 0).all()

@@ -120,3 +120,16 @@ def test_bench_lists_static_sets_beside_recipes(tmp_path, tiny_bert_dir, toy_dat
                           .read_text())["num_examples"] == 2
     markdown = (out / "report.md").read_text()
     assert "## Static sets" in markdown and "| Defence | dev-sst2 | dev |" in markdown
+
+
+def test_a_registered_datasets_split_evaluates(pair_run, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    (root / "rte").mkdir(parents=True)
+    (root / "rte" / "dev.tsv").write_text("sentence1\tsentence2\tlabel\nthe film\tit was great\t1\n"
+                                          "the plot\tit was awful\t0\n")
+    monkeypatch.setenv("ADVROBUST_DATA_DIR", str(root))
+    assert main(["evaluate", str(pair_run), "--dataset", "rte", "--split", "dev"]) == 0
+    summary = json.loads((pair_run / "evaluate" / "rte-dev" / "summary.json").read_text())
+    expected = reference_predictions(pair_run / "model", [("the film", "it was great"), ("the plot", "it was awful")])
+    assert summary["num_examples"] == 2
+    assert summary["accuracy"] == sum(p == y for p, y in zip(expected, [1, 0])) / 2
