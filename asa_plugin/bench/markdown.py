@@ -53,9 +53,12 @@ def _p_values(comparison: dict) -> str:
 
 
 def _seeds(cell: dict) -> str:
-    text = ", ".join(str(s) for s in cell["seeds_done"]) or "-"
-    absent = [s for s in cell["seeds"] if s not in cell["seeds_done"]]
-    return text + (f" ({', '.join(map(str, absent))} missing)" if absent else "")
+    """The seeds of a cell: ``42, 43``, ``42 (43 missing)`` or ``42 missing``."""
+    absent = ", ".join(str(s) for s in cell["seeds"] if s not in cell["seeds_done"])
+    if not cell["seeds_done"]:
+        return f"{absent} missing"
+    text = ", ".join(str(s) for s in cell["seeds_done"])
+    return text + (f" ({absent} missing)" if absent else "")
 
 
 def _paired_columns(cell: dict, baseline: str | None) -> list[str]:

@@ -75,6 +75,7 @@ def plot_accuracy_under_attack(report: dict, path: Path) -> str | None:
         if not any((defence, r) in by_key for r in recipes):
             ax.text(i, 2, "missing", ha="center", fontsize=8, color="gray", rotation=90)
     ax.set_xticks(range(len(defences)), defences, rotation=20)
+    ax.set_xlim(-0.6, len(defences) - 0.4)  # defences without any bar keep their place
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy under attack per defence and recipe (bars: 95 % interval)")
@@ -102,7 +103,8 @@ def plot_clean_vs_attack(report: dict, path: Path) -> str | None:
     recipes = [r for r in report["recipes"] if any(c["recipe"] == r for c in points)]
     drawn = [c for c in points if not c["degenerate"]] or points
     xs = [100 * c["eval_accuracy"] for c in drawn]
-    fig, axes = plt.subplots(1, len(recipes), figsize=(4.2 * len(recipes) + 0.5, 4.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(recipes), figsize=(max(6.5, 4.2 * len(recipes) + 0.5), 4.6), sharey=True,
+                             squeeze=False)
     for ax, recipe in zip(axes[0], recipes):
         names: dict[tuple[float, float], list[str]] = {}  # defences on the same point share one label
         for c in (c for c in points if c["recipe"] == recipe and not c["degenerate"]):
@@ -124,7 +126,8 @@ def plot_clean_vs_attack(report: dict, path: Path) -> str | None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy under attack (%)")
     axes[0][0].set_ylim(bottom=0)
-    fig.suptitle("Clean accuracy vs accuracy under attack (bars: 95 % interval; x: ± std over seeds)", fontsize=10)
+    fig.suptitle("Clean accuracy vs accuracy under attack\n"
+                 "(vertical bars: 95 % interval; horizontal: ± std over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -156,6 +159,9 @@ def plot_delta_vs_baseline(report: dict, path: Path) -> str | None:
             x, low, high = (100 * v for v in (diff["delta"], *diff["ci"]))
             ax.errorbar(x, y, xerr=[[x - low], [high - x]], fmt="o", color=f"C{j}", capsize=2, markersize=5,
                         markerfacecolor=f"C{j}" if diff["significant"] else "white", linewidth=1)
+    for i, defence in enumerate(defences):
+        if not any(c["defence"] == defence for c in done):
+            ax.text(0, i, "  no comparison yet", ha="left", va="center", fontsize=7, color="gray")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(defences)), defences)
     ax.set_ylim(len(defences) - 0.5, -0.5)
