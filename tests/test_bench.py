@@ -394,6 +394,14 @@ def test_only_seeds_runs_one_seed_and_the_report_lists_the_rest_missing(tmp_path
     assert main(["bench", str(config), "--only-seeds", "9"]) == 2
 
 
+def test_a_run_trained_with_another_seed_is_refused_not_reused(bench, capsys):
+    config, out = bench
+    assert main(["bench", str(config), "--no-progress", "--set", "bench.seeds=[9, 7]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.seed = 7" in err and "seed 9" in err, err
+    assert not (out / "runs" / "vanilla.seed7").exists()
+
+
 SEED_BAD = [  # ([bench] keys, fragment of the one-line error)
     ({"seeds": []}, "bench.seeds is empty"),
     ({"seeds": [7, 7]}, "bench.seeds lists '7' twice"),

@@ -20,6 +20,7 @@ from typing import Any
 
 from asa_plugin.attacks import results as res
 from asa_plugin.bench.plan import BENCH_FILE, BenchPlan, Cell
+from asa_plugin.errors import UserError
 
 Log = Callable[[str], None]
 
@@ -59,12 +60,27 @@ def write_bench_file(plan: BenchPlan) -> dict[str, Any]:
     return info
 
 
+def check_seed(cell: Cell) -> None:
+    """Refuse a run directory trained with another seed than the grid gives it (e.g. after
+    ``bench.seeds`` changed): its results would be reported under the wrong seed."""
+    from asa_plugin.config import read_file
+
+    resolved = cell.run_dir / "config.resolved.toml"
+    if not resolved.is_file():
+        return
+    seed = read_file(resolved).get("train", {}).get("seed")
+    if seed is not None and seed != cell.seed:
+        raise UserError(f"{cell.run_dir} was trained with train.seed = {seed}, but the grid gives run "
+                        f"'{cell.name}' seed {cell.seed}: move that directory away, or make bench.seeds[0] = {seed}")
+
+
 def train_cell(cell: Cell, pm, log: Log = say) -> dict[str, Any]:
     """Train ``cell`` unless its metrics.json exists; resume from a checkpoint when one exists."""
     from asa_plugin.training import checkpoint
     from asa_plugin.training.loop import train
 
     metrics_path = cell.run_dir / "metrics.json"
+    check_seed(cell)
     if metrics_path.is_file():
         log(f"train {cell.name}: done, skipped ({metrics_path})")
         return json.loads(metrics_path.read_text(encoding="utf-8"))
