@@ -119,7 +119,7 @@ def test_bench_lists_static_sets_beside_recipes(tmp_path, tiny_bert_dir, toy_dat
         assert json.loads((out / "runs" / row["defence"] / "evaluate" / "dev-sst2" / "summary.json")
                           .read_text())["num_examples"] == 2
     markdown = (out / "report.md").read_text()
-    assert "## Static sets" in markdown and "| Defence | dev-sst2 | dev |" in markdown
+    assert "## Static sets" in markdown and "| Defence | Seed | Run | dev-sst2 | dev |" in markdown
 
 
 def test_a_registered_datasets_split_evaluates(pair_run, tmp_path, monkeypatch, capsys):
