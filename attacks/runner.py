@@ -64,6 +64,8 @@ class AttackJob:
     recipe_dir: Path  # RUN/attack/<recipe>
     data: str  # where the examples come from, for the manifest
     max_length: int | None = None
+    text_pairs: list[str] | None = None
+    """Second texts of a sentence-pair task (only ``cfg.modify_columns`` are attacked)."""
     shard: Shard | None = None
     resume: bool = False
     overwrite: bool = False
@@ -81,6 +83,7 @@ class AttackJob:
         return {"recipe": self.recipe, "profile": cfg.profile, "seed": cfg.seed, "split": cfg.split,
                 "model": self.model_path, "data": self.data, "selection_size": len(self.texts),
                 "query_budget": cfg.query_budget, "max_length": self.max_length,
+                "modify_columns": list(cfg.modify_columns) if self.text_pairs else None,
                 "shard": None if self.shard is None else [self.shard.index, self.shard.count]}
 
 
@@ -192,28 +195,30 @@ class AttackSession:
         cache_dir = resolve_cache_dir(job)
         import_textattack(cache_dir, allow_download=job.cfg.download)
         self.wrapper = wrapper if wrapper is not None else load_wrapper(job.model_path, job.cfg, job.max_length)
-        self.attack, assets = build_attack(pm.recipes.get(job.recipe), self.wrapper, job.cfg, cache_dir)
+        self.attack, assets = build_attack(pm.recipes.get(job.recipe), self.wrapper, job.cfg, cache_dir,
+                                           pairs=job.text_pairs is not None)
         if hasattr(self.attack.goal_function, "batch_size"):
             self.attack.goal_function.batch_size = job.cfg.batch_size
         self.assets = assets.report()
         self.clock = instrument(self.attack, self.wrapper)
 
     def attack_one(self, index: int) -> dict[str, Any]:
-        from asa_plugin.attacks.recipes import profile_query_budget
+        from asa_plugin.attacks.recipes import pair_input, profile_query_budget
         from textattack.shared import AttackedText
 
         job = self.job
         text, gold = job.texts[index], int(job.labels[index])
-        attacked = AttackedText(text)
+        attacked = AttackedText(text if job.text_pairs is None else pair_input(text, job.text_pairs[index]))
         seed_everything(example_seed(job.cfg.seed, index))
         self.attack.clear_cache()
-        budget = profile_query_budget(job.cfg.profile, len(attacked.words), job.cfg.query_budget)
+        columns = job.cfg.modify_columns
+        budget = profile_query_budget(job.cfg.profile, res.modifiable_words(attacked, columns), job.cfg.query_budget)
         self.attack.goal_function.query_budget = budget
         self.clock.reset()
         start = time.perf_counter()
         result = self.attack.attack(attacked, gold)
         seconds = time.perf_counter() - start
-        row = res.result_row(index, gold, result, seconds, budget)
+        row = res.result_row(index, gold, result, seconds, budget, columns)
         row["timing"] = self.clock.row(seconds)
         return row
 
