@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from asa_plugin.attacks.config import AttackConfig
 from asa_plugin.errors import ConfigError
 from asa_plugin.schema import build, option
@@ -63,7 +61,8 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", help="mixed precision on GPU")
     gradient_accumulation_steps: int = option(1, ge=1, help="micro-batches per optimizer step")
     group_by_length: bool = option(True, help="length-grouped batches (less padding)")
-    checkpoint_every_steps: int = option(0, ge=0, help="also checkpoint every N steps; 0 = each epoch only")
+    checkpoint_every_steps: int = option(
+        200, ge=0, help="also checkpoint every N steps (an interruption loses at most N steps); 0 = each epoch only")
     log_every_steps: int = option(50, ge=1, help="log the running loss every N steps")
 
 
@@ -140,7 +139,11 @@ SECTIONS = {
 
 def read_file(path: str | Path) -> dict[str, Any]:
     """Parse a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict."""
+    from asa_plugin.yaml_loader import YAML_ERRORS, load_yaml
+
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; give a config file (.toml, .yaml or .yml)")
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
@@ -151,12 +154,14 @@ def read_file(path: str | Path) -> dict[str, Any]:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
         elif p.suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text, str(p))
         else:
             raise ConfigError(f"{p}: unknown config format '{p.suffix}'; use .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ConfigError(f"{p}: cannot parse: {first}") from None
+    except YAML_ERRORS as exc:
+        raise ConfigError(f"{p}: cannot parse: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections")
     return data
@@ -219,13 +224,39 @@ def _build_defence(raw: Any, source: str, registry) -> DefenceConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict[str, Any] | None = None) -> RunConfig:
-    """Load, override and validate a run config. ``path=None`` uses defaults (plus overrides)."""
+                data: dict[str, Any] | None = None, source: str | None = None) -> RunConfig:
+    """Load, override and validate a run config. ``path=None`` uses defaults (plus overrides).
+
+    An error caused by a ``--set`` value names that ``--set``, not the file; a file with no
+    sections (empty or comments only) is an error rather than the silent default job.
+    """
+    source = source or (str(path) if path is not None else "<config>")
+    raw = read_file(path) if path is not None else (data or {})
+    if path is not None and not raw and not overrides:
+        raise ConfigError(f"{source}: the config is empty; it would train the default job (all of SST-2, "
+                          f"3 epochs: hours on a CPU). Give at least [data] and [train], e.g. copy "
+                          f"examples/quickstart.toml")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return _validate(raw, source)
+    except ConfigError as exc:
+        raise ConfigError(blame_override(str(exc), source, overrides or [])) from None
+
+
+def blame_override(message: str, source: str, overrides: list[str]) -> str:
+    """Rewrite ``message`` (``"SOURCE: section.key ..."``) to name the ``--set`` that set that key."""
+    for text in reversed(overrides):
+        keys = [k.strip() for k in text.split("=", 1)[0].split(".")]
+        dotted = ".".join(keys)
+        body = message.removeprefix(f"{source}: ")
+        if body.startswith((f"{dotted} ", f"{dotted}:", f"unknown key {dotted};", f"unknown section [{keys[0]}]")):
+            return f"--set {text!r}: {body}"
+    return message
+
+
+def _validate(raw: dict[str, Any], source: str) -> RunConfig:
     from asa_plugin.plugins import get_plugin_manager
 
-    source = str(path) if path is not None else "<config>"
-    raw = read_file(path) if path is not None else (data or {})
-    raw = apply_overrides(raw, overrides or [])
     allowed = sorted([*SECTIONS, "defence"])
     for key in raw:
         if key not in allowed:
@@ -236,6 +267,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
     defence = _build_defence(raw.get("defence"), source, pm.defences)
     cfg = RunConfig(defence=defence, source=source, **sections)
+    _check_run_dir_template(cfg.output.run_dir, source)
     data_cfg = cfg.data
     if data_cfg.train_file is None and data_cfg.dataset is not None and data_cfg.dataset not in pm.datasets:
         raise ConfigError(f"{source}: data.dataset: unknown dataset '{data_cfg.dataset}'; available: "
@@ -247,6 +279,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{source}: attack.recipes: unknown recipe '{recipe}'; available: "
                               f"{', '.join(pm.recipes.names())}")
     return cfg
+
+
+def _check_run_dir_template(template: str, source: str) -> None:
+    try:
+        template.format(defence="d", backbone="b")
+    except (KeyError, IndexError, ValueError) as exc:
+        what = f"unknown placeholder {{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"{source}: output.run_dir {template!r}: {what}; the only placeholders are "
+                          f"{{defence}} and {{backbone}} (write {{{{ and }}}} for literal braces)") from None
 
 
 def dump_toml(cfg: RunConfig, path: Path) -> None:

@@ -7,6 +7,7 @@ Each field may carry metadata: ``help`` (one line), ``ge``/``gt``/``le``/``lt`` 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -77,6 +78,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 
 def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
     if value is None or isinstance(value, (list, str, bool)):
         if "choices" in meta and value not in meta["choices"] and value is not None:
             return f"must be one of {', '.join(map(str, meta['choices']))}"

@@ -9,7 +9,6 @@ before it: a resumed run or a sharded run gives exactly the rows of one uninterr
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -106,7 +105,7 @@ def _prepare_out_dir(job: AttackJob) -> list[dict]:
             raise UserError(f"{out} already holds results; pass --resume to continue it or --overwrite "
                             f"to start again")
         else:
-            old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+            old = res.read_json(manifest_path, "attack manifest") if manifest_path.exists() else {}
             changed = sorted(k for k in manifest if old.get(k) != manifest[k])
             if changed:
                 raise UserError(f"--resume: {out} was started with different settings ({', '.join(changed)}); "

@@ -23,7 +23,7 @@ SETTINGS = {"model": ("backbone", "max_length"), "data": ("dataset", "train_file
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return res.read_json(path, path.name) if path.is_file() else None
 
 
 def training_row(label: str, metrics: dict | None) -> dict[str, Any]:

@@ -20,16 +20,20 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from asa_plugin import interrupts
     from asa_plugin.bench.grid import run_grid, say
     from asa_plugin.bench.plan import load_plan
     from asa_plugin.bench.report import write_report
     from asa_plugin.plugins import get_plugin_manager
+    from asa_plugin.preflight import check_bench
 
     plan = load_plan(args.config, args.overrides)
     plugins = plan.cells[0].cfg.plugins
     pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
     only_defences = _names(args.only_defences, [c.label for c in plan.cells], "--only-defences")
     only_recipes = _names(args.only_recipes, plan.recipes, "--only-recipes")
+    check_bench(plan, pm)  # settings, outputs, data and every recipe's assets, before any training
+    interrupts.set_rerun(f"rerun `advrobust bench {args.config}` to continue (finished cells are kept)")
     run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences, only_recipes=only_recipes)
     report = write_report(plan.out_dir, pm)
     say(f"report: {plan.out_dir / 'report.md'} ({len(report['missing'])} cells missing)")

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,14 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from asa_plugin import interrupts
 from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_split
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import TrainingDiverged, UserError
+from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
+from asa_plugin.preflight import check_resume, describe_job
 from asa_plugin.training import checkpoint
 from asa_plugin.training.batching import EncodedDataset, make_loader
 from asa_plugin.training.evaluate import accuracy
@@ -58,8 +62,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
         if (run_dir / "metrics.json").exists() or checkpoint.find(run_dir) is not None:
             raise UserError(f"run directory {run_dir} already holds a run; pass --resume to continue it, "
                             f"or choose another with --set output.run_dir=...")
-    if resume and checkpoint.find(run_dir) is None and not (run_dir / "metrics.json").exists():
-        resume = False  # nothing to resume: start fresh
+    if resume and (checkpoint.find(run_dir) is not None or (run_dir / "metrics.json").exists()):
+        check_resume(cfg, run_dir)  # one line naming the changed keys; config.resolved.toml untouched
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -73,19 +77,20 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     tc = cfg.train
     accelerator = Accelerator(mixed_precision=tc.mixed_precision,
                               gradient_accumulation_steps=tc.gradient_accumulation_steps)
+    train_examples = load_split(cfg.data, cfg.data.train_split, cfg.model.num_labels, pm.datasets,
+                                cfg.data.max_train_examples, cfg.data.subset_seed)  # data errors before the model
+    eval_examples = load_split(cfg.data, cfg.data.eval_split, cfg.model.num_labels, pm.datasets,
+                               cfg.data.max_eval_examples, cfg.data.subset_seed)
     if accelerator.is_main_process:
         _setup_logging(run_dir)
-        dump_toml(cfg, run_dir / "config.resolved.toml")
+        if not (resume and checkpoint.find(run_dir) is not None):  # a resumed run keeps its own
+            dump_toml(cfg, run_dir / "config.resolved.toml")
     set_seed(tc.seed)
 
     from asa_plugin.adapters.loading import load_adapter
 
     adapter = load_adapter(cfg.model.backbone, cfg.model.num_labels, cfg.model.attn_implementation,
                            registry=pm.adapters)
-    train_examples = load_split(cfg.data, cfg.data.train_split, cfg.model.num_labels, pm.datasets,
-                                cfg.data.max_train_examples, cfg.data.subset_seed)
-    eval_examples = load_split(cfg.data, cfg.data.eval_split, cfg.model.num_labels, pm.datasets,
-                               cfg.data.max_eval_examples, cfg.data.subset_seed)
     train_set = EncodedDataset(train_examples, adapter.tokenizer, cfg.model.max_length)
     eval_set = EncodedDataset(eval_examples, adapter.tokenizer, cfg.model.max_length)
     train_loader, batches = make_loader(train_set, adapter.tokenizer, tc.batch_size, tc.seed, shuffle=True,
@@ -109,6 +114,14 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     if found is not None:
         state = checkpoint.load(accelerator, found)
         log.info("resumed from %s at step %d", found, state["global_step"])
+        interrupts.record(True, f"the last checkpoint (step {state['global_step']}) is in {run_dir}")
+    else:
+        first = min(tc.checkpoint_every_steps or steps_per_epoch, steps_per_epoch)
+        interrupts.record(False, f"no checkpoint written yet in {run_dir} (the first comes at step {first})")
+    plan = describe_job(len(train_examples), steps_per_epoch, total_steps, epochs, tc)
+    log.info(plan)
+    if accelerator.is_local_main_process:
+        print(f"[train {defence.name}] {plan}", file=sys.stderr, flush=True)
 
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
     defence.attach()
@@ -126,7 +139,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
                     if not math.isfinite(result.loss):
                         raise TrainingDiverged(
                             f"loss became {result.loss} at step {state['global_step'] + 1} (epoch {epoch + 1}); "
-                            f"the last good checkpoint is kept in {run_dir}; lower train.lr or check the data")
+                            f"{_kept(run_dir)}; lower train.lr or check the data")
                     if accelerator.sync_gradients and tc.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
                     optimizer.step()
@@ -142,7 +155,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
                         log.info("step %d loss %.4f", state["global_step"], result.loss)
                     if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
                         state["train_seconds"] += time.perf_counter() - started
-                        checkpoint.save(accelerator, run_dir, state)
+                        _save(accelerator, run_dir, state)
                         started = time.perf_counter()
                     if kill_at and state["global_step"] == kill_at:
                         os.kill(os.getpid(), 9)
@@ -157,7 +170,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
             state["history"].append(epoch_metrics)
             state["epoch"], state["batches_done"] = epoch + 1, 0
             pm.on_epoch_end(run_dir=run_dir, epoch=epoch + 1, metrics=epoch_metrics)
-            checkpoint.save(accelerator, run_dir, state)
+            _save(accelerator, run_dir, state)
     finally:
         progress.close()
         defence.detach()
@@ -166,11 +179,29 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model)
         adapter.export(run_dir / "model")
+        match_umask(run_dir / "model")  # safetensors are written 0600; give them the other outputs' mode
         defence.save_extras(run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         shutil.rmtree(run_dir / checkpoint.CHECKPOINT, ignore_errors=True)
+        interrupts.record(True, f"training finished; the model is in {run_dir / 'model'}")
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
+    checkpoint.save(accelerator, run_dir, state)
+    if accelerator.is_main_process:
+        match_umask(run_dir / checkpoint.CHECKPOINT)
+    interrupts.record(True, f"the last checkpoint (step {state['global_step']}) is in {run_dir}")
+
+
+def _kept(run_dir: Path) -> str:
+    """The truth about what a diverged run leaves behind."""
+    found = checkpoint.find(run_dir)
+    if found is None:
+        return f"no checkpoint had been written yet, so nothing in {run_dir} can be resumed"
+    step = json.loads((found / checkpoint.STATE_FILE).read_text())["global_step"]
+    return f"the last good checkpoint (step {step}) is kept in {run_dir}"
 
 
 def _final_metrics(cfg: RunConfig, defence: Defence, state: dict[str, Any]) -> dict[str, Any]:
