@@ -67,7 +67,7 @@ def check_model_dir(path: str | Path, flag: str) -> None:
             "a model directory (with config.json) or a run directory"
         raise UserError(f"{flag} {p} is a file; give {hint}")
     if not p.is_dir():
-        raise UserError(f"{flag} {p}: directory not found")
+        raise UserError(f"{flag} {path}: directory not found")
     config = p / "config.json"
     if not config.is_file():
         if (p / "config.resolved.toml").is_file():
