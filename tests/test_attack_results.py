@@ -41,9 +41,10 @@ def test_summary_does_not_depend_on_row_order_or_timing():
 
 def test_read_rows_repairs_a_torn_last_line(tmp_path):
     path = tmp_path / "results.jsonl"
-    path.write_text('{"index": 0}\n{"index": 1}\n{"index": 2, "outc')
+    rows = '{"index": 0, "outcome": "failed"}\n{"index": 1, "outcome": "skipped"}\n'
+    path.write_text(rows + '{"index": 2, "outc')
     assert [r["index"] for r in read_rows(path, repair=True)] == [0, 1]
-    assert path.read_text() == '{"index": 0}\n{"index": 1}\n'
+    assert path.read_text() == rows
 
 
 SHARDS = [("0/2", [0, 2, 4]), ("1/2", [1, 3]), ("2/3", [2]), ("0/1", [0, 1, 2, 3, 4])]

@@ -54,7 +54,7 @@ BAD_DATA = [
     (b"sentence\tlabel\n", {}, ["empty"]),
     (b"sentence\tlabel\ngood\t2\n", {}, ["row 1", "label 2 outside 0..1", "model.num_labels"]),
     (b"sentence\tlabel\ngood\tpos\n", {}, ["row 1", "'pos' is not an integer"]),
-    (b"sentence\tlabel\ngo\xff\xfeod\t1\n", {}, ["undecodable bytes", "UTF-8"]),
+    (b"sentence\tlabel\ngo\xff\xfeod\t1\n", {}, ["line 2", "not UTF-8", "save the file as UTF-8"]),
 ]
 
 
