@@ -284,8 +284,8 @@ PLUGIN_CASES = [
     (_boom, "plugin 'acme' failed in advrobust_register_defences: RuntimeError: no licence file; fix or uninstall "
             "it, or set ADVROBUST_DISABLE_PLUGINS=acme"),
     (lambda register: register("smooth", "SmoothDefence"),
-     "plugin 'acme' registered defence 'smooth' as 'SmoothDefence', which is not a subclass of asa_plugin.defences.base."
-     "Defence; fix the plugin, or block it with ADVROBUST_DISABLE_PLUGINS=acme"),
+     "plugin 'acme' registered defence 'smooth' as 'SmoothDefence', which is not a subclass of "
+     "asa_plugin.defences.base.Defence; fix the plugin, or block it with ADVROBUST_DISABLE_PLUGINS=acme"),
 ]
 
 
