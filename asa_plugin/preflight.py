@@ -9,6 +9,7 @@ asset is found before hours of training rather than after.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -137,8 +138,11 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any], ignored: set = RE
 
 
 def _shown(changed: list[str], old: dict, new: dict) -> str:
-    shown = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(new, k)!r})" for k in changed[:4])
-    return shown + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+    return _listed([f"{k} ({_get(old, k)!r} -> {_get(new, k)!r})" for k in changed])
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
 
 
 def check_resume(cfg, run_dir: Path) -> None:
@@ -168,15 +172,17 @@ def check_bench_settings(plan) -> None:
     if not (plan.out_dir / BENCH_FILE).is_file():
         return
     old, new = read_bench_file(plan.out_dir), plan.describe()
-    changed = changed_settings(old["settings"], new["settings"], BENCH_IGNORED, {"plugins"})
+    keys = changed_settings(old["settings"], new["settings"], BENCH_IGNORED, {"plugins"})
+    changed = [f"{k} ({_get(old['settings'], k)!r} -> {_get(new['settings'], k)!r})" for k in keys]
     old_params = old.get("defence_params") or {}
-    changed += [f"defence '{label}' parameters" for label, params in new["defence_params"].items()
-                if label in old_params and old_params[label] != params]
+    for label, params in new["defence_params"].items():
+        before = old_params.get(label, params)
+        changed += [f"defence '{label}' {key} ({before.get(key)!r} -> {params.get(key)!r})"
+                    for key in sorted(set(before) | set(params)) if before.get(key) != params.get(key)]
     if changed:
-        raise UserError(f"{plan.out_dir / BENCH_FILE}: this bench ran with other settings: "
-                        f"{_shown(changed, old['settings'], new['settings'])}; its finished cells would be "
-                        f"reported under the new ones. Rerun with its settings, or choose a new directory with "
-                        f"--set bench.out_dir=...")
+        raise UserError(f"{plan.out_dir / BENCH_FILE}: this bench ran with other settings: {_listed(changed)}; "
+                        f"its finished cells would be reported under the new ones. Rerun with its settings, or "
+                        f"choose a new directory with --set bench.out_dir=...")
 
 
 def _get(d: dict, dotted: str) -> Any:
@@ -214,11 +220,17 @@ def build_recipes(recipes: list[str], attack_cfg, attack_dir: Path, pm) -> None:
                     recipe_dir=attack_dir / recipes[0], data="")
     cache_dir = resolve_cache_dir(job)
     import_textattack(cache_dir, allow_download=attack_cfg.download)
-    for name in recipes:
-        try:
-            build_attack(pm.recipes.get(name), _StandIn(), attack_cfg, cache_dir)
-        except UserError as exc:
-            raise UserError(f"recipe '{name}' cannot run: {exc}") from None
+    quiet = logging.getLogger("textattack")  # its model/goal-function compatibility note is about the stand-in
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        for name in recipes:
+            try:
+                build_attack(pm.recipes.get(name), _StandIn(), attack_cfg, cache_dir)
+            except UserError as exc:
+                raise UserError(f"recipe '{name}' cannot run: {exc}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 class _StandIn:

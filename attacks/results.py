@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_plugin.errors import UserError
+from asa_plugin.outputs import portable_text
 
 OUTCOMES = ("successful", "failed", "skipped", "maximized")
 TIMING_KEYS = ("seconds",)
@@ -79,8 +80,8 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict]) ->
         "substitutes": [a for a in assets if a.get("substitute_for")],
         "seed": manifest["seed"],
         "split": manifest["split"],
-        "model": manifest["model"],
-        "data": manifest["data"],
+        "model": portable_text(manifest["model"]),  # no machine paths in results
+        "data": portable_text(manifest["data"]),
         "selection_size": manifest["selection_size"],
     }
 

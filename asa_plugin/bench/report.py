@@ -13,6 +13,7 @@ from typing import Any
 
 from asa_plugin.attacks import results as res
 from asa_plugin.bench.plan import read_bench_file
+from asa_plugin.outputs import portable_path
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "seconds")
@@ -89,7 +90,7 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
                 for section, keys in SETTINGS.items()}
     if settings["data"].get("train_file"):
         settings["data"].pop("dataset", None)  # a local train file overrides the dataset name
-    return {"bench_dir": str(out), "config": info.get("source"), "defences": info["defences"],
+    return {"bench_dir": portable_path(out), "config": info.get("source"), "defences": info["defences"],
             "recipes": info["recipes"], "settings": settings, "defence_params": info.get("defence_params", {}),
             "machines": info.get("machines", []), "training": training, "cells": cells,
             "assets": _assets(summaries), "missing": missing}
