@@ -36,16 +36,14 @@ def check_data_files(data, where: str) -> None:
 
 
 def check_writable(directory: str | Path, what: str, fix: str) -> None:
-    """``directory`` exists or can be created, and a file can be written in it."""
+    """``directory`` can be created (or exists) and written: a file is written and removed in it, or in
+    its deepest existing parent (nothing is left behind, no directory is created)."""
     d = Path(directory)
-    for parent in (d, *d.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{what} {d}: {parent} is a file, not a directory; {fix}")
-            break
+    existing = next((p for p in (d, *d.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UserError(f"{what} {d}: {existing} is a file, not a directory; {fix}")
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".advrobust-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".advrobust-write-check-"):
             pass
     except OSError as exc:
         raise UserError(f"{what} {d} is not writable ({exc.strerror or exc}); {fix}") from None
