@@ -192,8 +192,11 @@ def describe_job(num_train: int, steps_per_epoch: int, total_steps: int, epochs:
     """One line saying what a training run will do, printed before its first step."""
     every = tc.checkpoint_every_steps
     ckpt = f"a checkpoint every {every} steps and each epoch" if every else "a checkpoint each epoch"
-    return (f"training {total_steps} steps ({epochs} epoch{'s' if epochs != 1 else ''} of {steps_per_epoch} steps, "
-            f"{num_train} examples, batch {tc.batch_size}); {ckpt}")
+    if total_steps < epochs * steps_per_epoch:  # train.max_steps ends it inside an epoch
+        span = f"train.max_steps; an epoch is {steps_per_epoch} steps"
+    else:
+        span = f"{epochs} epoch{'s' if epochs != 1 else ''} of {steps_per_epoch} steps"
+    return f"training {total_steps} steps ({span}; {num_train} examples, batch {tc.batch_size}); {ckpt}"
 
 
 def check_bench(plan, pm) -> None:
