@@ -204,8 +204,17 @@ def check_bench(plan, pm) -> None:
     writable, data files present, every recipe buildable with its assets."""
     check_bench_settings(plan)
     check_writable(plan.out_dir, "bench.out_dir", "choose another with --set bench.out_dir=...")
+    from asa_plugin.attacks.results import read_json, read_rows
+
     for cell in plan.cells:
         check_data_files(cell.cfg.data, plan.source)
+        if (cell.run_dir / "metrics.json").is_file():  # finished cells are reused: they must be readable
+            read_json(cell.run_dir / "metrics.json", "metrics.json")
+        for recipe in plan.recipes:
+            recipe_dir = cell.run_dir / "attack" / recipe
+            if (recipe_dir / "summary.json").is_file():
+                read_json(recipe_dir / "summary.json", "summary.json")
+            read_rows(recipe_dir / "results.jsonl")
         check_writable(cell.run_dir, f"defence '{cell.label}': run directory", "fix its permissions, or "
                        "choose another bench.out_dir")
     build_recipes(plan.recipes, plan.cells[0].cfg.attack, plan.cells[0].run_dir / "attack", pm)

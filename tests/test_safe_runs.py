@@ -171,6 +171,18 @@ def test_a_bench_rerun_with_other_shared_settings_refuses(capsys, tmp_path, tiny
     assert not (tmp_path / "bench" / "runs" / "vanilla" / "train.log").exists()
 
 
+def test_a_bench_rerun_over_a_damaged_finished_cell_stops_before_training(capsys, tmp_path, tiny_bert_dir,
+                                                                          toy_data):
+    cfg = _bench_config(tmp_path, tiny_bert_dir, toy_data)
+    metrics = tmp_path / "bench" / "runs" / "vanilla" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"eval_accuracy": 0.8')
+    assert one_line(capsys, ["bench", cfg, "--no-progress"]) == (
+        f"advrobust bench: error: {metrics}: line 1: damaged metrics.json (not valid JSON); it was left untouched: "
+        f"restore it, or delete it to redo that step")
+    assert not (tmp_path / "bench" / "runs" / "asa").exists()  # nothing was trained
+
+
 def test_a_bench_finds_a_missing_attack_asset_before_training(capsys, tmp_path, tiny_bert_dir, toy_data,
                                                               monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
