@@ -20,7 +20,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from asa_plugin import interrupts
 from asa_plugin.config import RunConfig, dump_toml
-from asa_plugin.data import load_split
+from asa_plugin.data import load_training_data
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import TrainingDiverged, UserError
 from asa_plugin.outputs import match_umask
@@ -86,10 +86,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     tc = cfg.train
     accelerator = Accelerator(mixed_precision=tc.mixed_precision,
                               gradient_accumulation_steps=tc.gradient_accumulation_steps)
-    train_examples = load_split(cfg.data, cfg.data.train_split, cfg.model.num_labels, pm.datasets,
-                                cfg.data.max_train_examples, cfg.data.subset_seed)  # data errors before the model
-    eval_examples = load_split(cfg.data, cfg.data.eval_split, cfg.model.num_labels, pm.datasets,
-                               cfg.data.max_eval_examples, cfg.data.subset_seed)
+    data = load_training_data(cfg.data, cfg.model.num_labels, pm.datasets)  # validated before the model loads
     if accelerator.is_main_process:
         _setup_logging(run_dir)
         if not (resume and checkpoint.find(run_dir) is not None):  # a resumed run keeps its own
@@ -98,10 +95,11 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
 
     from asa_plugin.adapters.loading import load_adapter
 
-    adapter = load_adapter(cfg.model.backbone, cfg.model.num_labels, cfg.model.attn_implementation,
+    adapter = load_adapter(cfg.model.backbone, data.labels.num_labels, cfg.model.attn_implementation,
                            registry=pm.adapters)
-    train_set = EncodedDataset(train_examples, adapter.tokenizer, cfg.model.max_length)
-    eval_set = EncodedDataset(eval_examples, adapter.tokenizer, cfg.model.max_length)
+    data.labels.apply_to(adapter.model.config)  # id2label/label2id travel with the exported checkpoint
+    train_set = EncodedDataset(data.train, adapter.tokenizer, cfg.model.max_length)
+    eval_set = EncodedDataset(data.eval, adapter.tokenizer, cfg.model.max_length)
     train_loader, batches = make_loader(train_set, adapter.tokenizer, tc.batch_size, tc.seed, shuffle=True,
                                         group_by_length=tc.group_by_length)
     eval_loader, _ = make_loader(eval_set, adapter.tokenizer, tc.eval_batch_size, 0, shuffle=False)
@@ -129,7 +127,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
         first = min(tc.checkpoint_every_steps or steps_per_epoch, steps_per_epoch)
         interrupts.record(False, f"no checkpoint written yet in {run_dir} (the first comes at step {first})")
     state.setdefault("step_history", [])
-    plan = describe_job(len(train_examples), steps_per_epoch, total_steps, epochs, tc)
+    plan = describe_job(len(data.train), steps_per_epoch, total_steps, epochs, tc)
     log.info(plan)
     if accelerator.is_local_main_process:
         print(f"[train {defence.name}] {plan}", file=sys.stderr, flush=True)
@@ -191,6 +189,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
         defence.detach()
 
     metrics = _final_metrics(cfg, defence, state)
+    metrics["labels"] = data.labels.describe()
     if metrics["degenerate"] and accelerator.is_main_process:
         warning = f"the trained model is degenerate: {metrics['degenerate_reason']}; its accuracy under attack " \
                   f"would measure the constant prediction, not robustness (check train.lr and the defence's " \
