@@ -25,9 +25,10 @@ def test_quickstart_compares_vanilla_and_asa_under_attack(tmp_path):
                           env=env, cwd=ROOT, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    # The comparison table is printed: one row per defence, the same recipe.
+    # The comparison is printed: one row per defence under the same recipe, then ASA paired with vanilla.
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| vanilla |", "| asa |"))]
-    assert [r.split("|")[1:3] for r in rows] == [[" vanilla ", " deepwordbug "], [" asa ", " deepwordbug "]]
+    assert [r.split("|")[1:3] for r in rows[:2]] == [[" vanilla ", " deepwordbug "], [" asa ", " deepwordbug "]]
+    assert "## Paired comparison with vanilla" in proc.stdout
 
     report = json.loads((out / "report.json").read_text())
     assert report["missing"] == []
