@@ -116,9 +116,10 @@ def check_safetensors(path: Path, flag: str = "weights") -> None:
 RESUME_IGNORED = {("train", "checkpoint_every_steps"), ("train", "log_every_steps"), ("train", "eval_batch_size")}
 """Settings a resumed run may change: they do not change what is trained."""
 RESUME_IGNORED_SECTIONS = {"attack", "output", "plugins"}
-BENCH_IGNORED = RESUME_IGNORED | {("attack", "recipes"), ("attack", "batch_size"), ("attack", "device"),
-                                  ("attack", "cache_dir"), ("attack", "download")}
-"""Shared bench settings a rerun may change: the recipe list (cells are per recipe) and how attacks run."""
+BENCH_IGNORED = RESUME_IGNORED | {("train", "seed"), ("attack", "recipes"), ("attack", "batch_size"),
+                                  ("attack", "device"), ("attack", "cache_dir"), ("attack", "download")}
+"""Shared bench settings a rerun may change: the recipe list (cells are per recipe), how attacks run, and
+train.seed (each run's seed comes from bench.seeds; a run dir trained with another is refused per run)."""
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any], ignored: set = RESUME_IGNORED,
