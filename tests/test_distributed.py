@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-import torch
 import tomllib
+import torch
 from safetensors.torch import load_file
 from tiny import tiny_model_dir, write_sentiment_tsv
 
