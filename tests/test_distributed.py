@@ -242,3 +242,10 @@ def test_misconfigured_launch_is_one_line_exit_2(setup, processes, use_cpu, mess
     assert not any('File "' in line and "asa_plugin" in line for line in proc.stderr.splitlines())  # no traceback
     if processes == 1:
         assert proc.returncode == 2
+
+
+def test_the_multi_node_example_is_an_accelerate_config_file():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parents[1] / "examples" / "accelerate" / "two-nodes.yaml"))
+    assert (config.num_machines, config.num_processes, config.distributed_type.value) == (2, 16, "MULTI_GPU")
