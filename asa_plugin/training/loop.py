@@ -132,11 +132,11 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
              "examples_seen": 0, "num_processes": accelerator.num_processes}
     found = checkpoint.find(run_dir) if resume else None
     if found is not None:
-        state = checkpoint.load(accelerator, found)
-        saved_processes = state.get("num_processes", 1)
+        saved_processes = checkpoint.read_state(found).get("num_processes", 1)
         if saved_processes != accelerator.num_processes:
             raise UserError(f"{run_dir}: the checkpoint was written by {saved_processes} process(es); "
                             f"resume it with the same number (this run has {accelerator.num_processes})")
+        state = checkpoint.load(accelerator, found)
         defence.load_state_dict(state.get("defence_state", {}))
         log.info("resumed from %s at step %d", found, state["global_step"])
     state.setdefault("step_history", [])
