@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -162,6 +163,7 @@ def two_process_asa_runs(setup):
     killed = launch(2, "-m", "asa_plugin.cli", "train", str(runs["killed"]), ADVROBUST_TEST_KILL_AT_STEP="3")
     assert killed.returncode != 0 and not (root / "asa-killed" / "metrics.json").exists()
     assert (root / "asa-killed" / "checkpoint").is_dir()
+    shutil.copytree(root / "asa-killed", root / "asa-killed-copy")
     resumed = launch(2, "-m", "asa_plugin.cli", "train", str(runs["killed"]), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return root / "asa-straight", root / "asa-killed"
@@ -177,6 +179,16 @@ def test_resume_after_kill_of_two_processes_matches_the_uninterrupted_run(two_pr
     for name in ("model/model.safetensors", "asa_adversary.safetensors"):
         wa, wb = load_file(straight / name), load_file(resumed / name)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_with_another_number_of_processes_is_one_line_exit_2(two_process_asa_runs):
+    _, resumed = two_process_asa_runs
+    copy = resumed.with_name("asa-killed-copy")  # the 2-process checkpoint as the kill left it
+    config = copy.parent / "asa-killed.toml"
+    proc = launch(1, "-m", "asa_plugin.cli", "train", str(config), "--resume", "--set", f"output.run_dir='{copy}'")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "the checkpoint was written by 2 process(es); resume it with the same number (this run has 1)")
 
 
 def test_only_the_main_process_writes(two_process_asa_runs):
