@@ -76,7 +76,7 @@ class ContrastiveOptions:
 
     temperature: float = option(0.05, gt=0, help="InfoNCE temperature of the cosine similarities")
     pooling: Pooling = option("cls", help="sequence representation: cls, mean, or prompt (PromptBERT)")
-    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK], or a name: "
+    template: str = option("promptbert", help="PromptBERT template with [X] and [MASK], or a name: "
                                                   "promptbert, promptbert-trained (pooling=prompt)")
 
     def __post_init__(self):
