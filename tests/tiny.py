@@ -42,16 +42,19 @@ def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
     return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
 
 
-def tiny_model_dir(directory: Path, model_type: str = "bert", num_labels: int = 2, seed: int = 0) -> Path:
+def tiny_model_dir(directory: Path, model_type: str = "bert", num_labels: int = 2, seed: int = 0,
+                   **config) -> Path:
     """Save a randomly initialised tiny ``model_type`` classifier plus tokenizer; return the path.
 
     Every architecture shares the WordPiece tokenizer: only the vocabulary matters to a random model.
+    ``config`` overrides entries of the model config (e.g. ``hidden_dropout_prob=0.0``).
     """
     import torch
 
     tokenizer = tiny_tokenizer(directory / "_tok")
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=num_labels,
-                                  pad_token_id=tokenizer.pad_token_id, **TINY_CONFIGS[model_type])
+                                  pad_token_id=tokenizer.pad_token_id,
+                                  **(TINY_CONFIGS[model_type] | config))
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     directory.mkdir(parents=True, exist_ok=True)
