@@ -80,21 +80,30 @@ def test_a_layer_beyond_the_model_is_a_config_error(adapter):
         ASADefence(ASAParams(layers=[0, 5]), adapter)
 
 
+def train_mode_logits(adapter, batch, seed: int = 5) -> torch.Tensor:
+    """Logits in train mode (dropout on) under a fixed seed: equal seeds give equal dropout masks."""
+    adapter.model.train()
+    torch.manual_seed(seed)
+    logits = adapter.forward(batch).logits
+    adapter.model.eval()
+    return logits
+
+
 def test_masks_change_the_logits_only_inside_the_context(adapter):
     adapter.model.eval()
-    defence = ASADefence(ASAParams(), adapter)
     batch = make_batch(adapter)
+    train_before = train_mode_logits(adapter, batch)  # no defence exists yet
+    defence = ASADefence(ASAParams(), adapter)
     plain = adapter.forward(batch).logits
     with defence.adversarial_attention(batch):
         masked = adapter.forward(batch).logits
     after = adapter.forward(batch).logits
-    adapter.model.train()
-    train_mode = adapter.forward(batch).logits  # module.training never switches the adversary on
-    adapter.model.eval()
+    train_after = train_mode_logits(adapter, batch)  # module.training never switches the adversary on
     assert not torch.allclose(plain, masked, atol=1e-4)
     assert torch.equal(plain, after)
     assert hooks_left(adapter.model) == 0
-    assert train_mode.shape == plain.shape
+    assert torch.equal(train_after, train_before)
+    assert not torch.equal(train_after, plain)  # dropout really was on: the comparison is not eval vs eval
 
 
 def test_adversary_gradient_is_the_reverse_of_the_objective_gradient(adapter, monkeypatch):
