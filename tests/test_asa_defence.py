@@ -127,18 +127,26 @@ def test_adversary_gradient_is_the_reverse_of_the_objective_gradient(adapter, mo
     assert torch.allclose(model_reversed, model_plain, atol=1e-6)  # the model is not reversed
 
 
-def test_objective_is_ce_plus_symmetric_kl_plus_tau_squared_kept_units(adapter):
+@pytest.mark.parametrize("params, weight", [
+    (ASAParams(tau=0.3), 0.5),  # default: the average of the two KL directions (official code)
+    (ASAParams(tau=0.3, divergence_weight=1.0), 1.0),  # their sum
+])
+def test_objective_is_ce_plus_weighted_symmetric_kl_plus_tau_squared_kept_units(adapter, params, weight,
+                                                                                monkeypatch):
     adapter.model.eval()
-    tau = 0.3
-    defence = ASADefence(ASAParams(tau=tau), adapter)
+    defence = ASADefence(params, adapter)
     batch = make_batch(adapter)
-    loss = defence.objective(batch, None)
     clean = adapter.forward(batch).logits
     with defence.adversarial_attention(batch) as masks:
         adv = adapter.forward(batch).logits
     kept = sum(m.sum() for m in masks) / batch["labels"].shape[0]
-    expected = F.cross_entropy(clean, batch["labels"]) + asa_f.symmetric_kl(clean, adv) + tau ** 2 * kept
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    divergence = asa_f.symmetric_kl(clean, adv)
+    expected = F.cross_entropy(clean, batch["labels"]) + weight * divergence + params.tau ** 2 * kept
+    assert defence.objective(batch, None).item() == pytest.approx(expected.item(), rel=1e-5)
+    # The tiny model's divergence is small, so pin it to see the weight: loss moves by weight x 2.
+    monkeypatch.setattr(asa_f, "symmetric_kl", lambda p, q: torch.tensor(2.0))
+    pinned = F.cross_entropy(clean, batch["labels"]) + weight * 2.0 + params.tau ** 2 * kept
+    assert defence.objective(batch, None).item() == pytest.approx(pinned.item(), rel=1e-5)
 
 
 def mask_ratio_under_training(adapter, tau: float, steps: int = 12) -> float:
@@ -196,7 +204,7 @@ def test_composes_with_a_procedure_defence_every_pass_uses_asa(adapter):
     result = composed.training_step(batch, lambda loss: loss.backward())
     assert torch.isfinite(torch.tensor(result.loss))
     real_units = int(asa_f.pair_mask(batch["attention_mask"]).sum())
-    assert int(asa._units[0]) == 2 * real_units  # both passes ran the adversarial forward
+    assert int(asa.epoch_counts.units[0]) == 2 * real_units  # both passes ran the adversarial forward
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in asa.adversary.parameters()
                if p.dim() == 2)
     assert all(0 < r < 1 for r in composed.epoch_metrics()["asa_mask_ratio_per_layer"])

@@ -70,39 +70,51 @@ def fixed_batch(adapter) -> dict[str, torch.Tensor]:
 
 
 class RecordingObjective(Defence):
-    """An objective defence that records each pass's perturbation, then computes cross-entropy."""
+    """An objective defence that counts its passes, then computes cross-entropy."""
 
     name = "recorder"
     role = "objective"
 
     def __init__(self, adapter):
         super().__init__(None, adapter)
-        self.deltas: list[torch.Tensor | None] = []
+        self.passes = 0
         self.objective = self.record
 
     def record(self, batch, inputs_embeds=None):
-        delta = None
-        if inputs_embeds is not None:
-            delta = (inputs_embeds - self.adapter.embed(batch["input_ids"])).detach()  # (B, L, E)
-            self.deltas.append(delta)
-        else:
-            self.deltas.append(None)
+        self.passes += 1
         return self.cross_entropy_objective(batch, inputs_embeds)
 
 
+PLAIN_PASSES = {"uscal": 2}
+"""Forward passes that only read a representation, so they skip the (composed) objective:
+uscal's second dropout view and its adversarial view."""
+
+
 def recorded_step(model_dir, name, params, train_mode: bool = True):
-    """One composed step with a recorder: (defence, batch, per-pass deltas, forward count, result)."""
+    """One composed step; returns (defence, batch, each forward's perturbation or None, forwards,
+    objective passes, result)."""
     defence = make_defence(model_dir, name, params, train_mode)
     recorder = RecordingObjective(defence.adapter)
     composed = ComposedDefence(recorder, defence)
     batch = fixed_batch(defence.adapter)
-    forwards = []
-    handle = defence.adapter.model.register_forward_hook(lambda *a: forwards.append(1))
+    adapter, deltas, forwards = defence.adapter, [], []
+    plain_forward = adapter.forward
+
+    def recording_forward(view, inputs_embeds=None, **kwargs):
+        if inputs_embeds is None:
+            deltas.append(None)
+        else:
+            deltas.append((inputs_embeds - adapter.embed(view["input_ids"])).detach())  # (B, L, E)
+        return plain_forward(view, inputs_embeds=inputs_embeds, **kwargs)
+
+    adapter.forward = recording_forward
+    handle = adapter.model.register_forward_hook(lambda *a: forwards.append(1))
     try:
         result = composed.training_step(batch, lambda loss: loss.backward())
     finally:
         handle.remove()
-    return defence, batch, recorder.deltas, len(forwards), result
+        del adapter.forward
+    return defence, batch, deltas, len(forwards), recorder.passes, result
 
 
 @pytest.mark.parametrize("name,params,norm,bound,exact", CASES, ids=IDS)
@@ -121,15 +133,16 @@ def test_loss_is_finite_and_falls_on_a_fixed_batch(model_dir, name, params, norm
 
 
 @pytest.mark.parametrize("name,params,norm,bound,exact", CASES, ids=IDS)
-def test_every_pass_goes_through_the_composed_objective(model_dir, name, params, norm, bound, exact):
-    _, _, deltas, forwards, result = recorded_step(model_dir, name, params)
+def test_every_loss_pass_goes_through_the_composed_objective(model_dir, name, params, norm, bound, exact):
+    _, _, deltas, forwards, objective_passes, result = recorded_step(model_dir, name, params)
     assert len(deltas) == forwards == expected_passes(name, params)
+    assert objective_passes == forwards - PLAIN_PASSES.get(name, 0) >= 1
     assert torch.isfinite(torch.tensor(result.loss))
 
 
 @pytest.mark.parametrize("name,params,norm,bound,exact", CASES, ids=IDS)
 def test_perturbations_are_bounded_and_leave_padding_alone(model_dir, name, params, norm, bound, exact):
-    _, batch, deltas, _, _ = recorded_step(model_dir, name, params)
+    _, batch, deltas, _, _, _ = recorded_step(model_dir, name, params)
     padding = batch["attention_mask"] == 0  # (B, L)
     perturbed = [d for d in deltas if d is not None]
     norms = torch.stack([per_example_norm(d, norm) for d in perturbed])  # (passes, B)
@@ -163,7 +176,7 @@ PROCEDURE_CASES = [  # (defence, params): the ascent's intermediate passes must 
 def test_pgd_trains_exactly_clean_plus_final_adversarial(model_dir, name, params):
     """PGD's gradient is that of CE(clean) + CE(final delta): intermediate ascent steps leak nothing."""
     # eval mode: no dropout, so the recompute below sees the same computation as the step
-    defence, batch, deltas, _, _ = recorded_step(model_dir, name, params, train_mode=False)
+    defence, batch, deltas, _, _, _ = recorded_step(model_dir, name, params, train_mode=False)
     assert len(deltas) == params["adv_steps"] + 1
     got = {n: p.grad.clone() for n, p in defence.adapter.model.named_parameters() if p.grad is not None}
     defence.adapter.model.zero_grad()
@@ -178,7 +191,7 @@ def test_pgd_trains_exactly_clean_plus_final_adversarial(model_dir, name, params
 def test_freelb_averages_its_k_losses(model_dir):
     """FreeLB's step loss is the mean of the K passes' losses and its gradient their average."""
     params = {"adv_steps": 3, "adv_lr": 0.1, "init_mag": 0.05, "max_norm": 0.0}
-    defence, batch, deltas, _, result = recorded_step(model_dir, "freelb", params, train_mode=False)
+    defence, batch, deltas, _, _, result = recorded_step(model_dir, "freelb", params, train_mode=False)
     got = {n: p.grad.clone() for n, p in defence.adapter.model.named_parameters() if p.grad is not None}
     defence.adapter.model.zero_grad()
     embed = defence.adapter.embed(batch["input_ids"])
@@ -196,8 +209,9 @@ PROMPT = {"pooling": "prompt", "template": 'This film "[X]" was [MASK] .'}  # th
 
 @pytest.mark.parametrize("name", ["scal", "uscal"])
 def test_prompt_pooling_reads_the_mask_token(model_dir, name):
-    _, _, deltas, forwards, result = recorded_step(model_dir, name, PROMPT)
+    _, _, deltas, forwards, objective_passes, result = recorded_step(model_dir, name, PROMPT)
     assert len(deltas) == forwards == 4  # task pass(es) on the plain batch, views on the wrapped one
+    assert objective_passes == 4 - PLAIN_PASSES.get(name, 0)
     assert torch.isfinite(torch.tensor(result.loss))
 
 

@@ -124,11 +124,32 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
             for name in recipes]
 
 
+def degenerate_warning(checkpoint: str) -> str | None:
+    """The warning for a model whose training run flagged it degenerate (None otherwise)."""
+    _, run_dir = resolve_model(checkpoint)
+    metrics_path = run_dir / "metrics.json" if run_dir is not None else None
+    if metrics_path is None or not metrics_path.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or not metrics.get("degenerate"):
+        return None
+    return (f"warning: {run_dir} was flagged degenerate at training ({metrics.get('degenerate_reason')}): "
+            f"no attack can flip a constant prediction, so its accuracy under attack is not robustness")
+
+
 def run(args) -> int:
+    import sys
+
     from asa_plugin.attacks.runner import load_wrapper, run_attack
     from asa_plugin.plugins import get_plugin_manager
 
     cfg, jobs = build_jobs(args)
+    warning = degenerate_warning(jobs[0].model_path) if jobs else None
+    if warning:
+        print(f"advrobust attack: {warning}", file=sys.stderr, flush=True)
     pm = get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     for job in jobs:
         pm.recipes.get(job.recipe)  # unknown names fail before any work

@@ -96,6 +96,18 @@ class Defence:
         """Metrics gathered since the last call (e.g. ASA's mask ratio per layer); then reset."""
         return {}
 
+    def log_metrics(self) -> dict[str, Any]:
+        """Metrics gathered since the last logged step (every ``train.log_every_steps``); then reset."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable running state (e.g. metric counters) saved with each checkpoint, so a
+        resumed run reports the same metrics as an uninterrupted one."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (called on ``--resume``)."""
+
 
 def check_composable(classes: list[type[Defence]], source: str) -> None:
     """Accept at most one objective defence plus at most one procedure defence."""
@@ -141,6 +153,19 @@ class ComposedDefence(Defence):
         for part in self.parts:
             out.update(part.epoch_metrics())
         return out
+
+    def log_metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for part in self.parts:
+            out.update(part.log_metrics())
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {part.name: part.state_dict() for part in self.parts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for part in self.parts:
+            part.load_state_dict(state.get(part.name, {}))
 
 
 def build_defence(names: list[str], params: dict[str, Any], adapter: BackboneAdapter, registry) -> Defence:

@@ -31,8 +31,24 @@ if TYPE_CHECKING:
     from asa_plugin.defences.base import Batch, Defence
 
 Pooling = Literal["cls", "mean", "prompt"]
-DEFAULT_TEMPLATE = 'This sentence : "[X]" means [MASK] .'
+TEMPLATES = {
+    # PromptBERT (Jiang et al., 2022): the template of its untrained-BERT setting (the default here) ...
+    "promptbert": 'This sentence : "[X]" means [MASK] .',
+    # ... and of its setting that fine-tunes BERT (the one closer to training a classifier).
+    "promptbert-trained": 'This sentence of "[X]" means [MASK].',
+}
+DEFAULT_TEMPLATE = TEMPLATES["promptbert"]
 TEXT_SLOT, MASK_SLOT = "[X]", "[MASK]"
+
+
+def resolve_template(template: str) -> str:
+    """A template by name (a key of :data:`TEMPLATES`) or given literally with [X] and [MASK]."""
+    if TEXT_SLOT not in template and MASK_SLOT not in template:
+        if template not in TEMPLATES:
+            raise ValueError(f"template {template!r} is neither a known name ({', '.join(TEMPLATES)}) nor a "
+                             f"template with {TEXT_SLOT} and {MASK_SLOT}")
+        return TEMPLATES[template]
+    return template
 
 
 def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,16 +76,18 @@ class ContrastiveOptions:
 
     temperature: float = option(0.05, gt=0, help="InfoNCE temperature of the cosine similarities")
     pooling: Pooling = option("cls", help="sequence representation: cls, mean, or prompt (PromptBERT)")
-    template: str = option(DEFAULT_TEMPLATE, help="PromptBERT template with [X] and [MASK] (pooling=prompt)")
+    template: str = option("promptbert", help="PromptBERT template with [X] and [MASK], or a name: "
+                                                  "promptbert, promptbert-trained (pooling=prompt)")
 
     def __post_init__(self):
-        check_template(self.template)
+        check_template(resolve_template(self.template))
 
 
 class PromptTemplate:
     """Wraps tokenized batches in a template such as ``This sentence : "[X]" means [MASK] .``."""
 
     def __init__(self, template: str, adapter: BackboneAdapter):
+        template = resolve_template(template)
         check_template(template)
         tok = adapter.tokenizer
         if tok.mask_token_id is None:
@@ -160,9 +178,20 @@ class Representations:
             loss = self.defence.objective(batch, inputs_embeds)
         if not outputs:
             raise RuntimeError("the defence objective ran no forward pass of the model")
-        first = outputs[0]
+        return loss, self._pool(outputs[0], batch, mask_positions)
+
+    def representation(self, batch: Batch, inputs_embeds: torch.Tensor | None,
+                       mask_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H) representation from one plain forward pass (dropout on), when no loss of the
+        pass is used: the same pass an objective's first (clean) forward would run, at a fraction
+        of a composed objective's cost (ASA's masked pass is skipped)."""
+        with capture_outputs(self.defence.adapter) as outputs:
+            self.defence.adapter.forward(batch, inputs_embeds=inputs_embeds)
+        return self._pool(outputs[0], batch, mask_positions)
+
+    def _pool(self, first, batch: Batch, mask_positions: torch.Tensor | None) -> torch.Tensor:
         if mask_positions is not None:
             last = first.hidden_states[-1]  # (B, L, H)
             rows = torch.arange(last.shape[0], device=last.device)
-            return loss, last[rows, mask_positions]  # (B, H)
-        return loss, self.defence.adapter.sequence_representation(first, batch, pooling=self.pooling)
+            return last[rows, mask_positions]  # (B, H)
+        return self.defence.adapter.sequence_representation(first, batch, pooling=self.pooling)

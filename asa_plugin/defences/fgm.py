@@ -17,7 +17,8 @@ from asa_plugin.schema import option
 
 @dataclass
 class FGMParams:
-    epsilon: float = option(1.0, gt=0, help="L2 norm of each example's embedding perturbation")
+    epsilon: float = option(0.1, gt=0, help="L2 norm of each example's embedding perturbation (per-example "
+                                            "normalisation: 1.0 trains MiniLM into a constant classifier)")
 
 
 class FGMDefence(Defence):

@@ -32,7 +32,7 @@ from asa_plugin.schema import option
 
 @dataclass
 class SCALParams(ContrastiveOptions):
-    epsilon: float = option(0.3, gt=0, help="L2 norm of the FGM perturbation per example (paper: 0.1-0.5)")
+    epsilon: float = option(0.1, gt=0, help="L2 norm of the FGM perturbation per example (paper: 0.1-0.5)")
     contrastive_weight: float = option(1.0, ge=0, help="weight of the InfoNCE term")
 
 

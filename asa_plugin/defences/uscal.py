@@ -7,10 +7,11 @@ InfoNCE(view 1, view 2) with respect to view 1's word embeddings), not the label
     contrastive = InfoNCE(h_1, h_adv) + InfoNCE(h_2, h_adv)
     loss        = CE(clean) + alpha * contrastive          (alpha < 1)
 
-The supervised task term is the objective of the first clean pass. Every pass's loss comes from
-``self.objective`` and the representations from the same passes, so ``uscal`` composes with
-ASA. With ``pooling = "prompt"`` the three contrastive views are built on the template-wrapped
-batch and the task term on the plain input (four passes instead of three).
+The supervised task term is the objective of the first clean pass (``self.objective``, so ``uscal``
+composes with ASA); the second dropout view and the adversarial view are plain forward passes,
+since only their representations are used (composed with ASA, they skip its masked pass).
+With ``pooling = "prompt"`` the three contrastive views are built on the template-wrapped batch
+and the task term on the plain input (four passes instead of three).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from asa_plugin.schema import option
 
 @dataclass
 class USCALParams(ContrastiveOptions):
-    epsilon: float = option(0.3, gt=0, help="L2 norm of the perturbation per example (paper: 0.1-0.5)")
+    epsilon: float = option(0.1, gt=0, help="L2 norm of the perturbation per example (paper: 0.1-0.5)")
     alpha: float = option(0.5, gt=0, lt=1, help="weight (< 1) of the contrastive loss beside the task loss")
 
 
@@ -53,12 +54,13 @@ class USCALDefence(Defence):
         first_loss, first = reps.objective_and_representation(view, embed(view["input_ids"]) + probe,
                                                               positions)
         task = first_loss if view is batch else self.objective(batch, None)
-        _, second = reps.objective_and_representation(view, None, positions)  # another dropout mask
+        # Views 2 and adversarial need only representations, not the objective's loss: plain passes.
+        second = reps.representation(view, None, positions)  # another dropout mask
         # The perturbation ascends the contrastive loss of view 1 against view 2.
         ascent = info_nce(first, second.detach(), p.temperature)
         (grad,) = torch.autograd.grad(ascent, probe, retain_graph=True)
         delta = fgm_delta(grad, token_mask(view), p.epsilon)  # (B, L, E)
-        _, adversarial = reps.objective_and_representation(view, embed(view["input_ids"]) + delta, positions)
+        adversarial = reps.representation(view, embed(view["input_ids"]) + delta, positions)
         contrastive = (info_nce(first, adversarial, p.temperature)
                        + info_nce(second, adversarial, p.temperature))
         loss = task + p.alpha * contrastive

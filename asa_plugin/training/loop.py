@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from asa_plugin.data import load_split
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import TrainingDiverged, UserError
 from asa_plugin.plugins import PluginManager, get_plugin_manager
-from asa_plugin.training import checkpoint
+from asa_plugin.training import checkpoint, degenerate
 from asa_plugin.training.batching import EncodedDataset, make_loader
-from asa_plugin.training.evaluate import accuracy
+from asa_plugin.training.evaluate import evaluate
 
 log = logging.getLogger("advrobust.train")
 KILL_AT_STEP_ENV = "ADVROBUST_TEST_KILL_AT_STEP"
@@ -39,17 +40,26 @@ def _setup_logging(run_dir: Path) -> None:
     root.setLevel(logging.INFO)
 
 
-def _optimizer(model: torch.nn.Module, defence: Defence, cfg) -> torch.optim.Optimizer:
+def _decay_split(module: torch.nn.Module) -> tuple[list, list]:
+    """(parameters with weight decay, without): no decay on biases and normalisation weights."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in module.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return decay, no_decay
+
+
+def _optimizer(model: torch.nn.Module, defence: Defence, cfg) -> torch.optim.AdamW:
+    """One AdamW over the model and the defence's own modules, with the same weight-decay rule for
+    both; a defence module trains at ``train.lr`` unless it carries its own ``lr``."""
+    decay, no_decay = _decay_split(model)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     for module in defence.trainable_modules():
-        extra = [p for p in module.parameters() if p.requires_grad]
-        if extra:
-            groups.append({"params": extra, "weight_decay": 0.0, "lr": getattr(module, "lr", None) or cfg.lr})
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        lr = getattr(module, "lr", None) or cfg.lr
+        extra_decay, extra_no_decay = _decay_split(module)
+        groups += [{"params": extra_decay, "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": extra_no_decay, "weight_decay": 0.0, "lr": lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
@@ -108,7 +118,9 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     found = checkpoint.find(run_dir) if resume else None
     if found is not None:
         state = checkpoint.load(accelerator, found)
+        defence.load_state_dict(state.get("defence_state", {}))
         log.info("resumed from %s at step %d", found, state["global_step"])
+    state.setdefault("step_history", [])
 
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
     defence.attach()
@@ -139,9 +151,12 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
                     progress.update(1)
                     progress.set_postfix(loss=f"{result.loss:.4f}")
                     if state["global_step"] % tc.log_every_steps == 0:
-                        log.info("step %d loss %.4f", state["global_step"], result.loss)
+                        logged = {"step": state["global_step"], "loss": result.loss, **defence.log_metrics()}
+                        log.info("step %d: %s", state["global_step"], json.dumps(logged))
+                        state["step_history"].append(logged)
                     if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
                         state["train_seconds"] += time.perf_counter() - started
+                        state["defence_state"] = defence.state_dict()
                         checkpoint.save(accelerator, run_dir, state)
                         started = time.perf_counter()
                     if kill_at and state["global_step"] == kill_at:
@@ -149,20 +164,27 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
                     if state["global_step"] >= total_steps:
                         break
             state["train_seconds"] += time.perf_counter() - started
-            epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"],
-                             "eval_accuracy": accuracy(adapter, model, eval_loader, accelerator),
+            evaluation = evaluate(adapter, model, eval_loader, accelerator)
+            epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"], **evaluation.metrics(),
                              **defence.epoch_metrics()}
             log.info("epoch %d: %s", epoch + 1, json.dumps(epoch_metrics))
             progress.write(f"epoch {epoch + 1}: eval_accuracy {epoch_metrics['eval_accuracy']:.4f}")
             state["history"].append(epoch_metrics)
             state["epoch"], state["batches_done"] = epoch + 1, 0
             pm.on_epoch_end(run_dir=run_dir, epoch=epoch + 1, metrics=epoch_metrics)
+            state["defence_state"] = defence.state_dict()
             checkpoint.save(accelerator, run_dir, state)
     finally:
         progress.close()
         defence.detach()
 
     metrics = _final_metrics(cfg, defence, state)
+    if metrics["degenerate"] and accelerator.is_main_process:
+        warning = f"the trained model is degenerate: {metrics['degenerate_reason']}; its accuracy under attack " \
+                  f"would measure the constant prediction, not robustness (check train.lr and the defence's " \
+                  f"strength, e.g. its epsilon)"
+        log.warning(warning)
+        print(f"advrobust train: warning: {warning}", file=sys.stderr, flush=True)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model)
         adapter.export(run_dir / "model")
@@ -186,7 +208,10 @@ def _final_metrics(cfg: RunConfig, defence: Defence, state: dict[str, Any]) -> d
         "train_seconds": round(state["train_seconds"], 3),
         "train_examples_per_second": round(state["examples_seen"] / max(state["train_seconds"], 1e-9), 3),
         "history": history,
+        "step_history": state.get("step_history", []),
     }
     for key in {k for h in history for k in h} - {"epoch", "step", "eval_accuracy"}:
         metrics[key] = history[-1].get(key)
+    reason = degenerate.reason(history[-1]) if history else None
+    metrics["degenerate"], metrics["degenerate_reason"] = reason is not None, reason
     return metrics

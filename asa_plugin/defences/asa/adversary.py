@@ -25,11 +25,15 @@ META_FILE = "asa_adversary.json"
 class LayerAdversary(nn.Module):
     """Scores every (query, key) pair of one layer: (B, L, H) -> (B, L, L)."""
 
-    def __init__(self, hidden_size: int, projection_size: int):
+    def __init__(self, hidden_size: int, projection_size: int, init_std: float | None = None):
         super().__init__()
         self.query = nn.Linear(hidden_size, projection_size)
         self.key = nn.Linear(hidden_size, projection_size)
         self.scale = 1.0 / math.sqrt(projection_size)
+        if init_std is not None:  # the model's own init, as the official code's init_weights() gives them
+            for linear in (self.query, self.key):
+                nn.init.normal_(linear.weight, mean=0.0, std=init_std)
+                nn.init.zeros_(linear.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden = hidden_states.detach()  # (B, L, H): gradient stopped into the model
@@ -41,11 +45,13 @@ class LayerAdversary(nn.Module):
 class ASAAdversary(nn.Module):
     """The per-layer adversaries of one model; ``mask`` gives a layer's hard 0/1 mask."""
 
-    def __init__(self, hidden_size: int, layers: list[int], projection_size: int):
+    def __init__(self, hidden_size: int, layers: list[int], projection_size: int, init_std: float | None = None):
+        """``init_std``: normal(0, init_std) weights and zero biases (the backbone's
+        ``initializer_range``); None keeps PyTorch's default ``nn.Linear`` init."""
         super().__init__()
         self.hidden_size, self.projection_size = hidden_size, projection_size
         self.layers = sorted(layers)
-        self.per_layer = nn.ModuleDict({str(i): LayerAdversary(hidden_size, projection_size)
+        self.per_layer = nn.ModuleDict({str(i): LayerAdversary(hidden_size, projection_size, init_std)
                                         for i in self.layers})
 
     def has_layer(self, layer: int) -> bool:

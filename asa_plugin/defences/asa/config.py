@@ -22,9 +22,12 @@ class ASAParams:
         False, help="add logistic (Gumbel difference) noise to the adversary's scores before binarizing; "
                     "off in the published recipe, which binarizes deterministically")
     adversarial_ce: bool = option(False, help="also add cross-entropy on the adversarial logits to the loss")
+    divergence_weight: float = option(
+        0.5, gt=0, help="weight of the two KL directions between clean and masked predictions; 0.5 = their "
+                        "average, as the official code; 1.0 = their sum")
     adversary_lr: float | None = option(
-        1e-2, gt=0, help="learning rate of the adversaries (they start from random projections, so they "
-                         "need a larger rate than the fine-tuned model); none = train.lr")
+        None, gt=0, help="learning rate of the adversaries; none (the official setting) = train.lr, in the "
+                         "model's optimizer with its weight-decay rule")
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):

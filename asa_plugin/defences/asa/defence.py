@@ -5,7 +5,10 @@ Each step runs a clean forward and an adversarial forward in which every adversa
 attention is masked by its adversary's binary mask M_l (added as ``(1 - M_l) * MASK_VALUE`` to
 the scores of all heads). One objective, one backward:
 
-    loss = CE(clean) + symKL(clean, adv) + tau^2 * kept_units      (+ CE(adv) if adversarial_ce)
+    loss = CE(clean) + w * (KL(clean||adv) + KL(adv||clean)) + tau^2 * kept_units   (+ CE(adv) if adversarial_ce)
+
+with ``w = divergence_weight = 0.5`` by default: the average of the two directions, as the official
+code's ``divergence()`` (gingasan/adversarialSA, modeling/utils.py:38-46).
 
 The masks pass a gradient-reversal layer before they touch the model or the tau term, so the
 model *descends* the loss (fits the labels, stays stable under masking) while the adversaries
@@ -51,11 +54,14 @@ class ASADefence(Defence):
         if layers[-1] >= num_layers:
             raise ConfigError(f"defence.layers: layer {layers[-1]} does not exist; the backbone has "
                               f"{num_layers} layers (0..{num_layers - 1})")
-        self.adversary = ASAAdversary(adapter.hidden_size, layers, params.projection_size or adapter.hidden_size)
+        init_std = getattr(adapter.config, "initializer_range", None)
+        self.adversary = ASAAdversary(adapter.hidden_size, layers, params.projection_size or adapter.hidden_size,
+                                      init_std=init_std)
         self.adversary.to(adapter.model.device)
-        self.adversary.lr = params.adversary_lr  # read by the training loop's optimizer
+        self.adversary.lr = params.adversary_lr  # read by the training loop's optimizer; None = train.lr
         self.objective = self.asa_objective
-        self._reset_stats()
+        self.epoch_counts = MaskCounts(self.adversary.layers)
+        self.window_counts = MaskCounts(self.adversary.layers)
         self._last: dict[str, float] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -83,7 +89,8 @@ class ASADefence(Defence):
             if not self.adversary.has_layer(layer):
                 return None
             mask = self.adversary.mask(layer, hidden, attention_mask, noise=self.params.gumbel_noise)  # (B, L, L)
-            self._record(layer, mask.detach(), attention_mask)
+            self.epoch_counts.add(layer, mask.detach(), attention_mask)
+            self.window_counts.add(layer, mask.detach(), attention_mask)
             mask = asa_f.grad_reverse(mask)  # model descends, adversary ascends
             masks.append(mask)
             return asa_f.mask_to_bias(mask)  # (B, 1, L, L)
@@ -101,7 +108,8 @@ class ASADefence(Defence):
         ce = F.cross_entropy(clean, labels)
         divergence = asa_f.symmetric_kl(clean, adv)
         kept = torch.stack([asa_f.kept_units(m) for m in masks]).sum(0).mean()  # units per example
-        model_loss = ce + divergence  # what the model descends; the tau term only moves the adversaries
+        # What the model descends; the tau term only moves the adversaries.
+        model_loss = ce + self.params.divergence_weight * divergence
         if self.params.adversarial_ce:
             model_loss = model_loss + F.cross_entropy(adv, labels)
         self._last = {"asa_model_loss": model_loss.item(), "asa_ce": ce.item(),
@@ -116,26 +124,61 @@ class ASADefence(Defence):
         reported = self._last["asa_model_loss"] if torch.isfinite(loss) else loss.item()
         return StepResult(loss=reported, metrics=dict(self._last))
 
-    # --- metrics --------------------------------------------------------------------------
-    def _reset_stats(self) -> None:
-        self._masked = {i: 0 for i in self.adversary.layers}
-        self._units = {i: 0 for i in self.adversary.layers}
-
-    def _record(self, layer: int, mask: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        real = asa_f.pair_mask(attention_mask)  # (B, L, L)
-        self._masked[layer] = self._masked[layer] + (real & (mask == 0)).sum()
-        self._units[layer] = self._units[layer] + real.sum()
-
+    # --- metrics ---------------------------------------------------------------------------
     def mask_ratio_per_layer(self) -> list[float | None]:
-        """Fraction of real (non-padding) attention units masked since the last reset, per
-        model layer; ``None`` for a layer without an adversary or not yet seen."""
-        ratios: list[float | None] = []
-        for i in range(self.adapter.num_layers):
-            units = int(self._units.get(i, 0))
-            ratios.append(int(self._masked[i]) / units if units else None)
-        return ratios
+        """Fraction of real attention units masked since the epoch began, per model layer."""
+        return self.epoch_counts.ratios(self.adapter.num_layers)
 
     def epoch_metrics(self) -> dict[str, Any]:
         out = {"asa_mask_ratio_per_layer": self.mask_ratio_per_layer()}
-        self._reset_stats()
+        self.epoch_counts.reset()
         return out
+
+    def log_metrics(self) -> dict[str, Any]:
+        out = {"asa_mask_ratio_per_layer": self.window_counts.ratios(self.adapter.num_layers)}
+        self.window_counts.reset()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_counts": self.epoch_counts.state(), "window_counts": self.window_counts.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch_counts.load(state.get("epoch_counts", {}))
+        self.window_counts.load(state.get("window_counts", {}))
+
+
+class MaskCounts:
+    """Masked and total real (non-padding) attention units per adversarial layer, accumulated as
+    tensors (no device sync per step) and saved with checkpoints as plain integers."""
+
+    def __init__(self, layers: list[int]):
+        self.layers = list(layers)
+        self.reset()
+
+    def reset(self) -> None:
+        self.masked: dict[int, Any] = {i: 0 for i in self.layers}
+        self.units: dict[int, Any] = {i: 0 for i in self.layers}
+
+    def add(self, layer: int, mask: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        real = asa_f.pair_mask(attention_mask)  # (B, L, L)
+        self.masked[layer] = self.masked[layer] + (real & (mask == 0)).sum()
+        self.units[layer] = self.units[layer] + real.sum()
+
+    def ratios(self, num_layers: int) -> list[float | None]:
+        """Per model layer: masked / units, ``None`` for a layer without an adversary or not yet seen."""
+        out: list[float | None] = []
+        for i in range(num_layers):
+            units = int(self.units.get(i, 0))
+            out.append(int(self.masked[i]) / units if units else None)
+        return out
+
+    def state(self) -> dict[str, dict[str, int]]:
+        return {"masked": {str(i): int(v) for i, v in self.masked.items()},
+                "units": {str(i): int(v) for i, v in self.units.items()}}
+
+    def load(self, state: dict[str, dict[str, int]]) -> None:
+        self.reset()
+        for key in ("masked", "units"):
+            for i, v in state.get(key, {}).items():
+                if int(i) in self.layers:
+                    getattr(self, key)[int(i)] = int(v)

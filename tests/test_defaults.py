@@ -1,0 +1,211 @@
+"""Issue 10: defaults that follow the authors' code, metrics that survive --resume, and the
+degenerate-model flag."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from asa_plugin.adapters.loading import load_adapter
+
+from asa_plugin.commands.attack import degenerate_warning
+from asa_plugin.config import load_config
+from asa_plugin.defences.asa import ASADefence, ASAParams
+from asa_plugin.defences.contrastive import TEMPLATES, ContrastiveOptions
+from asa_plugin.defences.fgm import FGMParams
+from asa_plugin.defences.pgd import PGDParams
+from asa_plugin.defences.scal import SCALParams
+from asa_plugin.defences.uscal import USCALParams
+from asa_plugin.errors import ConfigError
+from asa_plugin.training import degenerate
+from asa_plugin.training.loop import _optimizer
+
+
+def train_cli(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "asa_plugin.cli", "train", str(config), *args],
+                          capture_output=True, text=True, env={**os.environ, **env})
+
+
+# --- ASA at the official code's settings --------------------------------------------------------
+def test_asa_defaults_are_the_official_settings():
+    params = ASAParams()
+    assert params.adversary_lr is None  # = train.lr, in the model's optimizer
+    assert params.divergence_weight == 0.5  # 1/2 (KL(p||q) + KL(q||p)), modeling/utils.py divergence()
+    assert params.tau == 0.5 and params.layers == "all" and params.gumbel_noise is False
+
+
+def test_adversaries_get_the_models_initialisation(tiny_bert_dir):
+    adapter = load_adapter(str(tiny_bert_dir), 2)
+    torch.manual_seed(0)
+    defence = ASADefence(ASAParams(), adapter)
+    std = adapter.config.initializer_range
+    for name, p in defence.adversary.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        else:
+            assert p.std().item() == pytest.approx(std, rel=0.2), name  # not nn.Linear's kaiming-uniform
+            assert p.mean().abs().item() < std / 4, name
+
+
+@pytest.mark.parametrize("adversary_lr, expected_lr", [(None, 3e-5), (1e-2, 1e-2)])
+def test_adversaries_join_the_models_adamw_with_its_weight_decay_rule(tiny_bert_dir, adversary_lr, expected_lr):
+    adapter = load_adapter(str(tiny_bert_dir), 2)
+    defence = ASADefence(ASAParams(adversary_lr=adversary_lr), adapter)
+    cfg = load_config(data={"train": {"lr": 3e-5, "weight_decay": 0.01}}).train
+    optimizer = _optimizer(adapter.model, defence, cfg)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for name, p in defence.adversary.named_parameters():
+        group = group_of[id(p)]
+        assert group["lr"] == expected_lr, name
+        assert group["weight_decay"] == (0.0 if name.endswith("bias") else 0.01), name
+    model_params = {id(p) for p in adapter.model.parameters()}
+    assert all(group_of[i]["lr"] == 3e-5 for i in model_params)
+
+
+# --- ASA's counters: logged per step window, saved with checkpoints ------------------------------
+def test_mask_ratios_are_logged_every_log_every_steps(run_config):
+    cfg = load_config(run_config(defence='name = "asa"', train="epochs = 1\nmax_steps = 4\nlog_every_steps = 2"))
+    from asa_plugin.training.loop import train
+
+    metrics = train(cfg)
+    steps = metrics["step_history"]
+    assert [s["step"] for s in steps] == [2, 4]
+    for entry in steps:
+        ratios = entry["asa_mask_ratio_per_layer"]
+        assert len(ratios) == 2 and all(0.0 <= r <= 1.0 for r in ratios)
+    log = (cfg.run_dir() / "train.log").read_text()
+    assert log.count("asa_mask_ratio_per_layer") >= 3  # two step lines and the epoch line
+
+
+def test_mask_counts_round_trip_through_the_checkpoint_state(tiny_bert_dir):
+    adapter = load_adapter(str(tiny_bert_dir), 2)
+    trained = ASADefence(ASAParams(), adapter)
+    batch = dict(adapter.tokenizer(["good film", "a bad and boring film"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([1, 0])
+    trained.objective(batch, None)
+    state = json.loads(json.dumps(trained.state_dict()))  # what the checkpoint's JSON holds
+    restored = ASADefence(ASAParams(), adapter)
+    restored.load_state_dict(state)
+    assert restored.mask_ratio_per_layer() == trained.mask_ratio_per_layer()
+    assert restored.mask_ratio_per_layer()[0] is not None
+
+
+@pytest.mark.parametrize("defence", ['name = "asa"', 'name = ["asa", "freelb"]\n[freelb]\nadv_steps = 2'])
+def test_resume_after_kill_reports_the_uninterrupted_runs_asa_metrics(tmp_path, run_config, defence):
+    config = run_config(defence=defence, train="epochs = 1\ncheckpoint_every_steps = 2\nlog_every_steps = 2")
+    straight = train_cli(config, "--set", f"output.run_dir='{tmp_path / 'straight'}'")
+    assert straight.returncode == 0, straight.stderr
+    killed_dir = tmp_path / "killed"
+    killed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", ADVROBUST_TEST_KILL_AT_STEP="3")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((killed_dir / "metrics.json").read_text())
+    assert a["asa_mask_ratio_per_layer"] == b["asa_mask_ratio_per_layer"]
+    assert any(r for r in a["asa_mask_ratio_per_layer"])  # the adversaries masked something
+    assert a["step_history"] == b["step_history"]
+
+
+# --- baselines: defaults that train ---------------------------------------------------------------
+def test_perturbation_defaults_are_the_ones_measured_to_train():
+    assert FGMParams().epsilon == 0.1
+    pgd = PGDParams()
+    assert (pgd.epsilon, pgd.step_size, pgd.adv_steps, pgd.init_mag, pgd.include_clean) == (0.1, 0.03, 3, 0.0, True)
+    assert SCALParams().epsilon == 0.1 and USCALParams().epsilon == 0.1
+
+
+def test_pgd_linf_step_larger_than_the_box_is_rejected():
+    with pytest.raises(ValueError, match="step_size 0.3 is larger than defence.epsilon 0.01"):
+        PGDParams(norm="linf", epsilon=0.01, step_size=0.3)
+    PGDParams(norm="linf", epsilon=0.01, step_size=0.005)  # accepted
+    PGDParams(norm="l2", epsilon=0.01, step_size=0.3)  # L2 steps are projected, not clipped per entry
+
+
+def test_promptbert_templates_are_selectable_by_name():
+    assert ContrastiveOptions(template="promptbert-trained").template == "promptbert-trained"
+    assert TEMPLATES["promptbert-trained"] == 'This sentence of "[X]" means [MASK].'
+    with pytest.raises(ValueError, match="neither a known name"):
+        ContrastiveOptions(template="promptbert-v9")
+
+
+def test_textdefender_pgd_is_a_documented_setting(run_config):
+    cfg = load_config(run_config(defence='name = "pgd"\nadv_steps = 5\nstep_size = 0.03\ninit_mag = 0.05\n'
+                                          'epsilon = 0.0\ninclude_clean = false'))
+    params = cfg.defence.params["pgd"]
+    assert (params.epsilon, params.include_clean, params.init_mag) == (0.0, False, 0.05)
+
+
+# --- the degenerate flag ---------------------------------------------------------------------------
+@pytest.mark.parametrize("predicted, gold, accuracy, fragment", [
+    ([0, 872], [428, 444], 444 / 872, "predicts class 1 for 100.0%"),  # a constant classifier
+    ([40, 832], [428, 444], 0.53, "predicts class 1 for 95.4%"),
+    ([300, 572], [428, 444], 0.52, "within 2% of always predicting the majority class"),
+])
+def test_a_near_constant_model_is_flagged(predicted, gold, accuracy, fragment):
+    reason = degenerate.check(predicted, gold, accuracy)
+    assert reason is not None and fragment in reason
+
+
+def test_a_model_that_separates_the_classes_is_not_flagged():
+    assert degenerate.check([420, 452], [428, 444], 0.85) is None
+
+
+def constant_model_dir(tiny_bert_dir: Path, out: Path) -> Path:
+    """The tiny model with a classifier bias that makes it predict class 0 for every input."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(out)
+    return out
+
+
+def test_training_flags_a_constant_model_and_warns(run_config, tiny_bert_dir, tmp_path, capsys):
+    from asa_plugin.training.loop import train
+
+    backbone = constant_model_dir(tiny_bert_dir, tmp_path / "constant")
+    cfg = load_config(run_config(train="epochs = 1\nlr = 1e-9", backbone=backbone))
+    metrics = train(cfg)
+    assert metrics["eval_predicted_counts"] == [32, 0]
+    assert metrics["degenerate"] is True
+    assert "predicts class 0 for 100.0% of the 32 eval examples" in metrics["degenerate_reason"]
+    saved = json.loads((cfg.run_dir() / "metrics.json").read_text())
+    assert saved["degenerate"] is True and saved["degenerate_reason"] == metrics["degenerate_reason"]
+    assert "warning: the trained model is degenerate" in capsys.readouterr().err
+
+
+def test_training_does_not_flag_a_model_that_learned(run_config):
+    from asa_plugin.training.loop import train
+
+    metrics = train(load_config(run_config(train="epochs = 10\nlr = 3e-3\nwarmup_ratio = 0.1")))
+    assert metrics["eval_accuracy"] >= 0.75
+    assert metrics["degenerate"] is False and metrics["degenerate_reason"] is None
+
+
+def test_attack_warns_on_a_run_flagged_degenerate(tmp_path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "config.resolved.toml").write_text("")
+    (run / "metrics.json").write_text(json.dumps({"degenerate": True,
+                                                  "degenerate_reason": "it predicts class 1 for 100.0%"}))
+    warning = degenerate_warning(str(run / "model"))
+    assert warning is not None and "degenerate" in warning and "class 1 for 100.0%" in warning
+    (run / "metrics.json").write_text(json.dumps({"degenerate": False}))
+    assert degenerate_warning(str(run)) is None
+
+
+def test_bad_config_names_the_linf_problem_in_one_line(run_config):
+    with pytest.raises(ConfigError, match="step_size"):
+        load_config(run_config(defence='name = "pgd"\nnorm = "linf"\nepsilon = 0.01\nstep_size = 0.3'))
