@@ -56,15 +56,16 @@ def test_learns_the_toy_task(tmp_path, run_config):
 
 
 RESUME_CASES = [  # (defence table, files of the run that must be bit-identical after resume)
-    ('name = "vanilla"', ["model/model.safetensors"]),
-    ('name = "fgm"\nepsilon = 0.5', ["model/model.safetensors"]),
-    ('name = "asa"\ntau = 0.5', ["model/model.safetensors", "asa_adversary.safetensors"]),
-    ('name = ["asa", "freelb"]\n[asa]\ntau = 0.5\n[freelb]\nadv_steps = 2',
-     ["model/model.safetensors", "asa_adversary.safetensors"]),
+    pytest.param('name = "vanilla"', ["model/model.safetensors"], id="vanilla"),
+    pytest.param('name = "asa"\ntau = 0.5', ["model/model.safetensors", "asa_adversary.safetensors"], id="asa"),
+    # Each case costs a child interpreter (~10 s on 2 cores): the next two run with the slow tests.
+    pytest.param('name = "fgm"\nepsilon = 0.5', ["model/model.safetensors"], id="fgm", marks=pytest.mark.slow),
+    pytest.param('name = ["asa", "freelb"]\n[asa]\ntau = 0.5\n[freelb]\nadv_steps = 2',
+                 ["model/model.safetensors", "asa_adversary.safetensors"], id="asa+freelb", marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("defence,weights", RESUME_CASES, ids=["vanilla", "fgm", "asa", "asa+freelb"])
+@pytest.mark.parametrize("defence,weights", RESUME_CASES)
 def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(tmp_path, run_config, capsys, defence, weights):
     config = run_config(defence=defence, train="checkpoint_every_steps = 2")
     assert train_here(config, "--set", f"output.run_dir='{tmp_path / 'straight'}'") == 0
