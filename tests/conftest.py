@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny_model_dir, write_sentiment_tsv  # noqa: E402
 
-pytest_plugins = ["attack_support"]  # fixtures of the attack tests
+pytest_plugins = ["attack_support", "plugin_support"]  # fixtures of the attack and plugin tests
 
 BACKBONE_ENV = "ADVROBUST_TEST_BACKBONE"
 """The tox matrix factor: which architecture the adapter/defence contract tests use."""

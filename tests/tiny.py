@@ -21,6 +21,7 @@ TINY_CONFIGS: dict[str, dict] = {
     "bert": TINY_DIMS,
     "roberta": TINY_DIMS,
     "xlm-roberta": TINY_DIMS,
+    "camembert": TINY_DIMS,  # not in the adapter table: tests/test_plugin_hooks.py adds it through a plugin
     # ELECTRA and ALBERT factorise embeddings: word vectors narrower than the hidden states.
     "electra": TINY_DIMS | {"embedding_size": 16},
     "albert": TINY_DIMS | {"embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1},
