@@ -149,6 +149,40 @@ def test_objective_is_ce_plus_weighted_symmetric_kl_plus_tau_squared_kept_units(
     assert defence.objective(batch, None).item() == pytest.approx(pinned.item(), rel=1e-5)
 
 
+def objective_gradients(adapter, params: ASAParams) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """(model gradients by name, adversary gradients) of one objective pass; adversaries seeded alike."""
+    torch.manual_seed(0)
+    defence = ASADefence(params, adapter)
+    adapter.model.zero_grad()
+    defence.objective(make_batch(adapter), None).backward()
+    model = {n: p.grad.clone() for n, p in adapter.model.named_parameters() if p.grad is not None}
+    return model, [p.grad.clone() for p in defence.adversary.parameters()]
+
+
+def test_the_tau_term_moves_the_adversaries_and_never_the_model(adapter):
+    adapter.model.eval()  # no dropout: both passes see the same computation
+    model_0, adversary_0 = objective_gradients(adapter, ASAParams(tau=0.0))
+    model_2, adversary_2 = objective_gradients(adapter, ASAParams(tau=2.0))
+    assert model_0.keys() == model_2.keys() and model_0
+    for name in model_0:
+        assert torch.allclose(model_0[name], model_2[name], atol=1e-6), name
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(adversary_0, adversary_2))
+
+
+def test_adversarial_ce_adds_the_cross_entropy_of_the_masked_logits(adapter):
+    adapter.model.eval()
+    batch = make_batch(adapter)
+    torch.manual_seed(0)
+    plain = ASADefence(ASAParams(tau=0.3), adapter)
+    torch.manual_seed(0)
+    with_ce = ASADefence(ASAParams(tau=0.3, adversarial_ce=True), adapter)  # the same adversaries
+    with with_ce.adversarial_attention(batch):
+        masked_ce = F.cross_entropy(adapter.forward(batch).logits, batch["labels"])
+    assert masked_ce.item() > 0.1  # a visible addition
+    expected = plain.objective(batch, None) + masked_ce
+    assert with_ce.objective(batch, None).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def mask_ratio_under_training(adapter, tau: float, steps: int = 12) -> float:
     """Mean masked fraction over ``steps`` SGD steps of the adversary on a fixed batch."""
     torch.manual_seed(0)
