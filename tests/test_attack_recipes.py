@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from attack_support import attack_args, flipped_copy, predict, read_jsonl
+from attack_support import attack_args, flipped_copy, nltk_data_dir, predict, read_jsonl
 
 from asa_plugin.cli import main
 
@@ -141,3 +141,33 @@ def test_other_recipes_run_offline_and_name_their_substitutes(tmp_path, trained_
     for row, prediction in zip(won, predict(trained_tiny, [r["perturbed_text"] for r in won])):
         assert row["perturbed_text"] != row["original_text"]
         assert prediction == row["perturbed_prediction"] != row["gold_label"]
+
+
+@pytest.mark.parametrize("profile", ["stock", "textdefender"])
+def test_the_textdefender_profile_offers_k_50_candidates_and_judges_with_the_offline_encoder(
+        trained_tiny, attack_cache, profile):
+    from asa_plugin.attacks.recipes import TEXTDEFENDER_SIMILARITY, build_attack
+    from asa_plugin.attacks.runner import load_wrapper
+    from asa_plugin.attacks.textattack_env import import_textattack
+
+    from asa_plugin.config import load_config
+    from asa_plugin.plugins import get_plugin_manager
+
+    import_textattack(attack_cache)  # before anything imports textattack
+    from asa_plugin.attacks.substitutes import TransformerSentenceEncoder
+    from textattack.constraints.overlap import MaxWordsPerturbed
+
+    cfg = load_config(data={"attack": {"profile": profile, "embedding_vocab_size": 8000,
+                                       "nltk_data": nltk_data_dir()}}).attack
+    wrapper = load_wrapper(str(trained_tiny), cfg, 64)
+    attack, _ = build_attack(get_plugin_manager().recipes.get("a2t"), wrapper, cfg, attack_cache)
+    candidates = attack.transformation._get_replacement_words("movie")
+    encoders = [c for c in attack.constraints if isinstance(c, TransformerSentenceEncoder)]
+    assert len(encoders) == 1  # USE's offline stand-in, never a second (or a missing) encoder
+    if profile == "stock":
+        assert len(candidates) == 20  # A2T's own K
+        return
+    assert len(candidates) == 50  # TextDefender's K
+    assert encoders[0].threshold == pytest.approx(TEXTDEFENDER_SIMILARITY) and encoders[0].metric == "angular"
+    limits = [c for c in attack.constraints if isinstance(c, MaxWordsPerturbed)]
+    assert [c.max_percent for c in limits] == [0.3]
