@@ -1,7 +1,7 @@
 """`advrobust bench` / `advrobust report`: a tiny defence x attack grid end to end.
 
 Three defences (vanilla, fgm, asa) on the tiny BERT and the toy data, attacked with deepwordbug
-(no assets needed) on a few dev examples.
+(no assets needed) on a few dev examples; a second grid adds seeds and a second recipe.
 """
 
 from __future__ import annotations
@@ -21,15 +21,17 @@ DEFENCES = ["vanilla", "fgm", "asa"]
 RECIPE = "deepwordbug"
 N = 5
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("accuracy_under_attack", "clean_vs_attack", "delta_vs_baseline", "asa_mask_ratio", "asa_map")
 
 
-def bench_config(path: Path, out: Path, model: Path, data: dict, cache: Path, bench: dict | None = None) -> Path:
+def bench_config(path: Path, out: Path, model: Path, data: dict, cache: Path, bench: dict | None = None,
+                 train: dict | None = None) -> Path:
     config = {
         "bench": {"defences": DEFENCES, "recipes": [RECIPE], "out_dir": str(out), **(bench or {})},
         "model": {"backbone": str(model), "num_labels": 2, "max_length": 32},
         "data": {"train_file": str(data["train"]), "dev_file": str(data["dev"])},
         "defence": {"fgm": {"epsilon": 0.5}, "asa": {"tau": 0.5}},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "seed": 7},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "seed": 7, **(train or {})},
         "attack": {"profile": "stock", "num_examples": N, "seed": 3, "cache_dir": str(cache),
                    "nltk_data": nltk_data_dir()},
     }
@@ -75,6 +77,33 @@ def test_report_has_every_cell_with_the_values_of_its_summary(bench):
         assert row["seconds_per_step_vs_vanilla"] == pytest.approx(row["train_seconds"] / row["steps"] / vanilla)
     assert report["machines"] and report["machines"][0]["cpu_count"] >= 1
     assert report["settings"]["train"]["seed"] == 7 and report["settings"]["attack"]["num_examples"] == N
+    assert report["seeds"] == [7] and report["baseline"] == "vanilla"
+
+
+def robust_outcomes(out: Path, run: str, recipe: str = RECIPE) -> dict[int, bool]:
+    """Example index -> still correct after the attack, read straight from results.jsonl."""
+    rows = [json.loads(line) for line in (out / "runs" / run / "attack" / recipe / "results.jsonl").open()]
+    return {r["index"]: r["outcome"] in ("failed", "maximized") for r in rows}
+
+
+def test_each_defence_is_compared_with_vanilla_on_the_same_examples(bench):
+    _, out = bench
+    cells = {c["defence"]: c for c in read(out / "report.json")["cells"]}
+    assert "comparison" not in cells["vanilla"]
+    vanilla = robust_outcomes(out, "vanilla")
+    for label in ("fgm", "asa"):
+        comparison, mine = cells[label]["comparison"], robust_outcomes(out, label)
+        assert comparison["status"] == "done" and comparison["baseline"] == "vanilla"
+        assert comparison["seeds"] == [7] and comparison["n_examples"] == N
+        diff = comparison["accuracy_under_attack"]
+        assert diff["delta"] == pytest.approx(cells[label]["accuracy_under_attack"]
+                                              - cells["vanilla"]["accuracy_under_attack"])
+        assert diff["ci"][0] <= diff["delta"] <= diff["ci"][1]
+        assert diff["significant"] == (diff["ci"][0] > 0 or diff["ci"][1] < 0)
+        (test,) = comparison["mcnemar"]
+        assert test["defence_only_correct"] == sum(mine[i] and not vanilla[i] for i in vanilla)
+        assert test["baseline_only_correct"] == sum(vanilla[i] and not mine[i] for i in vanilla)
+        assert 0 < test["p_value"] <= 1
 
 
 def test_each_defence_trains_with_its_own_table_and_the_same_budget(bench):
@@ -91,7 +120,9 @@ def test_report_md_shows_the_table_machine_and_plots(bench):
     for label in DEFENCES:
         assert f"| {label} | {RECIPE} |" in md
     assert "## Machine" in md and "none: every cell finished" in md
-    for name in ("accuracy_under_attack", "clean_vs_attack", "asa_mask_ratio", "asa_map"):
+    assert "## Paired comparison with vanilla" in md and "| Δ under attack vs vanilla | McNemar p |" in md
+    assert md.count("| vanilla | deepwordbug |") == 1  # the baseline is not compared with itself
+    for name in PLOTS:
         assert f"]({name}.png)" in md
 
 
@@ -100,9 +131,7 @@ def test_plots_are_valid_png_images(bench):
 
     _, out = bench
     report = read(out / "report.json")
-    assert [p["file"] for p in report["plots"]] == [f"{n}.png" for n in
-                                                    ("accuracy_under_attack", "clean_vs_attack", "asa_mask_ratio",
-                                                     "asa_map")]
+    assert [p["file"] for p in report["plots"]] == [f"{n}.png" for n in PLOTS]
     for plot in report["plots"]:
         path = out / plot["file"]
         assert path.read_bytes()[:8] == PNG_MAGIC
@@ -130,8 +159,10 @@ def test_missing_cells_are_reported_missing_never_invented(bench, tmp_path):
     report = read(copy / "report.json")
     assert report["missing"] == ["train fgm", f"attack fgm/{RECIPE}", f"attack asa/{RECIPE}"]
     cells = {c["defence"]: c for c in report["cells"]}
-    assert cells["fgm"] == {"defence": "fgm", "recipe": RECIPE, "status": "missing"}
+    assert cells["fgm"]["status"] == "missing" and cells["fgm"]["per_seed"] == {}
+    assert not {"eval_accuracy", "accuracy_under_attack", "comparison"} & set(cells["fgm"])
     assert cells["asa"]["status"] == "missing" and "accuracy_under_attack" not in cells["asa"]
+    assert "comparison" not in cells["asa"] and cells["asa"]["accuracy_under_attack_ci"] is None
     plots = {p["name"]: p for p in report["plots"]}
     assert plots["asa_map"]["file"] is None and "not drawn" in (copy / "report.md").read_text()
     assert not (copy / "asa_map.png").exists()
@@ -234,3 +265,173 @@ def test_only_defences_runs_a_subset_and_the_report_lists_the_rest_missing(tmp_p
     report = read(out / "report.json")
     assert "train fgm" in report["missing"] and "train asa" in report["missing"]
     assert main(["bench", str(config), "--only-defences", "vanila"]) == 2
+
+
+SEEDS = [7, 8]
+SEEDED = {"recipes": [RECIPE, "pwws"], "seeds": SEEDS, "extra_seeds_defences": ["vanilla", "asa"],
+          "extra_seeds_recipes": [RECIPE]}
+LEARN = {"epochs": 10, "lr": 3e-3, "warmup_ratio": 0.1}  # the toy task is learned: outcomes differ between models
+RUNS = {  # run directory -> (seed, recipes attacked) in the seeded grid
+    "vanilla": (7, [RECIPE, "pwws"]), "vanilla.seed8": (8, [RECIPE]), "fgm": (7, [RECIPE, "pwws"]),
+    "asa": (7, [RECIPE, "pwws"]), "asa.seed8": (8, [RECIPE]),
+}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, tiny_bert_dir, toy_data, attack_cache):
+    """The grid with seeds 7 and 8 for vanilla and asa (deepwordbug only for seed 8); its stdout."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("seeded")
+    out = root / "out"
+    config = bench_config(root / "bench.toml", out, tiny_bert_dir, toy_data, attack_cache, bench=SEEDED, train=LEARN)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert main(["bench", str(config), "--no-progress"]) == 0
+    return config, out, log.getvalue()
+
+
+def test_every_seed_trains_into_its_own_run_with_the_same_data_and_examples(seeded):
+    import tomllib
+
+    _, out, _ = seeded
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(RUNS)
+    resolved = {run: tomllib.loads((out / "runs" / run / "config.resolved.toml").read_text()) for run in RUNS}
+    for run, (seed, recipes) in RUNS.items():
+        assert resolved[run]["train"]["seed"] == seed
+        assert resolved[run]["data"] == resolved["vanilla"]["data"]  # same subset_seed, files, sizes
+        assert sorted(p.name for p in (out / "runs" / run / "attack").iterdir()) == sorted(recipes)
+    for recipe in (RECIPE, "pwws"):
+        texts = {run: [json.loads(line)["original_text"]
+                       for line in (out / "runs" / run / "attack" / recipe / "results.jsonl").open()]
+                 for run, (_, recipes) in RUNS.items() if recipe in recipes}
+        assert len({tuple(t) for t in texts.values()}) == 1, f"{recipe}: models attacked on different examples"
+    assert read(out / "bench.json")["seeds"] == SEEDS
+
+
+def test_the_grid_runs_defence_by_defence(seeded):
+    _, _, log = seeded
+    steps = [line.replace(":", "").split()[1:3] for line in log.splitlines()
+             if line.split()[1:2] in (["train"], ["attack"])]
+    labels = [run.split("/")[0].split(".seed")[0] for _, run in steps]
+    assert labels == sorted(labels, key=DEFENCES.index), labels  # each defence finishes before the next starts
+    for label in DEFENCES:
+        kinds = [kind for kind, run in steps if run.split("/")[0].split(".seed")[0] == label]
+        assert kinds == sorted(kinds, key=["train", "attack"].index), (label, kinds)  # its training, then attacks
+    assert len({run for kind, run in steps if kind == "attack"}) == sum(len(r) for _, r in RUNS.values())
+
+
+def test_the_report_shows_the_mean_and_std_over_seeds_and_keeps_every_seed(seeded):
+    import statistics
+
+    _, out, _ = seeded
+    report = read(out / "report.json")
+    assert report["missing"] == [] and report["seeds"] == SEEDS
+    cells = {(c["defence"], c["recipe"]): c for c in report["cells"]}
+    for (label, recipe), cell in cells.items():
+        runs = [run for run, (_, recipes) in RUNS.items() if run.split(".seed")[0] == label and recipe in recipes]
+        assert cell["seeds"] == [RUNS[r][0] for r in runs] and cell["status"] == "done"
+        values = [read(out / "runs" / r / "attack" / recipe / "summary.json")["accuracy_under_attack"] for r in runs]
+        assert [cell["per_seed"][str(RUNS[r][0])]["accuracy_under_attack"] for r in runs] == values
+        assert cell["accuracy_under_attack"] == pytest.approx(statistics.mean(values))
+        if len(values) > 1:
+            assert cell["accuracy_under_attack_std"] == pytest.approx(statistics.stdev(values))
+        else:
+            assert "accuracy_under_attack_std" not in cell
+        low, high = cell["accuracy_under_attack_ci"]
+        assert low <= cell["accuracy_under_attack"] <= high
+    assert cells[("asa", RECIPE)]["comparison"]["seeds"] == SEEDS  # both trained with both seeds: paired by seed
+    assert len(cells[("asa", RECIPE)]["comparison"]["mcnemar"]) == 2
+    assert cells[("asa", "pwws")]["comparison"]["seeds"] == [7]
+    assert cells[("fgm", RECIPE)]["comparison"]["seeds"] == [7]  # fgm has one seed
+    md = (out / "report.md").read_text()
+    assert f"| vanilla | {RECIPE} | 7, 8 | {N} |" in md and " ± " in md
+
+
+def test_report_rebuilds_the_same_intervals_from_stored_results(seeded):
+    _, out, _ = seeded
+    before = (out / "report.json").read_bytes()
+    (out / "report.json").unlink()
+    (out / "delta_vs_baseline.png").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.json").read_bytes() == before  # the bootstrap is seeded
+    assert (out / "delta_vs_baseline.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_degenerate_model_is_marked_in_every_table_and_never_shown_as_robust(seeded, tmp_path):
+    _, out, _ = seeded
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for run in RUNS:  # the test decides which model is degenerate
+        metrics_path = copy / "runs" / run / "metrics.json"
+        flagged = {"degenerate": True, "degenerate_reason": "predicts class 1 for 100% of dev"} if run == "asa.seed8" \
+            else {"degenerate": False, "degenerate_reason": None}
+        metrics_path.write_text(json.dumps({**read(metrics_path), **flagged}))
+    assert main(["report", str(copy)]) == 0
+    cells = {(c["defence"], c["recipe"]): c for c in read(copy / "report.json")["cells"]}
+    assert cells[("asa", RECIPE)]["degenerate"] and "seed 8: predicts class 1" in cells[("asa", RECIPE)][
+        "degenerate_reason"]
+    assert cells[("asa", RECIPE)]["comparison"]["degenerate"]
+    assert not cells[("asa", "pwws")]["degenerate"]  # seed 7 alone: not degenerate
+    md = (copy / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith(f"| asa | {RECIPE} | 7, 8 |"))
+    assert row.split(" | ")[6] == "degenerate" and row.endswith("| degenerate | degenerate |")
+    paired = next(line for line in md.splitlines() if line.startswith(f"| asa | {RECIPE} | 7, 8 | {N} |")
+                  and line.endswith("| degenerate |"))
+    assert paired
+    assert "| asa | 8 | asa.seed8 |" in md and "yes: predicts class 1" in md
+
+
+def test_a_bench_json_without_seeds_is_read_as_one_seed(bench, tmp_path):
+    _, out = bench
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    info = read(copy / "bench.json")
+    for key in ("seeds", "runs", "baseline"):
+        info.pop(key)
+    (copy / "bench.json").write_text(json.dumps(info))
+    assert main(["report", str(copy)]) == 0
+    old, new = read(copy / "report.json"), read(out / "report.json")
+    assert old["cells"] == new["cells"] and old["training"] == new["training"]
+
+
+def test_only_seeds_runs_one_seed_and_the_report_lists_the_rest_missing(tmp_path, tiny_bert_dir, toy_data,
+                                                                        attack_cache):
+    out = tmp_path / "out"
+    config = bench_config(tmp_path / "bench.toml", out, tiny_bert_dir, toy_data, attack_cache, bench=SEEDED)
+    assert main(["bench", str(config), "--no-progress", "--only-defences", "vanilla", "--only-seeds", "8"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["vanilla.seed8"]
+    missing = read(out / "report.json")["missing"]
+    assert "train vanilla" in missing and "attack vanilla.seed8/pwws" not in missing  # seed 8 has no pwws
+    assert f"attack vanilla.seed8/{RECIPE}" not in missing and "train asa.seed8" in missing
+    assert main(["bench", str(config), "--only-seeds", "9"]) == 2
+
+
+def test_a_run_trained_with_another_seed_is_refused_not_reused(bench, capsys):
+    config, out = bench
+    assert main(["bench", str(config), "--no-progress", "--set", "bench.seeds=[9, 7]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.seed = 7" in err and "seed 9" in err, err
+    assert not (out / "runs" / "vanilla.seed7").exists()
+
+
+SEED_BAD = [  # ([bench] keys, fragment of the one-line error)
+    ({"seeds": []}, "bench.seeds is empty"),
+    ({"seeds": [7, 7]}, "bench.seeds lists '7' twice"),
+    ({"extra_seeds_defences": ["pgd"]}, "bench.extra_seeds_defences: 'pgd' is not in bench.defences"),
+    ({"extra_seeds_recipes": ["pwws"]}, "bench.extra_seeds_recipes: 'pwws' is not a recipe of the grid"),
+    ({"baseline": "pgd"}, "bench.baseline 'pgd' is not in bench.defences"),
+    ({"seeds": ["a"]}, "bench.seeds must be list of int or none"),
+]
+
+
+@pytest.mark.parametrize(("bench_keys", "message"), SEED_BAD, ids=[m for _, m in SEED_BAD])
+def test_bad_seed_keys_are_one_line_with_exit_2(bench_keys, message, tmp_path, tiny_bert_dir, toy_data,
+                                                attack_cache, capsys):
+    config = bench_config(tmp_path / "bench.toml", tmp_path / "out", tiny_bert_dir, toy_data, attack_cache,
+                          bench=bench_keys)
+    assert main(["bench", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and str(config) in err, err
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
-"""Run the grid: train each defence, then attack each trained model with each recipe.
+"""Run the grid defence by defence: train one defence (every seed), attack its models, then the next.
 
-A training cell is done when ``runs/<label>/metrics.json`` exists; one with a checkpoint and no
+So each defence that finishes is complete (trained and attacked) before the next one starts. A
+training cell is done when ``runs/<run>/metrics.json`` exists; one with a checkpoint and no
 metrics resumes. An attack cell is done when its ``summary.json`` exists; otherwise it runs with
 the harness's own resume (rows already in results.jsonl are kept). So an interrupted bench
 continues where it stopped when it is run again.
@@ -19,6 +20,7 @@ from typing import Any
 
 from asa_plugin.attacks import results as res
 from asa_plugin.bench.plan import BENCH_FILE, BenchPlan, Cell
+from asa_plugin.errors import UserError
 
 Log = Callable[[str], None]
 
@@ -58,20 +60,35 @@ def write_bench_file(plan: BenchPlan) -> dict[str, Any]:
     return info
 
 
+def check_seed(cell: Cell) -> None:
+    """Refuse a run directory trained with another seed than the grid gives it (e.g. after
+    ``bench.seeds`` changed): its results would be reported under the wrong seed."""
+    from asa_plugin.config import read_file
+
+    resolved = cell.run_dir / "config.resolved.toml"
+    if not resolved.is_file():
+        return
+    seed = read_file(resolved).get("train", {}).get("seed")
+    if seed is not None and seed != cell.seed:
+        raise UserError(f"{cell.run_dir} was trained with train.seed = {seed}, but the grid gives run "
+                        f"'{cell.name}' seed {cell.seed}: move that directory away, or make bench.seeds[0] = {seed}")
+
+
 def train_cell(cell: Cell, pm, log: Log = say) -> dict[str, Any]:
     """Train ``cell`` unless its metrics.json exists; resume from a checkpoint when one exists."""
     from asa_plugin.training import checkpoint
     from asa_plugin.training.loop import train
 
     metrics_path = cell.run_dir / "metrics.json"
+    check_seed(cell)
     if metrics_path.is_file():
-        log(f"train {cell.label}: done, skipped ({metrics_path})")
+        log(f"train {cell.name}: done, skipped ({metrics_path})")
         return json.loads(metrics_path.read_text(encoding="utf-8"))
     resuming = checkpoint.find(cell.run_dir) is not None
-    log(f"train {cell.label}: {'resuming from checkpoint' if resuming else 'training'} into {cell.run_dir}")
+    log(f"train {cell.name}: {'resuming from checkpoint' if resuming else 'training'} into {cell.run_dir}")
     metrics = train(cell.cfg, resume=True, pm=pm)  # resume=True: also continues a run dir with no checkpoint
-    log(f"train {cell.label}: eval_accuracy {metrics['eval_accuracy']:.4f}, {metrics['steps']} steps, "
-        f"{metrics['train_seconds']:.1f} s")
+    log(f"train {cell.name} (seed {cell.seed}): eval_accuracy {metrics['eval_accuracy']:.4f}, "
+        f"{metrics['steps']} steps, {metrics['train_seconds']:.1f} s")
     return metrics
 
 
@@ -85,7 +102,7 @@ def attack_cells(cell: Cell, recipes: list[str], pm, progress: bool = True, log:
     for recipe in recipes:
         summary = cell.run_dir / "attack" / recipe / "summary.json"
         if summary.is_file():
-            log(f"attack {cell.label}/{recipe}: done, skipped ({summary})")
+            log(f"attack {cell.name}/{recipe}: done, skipped ({summary})")
         else:
             todo.append(recipe)
     if not todo:
@@ -94,14 +111,14 @@ def attack_cells(cell: Cell, recipes: list[str], pm, progress: bool = True, log:
     wrapper = None
     for job in jobs:
         done = len(res.read_rows(job.out_dir / "results.jsonl"))
-        log(f"attack {cell.label}/{job.recipe}: " + (f"resuming after {done} of {len(job.texts)} examples"
+        log(f"attack {cell.name}/{job.recipe}: " + (f"resuming after {done} of {len(job.texts)} examples"
                                                       if done else f"attacking {len(job.texts)} examples"))
         if wrapper is None:
             import_textattack(resolve_cache_dir(job), allow_download=job.cfg.download)
             wrapper = load_wrapper(job.model_path, job.cfg, job.max_length)
         start = time.perf_counter()
         summary = run_attack(job, pm, wrapper=wrapper)
-        log(f"attack {cell.label}/{job.recipe}: accuracy_under_attack {summary['accuracy_under_attack']:.4f}, "
+        log(f"attack {cell.name}/{job.recipe}: accuracy_under_attack {summary['accuracy_under_attack']:.4f}, "
             f"attack_success_rate {_fmt(summary['attack_success_rate'])}, {time.perf_counter() - start:.1f} s")
 
 
@@ -110,17 +127,22 @@ def _fmt(value: float | None) -> str:
 
 
 def run_grid(plan: BenchPlan, pm, progress: bool = True, log: Log = say,
-             only_defences: list[str] | None = None, only_recipes: list[str] | None = None) -> None:
-    """Train every defence (same seed and budget), then attack each with every recipe.
+             only_defences: list[str] | None = None, only_recipes: list[str] | None = None,
+             only_seeds: list[int] | None = None) -> None:
+    """Defence by defence: train every seed of one defence (same budget for all), attack each of
+    its models with its recipes, then go on to the next defence.
 
-    ``only_defences``/``only_recipes`` restrict what runs now (a budget-limited session); the
-    whole grid is still recorded in bench.json, so the report lists the rest as missing.
+    ``only_defences``/``only_recipes``/``only_seeds`` restrict what runs now (a budget-limited
+    session); the whole grid is still recorded in bench.json, so the report lists the rest as missing.
     """
     write_bench_file(plan)
-    cells = [c for c in plan.cells if only_defences is None or c.label in only_defences]
+    labels = [label for label in plan.labels if only_defences is None or label in only_defences]
+    runs = [c for c in plan.cells if c.label in labels and (only_seeds is None or c.seed in only_seeds)]
     recipes = [r for r in plan.recipes if only_recipes is None or r in only_recipes]
-    log(f"{len(cells)} defences x {len(recipes)} recipes into {plan.out_dir}")
-    for cell in cells:
-        train_cell(cell, pm, log)
-    for cell in cells:
-        attack_cells(cell, recipes, pm, progress, log)
+    log(f"{len(labels)} defences, {len(runs)} training runs, recipes {', '.join(recipes)} into {plan.out_dir}")
+    for label in labels:
+        mine = [c for c in runs if c.label == label]
+        for cell in mine:
+            train_cell(cell, pm, log)
+        for cell in mine:
+            attack_cells(cell, [r for r in recipes if r in cell.recipes], pm, progress, log)

@@ -2,8 +2,11 @@
 
 A bench config is a normal run config plus ``[bench]``. Per-defence parameters live in
 ``[defence.<name>]`` tables; the label ``"asa+freelb"`` composes ``asa`` and ``freelb`` with
-both tables. Cell ``label`` trains into ``OUT/runs/<label>/`` and its attacks go to that run's
-``attack/<recipe>/``, exactly as ``advrobust train`` / ``advrobust attack`` would write them.
+both tables. A training cell is one defence with one seed: seed ``seeds[0]`` trains into
+``OUT/runs/<label>/``, any other seed ``s`` into ``OUT/runs/<label>.seed<s>/`` (``train.seed`` set
+to the seed; the data subset and the attacked examples are the same for every seed). Its attacks
+go to that run's ``attack/<recipe>/``, exactly as ``advrobust train`` / ``advrobust attack`` would
+write them.
 """
 
 from __future__ import annotations
@@ -27,23 +30,55 @@ class BenchSection:
     defences: list[str] = option(["vanilla"], help='defence labels: a name, or "a+b" for a composition')
     recipes: list[str] | None = option(None, help="attack recipes; default: the [attack] section's recipes")
     out_dir: str = option("bench", help="bench directory: runs/<label>/, report.md, report.json, plots")
+    seeds: list[int] | None = option(None, help="training seeds; default: [train.seed]. seeds[0] trains into "
+                                                "runs/<label>/, seed s into runs/<label>.seed<s>/")
+    extra_seeds_defences: list[str] | None = option(None, help="defences trained with every seed (the others with "
+                                                               "seeds[0] only); default: all")
+    extra_seeds_recipes: list[str] | None = option(None, help="recipes attacked for the seeds after the first; "
+                                                              "default: all")
+    baseline: str | None = option(None, help="defence the others are compared with, paired on the same examples; "
+                                             "default: vanilla when the grid has it")
 
     def __post_init__(self) -> None:
         if not self.defences:
             raise ValueError("bench.defences is empty; list at least one defence, e.g. [\"vanilla\", \"asa\"]")
-        duplicates = sorted({d for d in self.defences if self.defences.count(d) > 1})
-        if duplicates:
-            raise ValueError(f"bench.defences lists '{duplicates[0]}' twice; list each defence once")
+        for key in ("defences", "seeds", "extra_seeds_defences", "extra_seeds_recipes"):
+            values = getattr(self, key) or []
+            duplicates = sorted({str(v) for v in values if values.count(v) > 1})
+            if duplicates:
+                raise ValueError(f"bench.{key} lists '{duplicates[0]}' twice; list each once")
         if self.recipes is not None and not self.recipes:
             raise ValueError("bench.recipes is empty; list at least one recipe, e.g. [\"deepwordbug\"]")
+        if self.seeds is not None and not self.seeds:
+            raise ValueError("bench.seeds is empty; list at least one seed, e.g. [42, 43, 44]")
+        unknown = [d for d in self.extra_seeds_defences or [] if d not in self.defences]
+        if unknown:
+            raise ValueError(f"bench.extra_seeds_defences: '{unknown[0]}' is not in bench.defences "
+                             f"({', '.join(self.defences)})")
+        if self.baseline is not None and self.baseline not in self.defences:
+            raise ValueError(f"bench.baseline '{self.baseline}' is not in bench.defences ({', '.join(self.defences)})")
+
+    def baseline_label(self) -> str | None:
+        """The defence compared with: ``baseline``, else ``vanilla`` when the grid has it, else None."""
+        if self.baseline is not None:
+            return self.baseline
+        return "vanilla" if "vanilla" in self.defences else None
+
+
+def run_name(label: str, seed: int, first_seed: int) -> str:
+    """Run directory name under ``runs/``: ``<label>`` for the first seed, ``<label>.seed<s>`` otherwise."""
+    return label if seed == first_seed else f"{label}.seed{seed}"
 
 
 @dataclass
 class Cell:
-    """One defence of the grid: its label, run config and run directory."""
+    """One training run of the grid (a defence with one seed), its run config and the recipes attacking it."""
 
     label: str
     cfg: RunConfig
+    seed: int = 0
+    recipes: list[str] = field(default_factory=list)
+    name: str = ""  # run directory name under runs/ (see run_name)
 
     @property
     def run_dir(self) -> Path:
@@ -57,16 +92,25 @@ class BenchPlan:
     recipes: list[str]
     cells: list[Cell] = field(default_factory=list)
 
+    seeds: list[int] = field(default_factory=list)
+
     @property
     def out_dir(self) -> Path:
         return Path(self.bench.out_dir)
 
+    @property
+    def labels(self) -> list[str]:
+        return list(self.bench.defences)
+
     def describe(self) -> dict[str, Any]:
-        """What ``bench.json`` records: the grid and the settings shared by every cell."""
+        """What ``bench.json`` records: the grid, its runs and the settings shared by every cell."""
         shared = self.cells[0].cfg.to_dict()
         shared.pop("defence")
         shared.pop("output")
-        return {"source": self.source, "defences": list(self.bench.defences), "recipes": list(self.recipes),
+        return {"source": self.source, "defences": self.labels, "recipes": list(self.recipes),
+                "seeds": list(self.seeds), "baseline": self.bench.baseline_label(),
+                "runs": [{"defence": c.label, "seed": c.seed, "run": c.name, "recipes": list(c.recipes)}
+                         for c in self.cells],
                 "defence_params": {c.label: c.cfg.defence.to_dict() for c in self.cells}, "settings": shared}
 
 
@@ -127,7 +171,30 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan
             raise ConfigError(f"{source}: defence '{label}': {str(exc).removeprefix('<config>: ')}") from None
         cfg.source = source
         cells.append(Cell(label, cfg))
-    return BenchPlan(source=source, bench=bench, recipes=list(cells[0].cfg.attack.recipes), cells=cells)
+    recipes = list(cells[0].cfg.attack.recipes)
+    seeds = bench.seeds or [cells[0].cfg.train.seed]
+    unknown = [r for r in bench.extra_seeds_recipes or [] if r not in recipes]
+    if unknown:
+        raise ConfigError(f"{source}: bench.extra_seeds_recipes: '{unknown[0]}' is not a recipe of the grid "
+                          f"({', '.join(recipes)})")
+    return BenchPlan(source=source, bench=bench, recipes=recipes, seeds=seeds,
+                     cells=[run for cell in cells for run in seed_runs(cell, bench, recipes, seeds, out)])
+
+
+def seed_runs(cell: Cell, bench: BenchSection, recipes: list[str], seeds: list[int], out: Path) -> list[Cell]:
+    """Cell ``cell.label`` once per seed it trains with: seeds[0] attacked by every recipe, the
+    others (only for ``extra_seeds_defences``) by ``extra_seeds_recipes``."""
+    extra = bench.extra_seeds_defences is None or cell.label in bench.extra_seeds_defences
+    runs = []
+    for seed in seeds if extra else seeds[:1]:
+        cfg = copy.deepcopy(cell.cfg)
+        cfg.train.seed = seed
+        name = run_name(cell.label, seed, seeds[0])
+        cfg.output.run_dir = str(out / "runs" / name)
+        mine = recipes if seed == seeds[0] else [r for r in recipes if bench.extra_seeds_recipes is None
+                                                 or r in bench.extra_seeds_recipes]
+        runs.append(Cell(cell.label, cfg, seed=seed, recipes=mine, name=name))
+    return runs
 
 
 def read_bench_file(out_dir: str | Path) -> dict[str, Any]:

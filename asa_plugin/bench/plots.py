@@ -24,46 +24,66 @@ def _pyplot():
 
 
 def _done_cells(report: dict) -> list[dict]:
-    return [c for c in report["cells"] if c["status"] == "done"]
+    """Cells with at least one finished seed."""
+    return [c for c in report["cells"] if c["status"] != "missing"]
+
+
+def _yerr(cell: dict) -> tuple[float, float]:
+    """Lower and upper error-bar lengths (points) of a cell's accuracy-under-attack interval."""
+    ci = cell.get("accuracy_under_attack_ci")
+    if not ci:
+        return 0.0, 0.0
+    y = 100 * cell["accuracy_under_attack"]
+    return max(0.0, y - 100 * ci[0]), max(0.0, 100 * ci[1] - y)
 
 
 def plot_accuracy_under_attack(report: dict, path: Path) -> str | None:
-    """Grouped bars: accuracy under attack per defence (groups) and recipe (bars); clean dev accuracy as a tick."""
+    """Grouped bars: accuracy under attack per defence (groups) and recipe (bars) with their 95 %
+    intervals; clean dev accuracy as a dashed tick; degenerate models hatched and labelled."""
     cells = _done_cells(report)
     if not cells:
         return "no attack cell has finished yet"
     plt = _pyplot()
+    from matplotlib.patches import Patch
+
     defences, recipes = report["defences"], report["recipes"]
     width = 0.8 / len(recipes)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(defences) * max(1, len(recipes)) * 0.6 + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(defences) * max(1, len(recipes)) + 2), 4.8))
     by_key = {(c["defence"], c["recipe"]): c for c in cells}
     for j, recipe in enumerate(recipes):
-        xs, ys = [], []
         for i, defence in enumerate(defences):
             cell = by_key.get((defence, recipe))
-            if cell is not None and cell["accuracy_under_attack"] is not None:
-                xs.append(i - 0.4 + width * (j + 0.5))
-                ys.append(100 * cell["accuracy_under_attack"])
-        bars = ax.bar(xs, ys, width, label=recipe, color=f"C{j}")  # fixed colour even when empty
-        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+            if cell is None or cell["accuracy_under_attack"] is None:
+                continue
+            x, y = i - 0.4 + width * (j + 0.5), 100 * cell["accuracy_under_attack"]
+            low, high = _yerr(cell)
+            if cell["degenerate"]:
+                ax.bar(x, y, width, color="lightgray", hatch="//", edgecolor="gray")
+                ax.text(x, 1, "degenerate", ha="center", va="bottom", fontsize=7, rotation=90, color="dimgray")
+                continue
+            ax.bar(x, y, width, color=f"C{j}")
+            ax.errorbar(x, y, yerr=[[low], [high]], color="black", capsize=2, linewidth=0.8)
+            ax.text(x, y + high + 1, f"{y:.0f}", ha="center", va="bottom", fontsize=6)
     clean_label = "clean (dev)"
     for i, defence in enumerate(defences):
-        clean = next((t.get("eval_accuracy") for t in report["training"] if t["defence"] == defence), None)
-        if clean is not None:
-            ax.hlines(100 * clean, i - 0.4, i + 0.4, colors="black", linestyles="dashed", linewidth=1,
-                      label=clean_label)
+        clean = [t["eval_accuracy"] for t in report["training"]
+                 if t["defence"] == defence and t.get("eval_accuracy") is not None]
+        if clean:
+            ax.hlines(100 * sum(clean) / len(clean), i - 0.4, i + 0.4, colors="black", linestyles="dashed",
+                      linewidth=1, label=clean_label)
             clean_label = None  # one legend entry
         if not any((defence, r) in by_key for r in recipes):
             ax.text(i, 2, "missing", ha="center", fontsize=8, color="gray", rotation=90)
     ax.set_xticks(range(len(defences)), defences, rotation=20)
+    ax.set_xlim(-0.6, len(defences) - 0.4)  # defences without any bar keep their place
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(0, 105)
-    ax.set_title("Accuracy under attack per defence and recipe")
-    from matplotlib.patches import Patch
-
-    # Explicit handles: an empty bar group (a recipe not run yet) has no patch to take a colour from.
-    handles = [h for h in ax.get_legend_handles_labels()[0] if not hasattr(h, "patches")]
+    ax.set_title("Accuracy under attack per defence and recipe (bars: 95 % interval)")
+    ax.grid(axis="y", alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0]
     handles += [Patch(color=f"C{j}", label=recipe) for j, recipe in enumerate(recipes)]
+    if any(c["degenerate"] for c in cells):
+        handles.append(Patch(facecolor="lightgray", hatch="//", edgecolor="gray", label="degenerate model"))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -72,32 +92,86 @@ def plot_accuracy_under_attack(report: dict, path: Path) -> str | None:
 
 
 def plot_clean_vs_attack(report: dict, path: Path) -> str | None:
-    """Scatter: clean dev accuracy (x) against accuracy under attack (y), one labelled point per cell."""
+    """Accuracy vs robustness across defences, one panel per recipe: clean dev accuracy (x, ± std
+    over seeds) against accuracy under attack (y, 95 % interval). Degenerate models are not drawn
+    as points (their accuracy under attack is no robustness): each panel names them."""
     points = [c for c in _done_cells(report)
               if c.get("eval_accuracy") is not None and c["accuracy_under_attack"] is not None]
     if not points:
         return "no finished attack cell with a finished training run yet"
     plt = _pyplot()
-    markers = "osD^vP*X"
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    for j, recipe in enumerate(report["recipes"]):
-        mine = [c for c in points if c["recipe"] == recipe]
-        if not mine:
-            continue
-        at: dict[tuple[float, float], list[str]] = {}  # defences on the same point share one label
-        for c in mine:
-            at.setdefault((100 * c["eval_accuracy"], 100 * c["accuracy_under_attack"]), []).append(c["defence"])
-        ax.scatter([x for x, _ in at], [y for _, y in at], marker=markers[j % len(markers)], label=recipe, s=40)
-        for (x, y), names in at.items():
-            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.plot([0, 100], [0, 100], color="gray", linewidth=0.8, linestyle=":", label="no loss under attack")
-    ax.set_xlim(0, 102)
-    ax.set_ylim(0, 102)
-    ax.set_xlabel("clean accuracy on dev (%)")
-    ax.set_ylabel("accuracy under attack (%)")
-    ax.set_title("Clean accuracy vs accuracy under attack")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="recipe")
+    recipes = [r for r in report["recipes"] if any(c["recipe"] == r for c in points)]
+    drawn = [c for c in points if not c["degenerate"]] or points
+    xs = [100 * c["eval_accuracy"] for c in drawn]
+    fig, axes = plt.subplots(1, len(recipes), figsize=(max(6.5, 4.2 * len(recipes) + 0.5), 4.6), sharey=True,
+                             squeeze=False)
+    for ax, recipe in zip(axes[0], recipes):
+        names: dict[tuple[float, float], list[str]] = {}  # defences on the same point share one label
+        for c in (c for c in points if c["recipe"] == recipe and not c["degenerate"]):
+            x, y = 100 * c["eval_accuracy"], 100 * c["accuracy_under_attack"]
+            low, high = _yerr(c)
+            ax.errorbar(x, y, xerr=100 * c.get("eval_accuracy_std", 0.0) or None, yerr=[[low], [high]], fmt="o",
+                        color=f"C{report['defences'].index(c['defence']) % 10}", capsize=2, markersize=5,
+                        linewidth=0.8)
+            names.setdefault((round(x, 1), round(y, 1)), []).append(c["defence"])
+        for (x, y), labels in names.items():
+            ax.annotate(", ".join(labels), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        degenerate = [c["defence"] for c in points if c["recipe"] == recipe and c["degenerate"]]
+        if degenerate:
+            ax.text(0.02, 0.02, f"degenerate, not drawn: {', '.join(degenerate)}", transform=ax.transAxes,
+                    fontsize=7, color="dimgray")
+        ax.set_xlim(min(xs) - 1.5, max(xs) + 1.5)
+        ax.set_xlabel("clean accuracy on dev (%)")
+        ax.set_title(recipe)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy under attack (%)")
+    axes[0][0].set_ylim(bottom=0)
+    fig.suptitle("Clean accuracy vs accuracy under attack\n"
+                 "(vertical bars: 95 % interval; horizontal: ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def plot_delta_vs_baseline(report: dict, path: Path) -> str | None:
+    """Forest plot: each defence's paired difference with the baseline in accuracy under attack
+    (points) with its 95 % interval, one colour per recipe; hollow = not significant."""
+    baseline = report.get("baseline")
+    if baseline is None:
+        return "the grid has no baseline (no vanilla and no bench.baseline)"
+    done = [c for c in report["cells"] if c.get("comparison", {}).get("status") == "done"]
+    if not done:
+        return f"no defence and {baseline} finished under the same recipe yet"
+    plt = _pyplot()
+    defences = [d for d in report["defences"] if d != baseline]
+    recipes = report["recipes"]
+    step = 0.7 / max(1, len(recipes))
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.22 * len(defences) * len(recipes)))
+    for j, recipe in enumerate(recipes):
+        for c in (c for c in done if c["recipe"] == recipe):
+            y = defences.index(c["defence"]) - 0.35 + step * (j + 0.5)
+            comparison = c["comparison"]
+            if comparison["degenerate"]:
+                ax.text(0, y, "degenerate", ha="center", va="center", fontsize=7, color="gray")
+                continue
+            diff = comparison["accuracy_under_attack"]
+            x, low, high = (100 * v for v in (diff["delta"], *diff["ci"]))
+            ax.errorbar(x, y, xerr=[[x - low], [high - x]], fmt="o", color=f"C{j}", capsize=2, markersize=5,
+                        markerfacecolor=f"C{j}" if diff["significant"] else "white", linewidth=1)
+    for i, defence in enumerate(defences):
+        if not any(c["defence"] == defence for c in done):
+            ax.text(0, i, "  no comparison yet", ha="left", va="center", fontsize=7, color="gray")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(defences)), defences)
+    ax.set_ylim(len(defences) - 0.5, -0.5)
+    ax.set_xlabel(f"accuracy under attack minus {baseline} (points)")
+    ax.set_title(f"Paired difference with {baseline} (95 % interval; hollow: not significant)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], marker="o", color=f"C{j}", label=r) for j, r in enumerate(recipes)],
+              fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="recipe")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -180,6 +254,7 @@ def plot_asa_map(report: dict, out_dir: Path, path: Path) -> str | None:
 PLOTS = [
     ("accuracy_under_attack", "Accuracy under attack per defence and recipe"),
     ("clean_vs_attack", "Clean accuracy vs accuracy under attack"),
+    ("delta_vs_baseline", "Paired difference with the baseline"),
     ("asa_mask_ratio", "ASA mask ratio per layer"),
     ("asa_map", "ASA attention and mask map"),
 ]
@@ -191,6 +266,7 @@ def draw_all(report: dict, out_dir: Path) -> list[dict[str, Any]]:
     drawers = {
         "accuracy_under_attack": lambda p: plot_accuracy_under_attack(report, p),
         "clean_vs_attack": lambda p: plot_clean_vs_attack(report, p),
+        "delta_vs_baseline": lambda p: plot_delta_vs_baseline(report, p),
         "asa_mask_ratio": lambda p: plot_asa_mask_ratio(report, out_dir, p),
         "asa_map": lambda p: plot_asa_map(report, out_dir, p),
     }

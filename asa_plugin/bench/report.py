@@ -1,21 +1,30 @@
 """report.json and report.md of a bench directory, built from stored results only.
 
-Inputs: ``bench.json`` (the grid), ``runs/<label>/metrics.json`` (training) and
-``runs/<label>/attack/<recipe>/summary.json`` (attacks). A cell whose file does not exist is
-reported as missing; no value is ever filled in for it.
+Inputs: ``bench.json`` (the grid and its runs), ``runs/<run>/metrics.json`` (training) and
+``runs/<run>/attack/<recipe>/summary.json`` and ``results.jsonl`` (attacks), where ``<run>`` is
+``<label>`` for the first seed and ``<label>.seed<s>`` for the others. A cell whose file does not
+exist is reported as missing; no value is ever filled in for it.
+
+A cell of the report is one defence under one recipe: its values are means over the seeds that
+finished (each seed's values kept in ``per_seed``, ``<key>_std`` the standard deviation when
+there are several), the interval of its accuracy under attack, and its paired comparison with the
+baseline (see :mod:`asa_plugin.bench.stats`).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
 from asa_plugin.attacks import results as res
+from asa_plugin.bench import stats
 from asa_plugin.bench.plan import read_bench_file
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "seconds")
+TRAINING_KEYS = ("eval_accuracy", "train_seconds", "seconds_per_step_vs_vanilla")
 SETTINGS = {"model": ("backbone", "max_length"), "data": ("dataset", "train_file", "dev_file", "max_train_examples",
                                                           "subset_seed", "eval_split"),
             "train": ("epochs", "max_steps", "batch_size", "lr", "seed"),
@@ -26,31 +35,72 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def training_row(label: str, metrics: dict | None) -> dict[str, Any]:
+def grid_runs(info: dict) -> list[dict]:
+    """The training runs of the grid, from bench.json (one per defence for a bench written before seeds)."""
+    if info.get("runs"):
+        return info["runs"]
+    seed = info.get("settings", {}).get("train", {}).get("seed")
+    return [{"defence": label, "seed": seed, "run": label, "recipes": list(info["recipes"])}
+            for label in info["defences"]]
+
+
+def training_row(run: dict, metrics: dict | None) -> dict[str, Any]:
+    """One training run: clean dev accuracy, cost, and the degenerate flag (a missing key is not degenerate)."""
+    row = {"defence": run["defence"], "seed": run["seed"], "run": run["run"]}
     if metrics is None:
-        return {"defence": label, "status": "missing"}
+        return {**row, "status": "missing"}
     steps, seconds = metrics.get("steps"), metrics.get("train_seconds")
-    return {"defence": label, "status": "done", "eval_accuracy": metrics.get("eval_accuracy"), "steps": steps,
-            "train_seconds": seconds, "seconds_per_step": seconds / steps if steps else None}
+    return {**row, "status": "done", "eval_accuracy": metrics.get("eval_accuracy"), "steps": steps,
+            "train_seconds": seconds, "seconds_per_step": seconds / steps if steps else None,
+            "degenerate": bool(metrics.get("degenerate", False)), "degenerate_reason": metrics.get("degenerate_reason")}
 
 
 def relative_cost(rows: list[dict]) -> None:
-    """Add each row's seconds per step divided by vanilla's (None without a finished vanilla)."""
-    base = next((r.get("seconds_per_step") for r in rows if r["defence"] == "vanilla"), None)
+    """Add each row's seconds per step divided by vanilla's (the mean over vanilla's finished seeds)."""
+    base = [r["seconds_per_step"] for r in rows
+            if r["defence"] == "vanilla" and r["status"] == "done" and r.get("seconds_per_step")]
+    mean = statistics.mean(base) if base else None
     for row in rows:
         if row["status"] == "done":
             per_step = row.get("seconds_per_step")
-            row["seconds_per_step_vs_vanilla"] = per_step / base if base and per_step is not None else None
+            row["seconds_per_step_vs_vanilla"] = per_step / mean if mean and per_step is not None else None
 
 
-def attack_row(label: str, recipe: str, summary: dict | None, training: dict) -> dict[str, Any]:
-    row: dict[str, Any] = {"defence": label, "recipe": recipe, "status": "missing" if summary is None else "done"}
-    for key in ("eval_accuracy", "train_seconds", "seconds_per_step_vs_vanilla"):
-        if key in training:
-            row[key] = training[key]
-    if summary is not None:
-        row.update({k: summary.get(k) for k in ATTACK_KEYS})
-    return row
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def seed_cell(label: str, recipe: str, seeds: list[int], summaries: dict[int, dict],
+              training: dict[int, dict]) -> dict[str, Any]:
+    """One defence under one recipe over its ``seeds``: per-seed values, their mean (and std)."""
+    done = [s for s in seeds if s in summaries]
+    status = "done" if len(done) == len(seeds) else "partial" if done else "missing"
+    cell: dict[str, Any] = {"defence": label, "recipe": recipe, "status": status, "seeds": seeds, "seeds_done": done}
+    per_seed = {}
+    for seed in seeds:
+        train = training.get(seed, {})
+        values = {k: train[k] for k in TRAINING_KEYS if k in train}
+        if seed in summaries:
+            values.update({k: summaries[seed].get(k) for k in ATTACK_KEYS})
+        if train.get("degenerate"):
+            values["degenerate"], values["degenerate_reason"] = True, train.get("degenerate_reason")
+        if values:
+            per_seed[str(seed)] = values
+    keys = [k for k in (*TRAINING_KEYS, *ATTACK_KEYS) if any(k in v for v in per_seed.values())]
+    for key in keys:
+        mean, std = _mean_std([v.get(key) for v in per_seed.values()])
+        cell[key] = mean
+        if std is not None:
+            cell[f"{key}_std"] = std
+    degenerate = [f"seed {s}: {v.get('degenerate_reason')}" for s, v in per_seed.items() if v.get("degenerate")]
+    cell["degenerate"] = bool(degenerate)
+    if degenerate:
+        cell["degenerate_reason"] = "; ".join(degenerate)
+    cell["per_seed"] = per_seed
+    return cell
 
 
 def _assets(summaries: list[dict]) -> list[dict]:
@@ -65,111 +115,79 @@ def _assets(summaries: list[dict]) -> list[dict]:
     return [found[k] for k in sorted(found)]
 
 
+def _outcomes(recipe_dir: Path) -> stats.Outcomes | None:
+    rows = res.read_rows(recipe_dir / "results.jsonl")
+    return stats.Outcomes.from_rows(rows) if rows else None
+
+
+def add_statistics(cells: list[dict], outcomes: dict[tuple[str, str], dict[int, stats.Outcomes]],
+                   baseline: str | None) -> None:
+    """Each cell's accuracy interval and its paired comparison with ``baseline`` under the same recipe."""
+    by_key = {(c["defence"], c["recipe"]): c for c in cells}
+    for cell in cells:
+        mine = outcomes.get((cell["defence"], cell["recipe"]), {})
+        cell["accuracy_under_attack_ci"] = stats.accuracy_interval(mine)
+        if baseline is None or cell["defence"] == baseline or cell["status"] == "missing":
+            continue
+        theirs = outcomes.get((baseline, cell["recipe"]), {})
+        if not mine or not theirs:
+            reason = ("the baseline has no finished attack under this recipe" if not theirs
+                      else "no results.jsonl for this cell")
+            cell["comparison"] = {"baseline": baseline, "status": "unavailable", "reason": reason}
+            continue
+        cell["comparison"] = {"baseline": baseline, **stats.compare(mine, theirs),
+                              "degenerate": cell["degenerate"] or by_key[(baseline, cell["recipe"])]["degenerate"]}
+
+
 def collect(out_dir: str | Path) -> dict[str, Any]:
     """The report of bench directory ``out_dir`` (without plots)."""
     out = Path(out_dir)
     info = read_bench_file(out)
-    runs = out / "runs"
-    training = [training_row(label, _read_json(runs / label / "metrics.json")) for label in info["defences"]]
+    runs_dir = out / "runs"
+    runs = grid_runs(info)
+    training = [training_row(run, _read_json(runs_dir / run["run"] / "metrics.json")) for run in runs]
     relative_cost(training)
-    cells, summaries, missing = [], [], []
-    for train in training:
-        label = train["defence"]
+    summaries: dict[tuple[str, str], dict[int, dict]] = {}
+    outcomes: dict[tuple[str, str], dict[int, stats.Outcomes]] = {}
+    missing = []
+    for run, train in zip(runs, training):
         if train["status"] == "missing":
-            missing.append(f"train {label}")
-        for recipe in info["recipes"]:
-            summary = _read_json(runs / label / "attack" / recipe / "summary.json")
-            cells.append(attack_row(label, recipe, summary, train))
+            missing.append(f"train {run['run']}")
+        for recipe in run["recipes"]:
+            recipe_dir = runs_dir / run["run"] / "attack" / recipe
+            summary = _read_json(recipe_dir / "summary.json")
             if summary is None:
-                missing.append(f"attack {label}/{recipe}")
-            else:
-                summaries.append(summary)
+                missing.append(f"attack {run['run']}/{recipe}")
+                continue
+            summaries.setdefault((run["defence"], recipe), {})[run["seed"]] = summary
+            found = _outcomes(recipe_dir)
+            if found is not None:
+                outcomes.setdefault((run["defence"], recipe), {})[run["seed"]] = found
+    cells = []
+    for label in info["defences"]:
+        mine = {t["seed"]: t for t in training if t["defence"] == label}
+        for recipe in info["recipes"]:
+            seeds = [r["seed"] for r in runs if r["defence"] == label and recipe in r["recipes"]]
+            cells.append(seed_cell(label, recipe, seeds, summaries.get((label, recipe), {}), mine))
+    baseline = info.get("baseline", "vanilla" if "vanilla" in info["defences"] else None)
+    add_statistics(cells, outcomes, baseline)
     settings = {section: {k: info["settings"].get(section, {}).get(k) for k in keys
                           if info["settings"].get(section, {}).get(k) is not None}
                 for section, keys in SETTINGS.items()}
     if settings["data"].get("train_file"):
         settings["data"].pop("dataset", None)  # a local train file overrides the dataset name
     return {"bench_dir": str(out), "config": info.get("source"), "defences": info["defences"],
-            "recipes": info["recipes"], "settings": settings, "defence_params": info.get("defence_params", {}),
+            "recipes": info["recipes"], "seeds": list(dict.fromkeys(r["seed"] for r in runs)),
+            "baseline": baseline, "statistics": {"level": stats.LEVEL, "bootstrap_resamples": stats.RESAMPLES,
+                                                 "bootstrap_seed": stats.BOOTSTRAP_SEED},
+            "settings": settings, "defence_params": info.get("defence_params", {}),
             "machines": info.get("machines", []), "training": training, "cells": cells,
-            "assets": _assets(summaries), "missing": missing}
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md: the defence x recipe table, training cost, machine, settings, assets, missing cells, plots."""
-    lines = [f"# Robustness bench: {report['bench_dir']}", ""]
-    if report.get("config"):
-        lines += [f"Config: `{report['config']}`. Defences: {', '.join(report['defences'])}. "
-                  f"Recipes: {', '.join(report['recipes'])}.", ""]
-    lines += ["## Defence x attack", "",
-              "Accuracies in %. *Clean (dev)*: eval_accuracy of training; *clean (attacked)*: accuracy on the "
-              "attacked subset; *success*: successful / (successful + failed); *words*: % words perturbed in "
-              "successful attacks; *s/step*: training seconds per step relative to vanilla. "
-              "`missing`: not run yet; `n/a`: no value (e.g. no successful attack).", "",
-              "| Defence | Recipe | Clean (dev) | Clean (attacked) | Under attack | Success | Words % | Queries "
-              "| Train s | s/step vs vanilla |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in report["cells"]:
-        trained = "eval_accuracy" in c
-        head = [c["defence"], c["recipe"], _pct(c.get("eval_accuracy")) if trained else "missing"]
-        tail = ([_num(c.get("train_seconds")), _num(c.get("seconds_per_step_vs_vanilla"), 2, "x")]
-                if trained else ["missing", "missing"])
-        if c["status"] == "done":
-            body = [_pct(c["clean_accuracy"]), _pct(c["accuracy_under_attack"]), _pct(c["attack_success_rate"]),
-                    _num(c["avg_words_perturbed_pct"]), _num(c["avg_queries"])]
-        else:
-            body = ["missing"] * 5
-        row = head + body + tail
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Training cost", "", "| Defence | Clean (dev) % | Steps | Train s | s/step | vs vanilla |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for t in report["training"]:
-        if t["status"] == "missing":
-            lines.append(f"| {t['defence']} | missing | missing | missing | missing | missing |")
-        else:
-            lines.append(f"| {t['defence']} | {_pct(t['eval_accuracy'])} | {t['steps']} | {_num(t['train_seconds'])} "
-                         f"| {_num(t['seconds_per_step'], 3)} | {_num(t['seconds_per_step_vs_vanilla'], 2, 'x')} |")
-    attacked = sorted({c["num_examples"] for c in report["cells"] if c["status"] == "done"})
-    if attacked:
-        lines += ["", f"Examples attacked per cell: {', '.join(map(str, attacked))}."]
-    lines += ["", "## Settings (the same for every defence)", ""]
-    for section, values in report["settings"].items():
-        lines.append(f"- `[{section}]` " + ", ".join(f"{k} = {v!r}" for k, v in values.items()))
-    for label, params in report["defence_params"].items():
-        lines.append(f"- defence `{label}`: `{json.dumps(params, sort_keys=True)}`")
-    lines += ["", "## Machine", ""]
-    for m in report["machines"] or [{}]:
-        lines.append(f"- {m.get('platform', 'unknown')}; CPU {m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores); "
-                     f"GPU {m.get('gpu') or 'none'}; Python {m.get('python', '?')}, torch {m.get('torch', '?')}")
-    lines += ["", "## Attack assets and substitutes", ""]
-    if not report["assets"]:
-        finished = any(c["status"] == "done" for c in report["cells"])
-        lines.append("- none: the recipes used no external assets" if finished
-                     else "- none recorded (no attack finished yet)")
-    for a in report["assets"]:
-        extra = {k: v for k, v in a.items() if k != "recipes"}
-        lines.append(f"- `{json.dumps(extra, sort_keys=True)}` (recipes: {', '.join(a['recipes'])})")
-    lines += ["", "## Missing cells", ""]
-    lines += [f"- {m}" for m in report["missing"]] or ["- none: every cell finished"]
-    lines += ["", "## Plots", ""]
-    for plot in report.get("plots", []):
-        if plot.get("file"):
-            lines += [f"### {plot['title']}", "", f"![{plot['title']}]({plot['file']})", ""]
-        else:
-            lines += [f"- {plot['title']}: not drawn ({plot['skipped']})", ""]
-    return "\n".join(lines).rstrip() + "\n"
+            "assets": _assets([s for by_seed in summaries.values() for s in by_seed.values()]), "missing": missing}
 
 
 def write_report(out_dir: str | Path, pm=None) -> dict[str, Any]:
     """Collect, draw the plots, write report.json and report.md into ``out_dir``; return the report."""
+    from asa_plugin.bench.markdown import render_markdown
     from asa_plugin.bench.plots import draw_all
 
     out = Path(out_dir)

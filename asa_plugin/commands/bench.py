@@ -5,8 +5,9 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="train every defence, attack each with every recipe, write a report",
-                       description="Train each defence of [bench] defences with the same seed and budget, attack "
-                                   "each with each recipe, and write report.md, report.json and PNG plots into "
+                       description="Defence by defence: train each defence of [bench] defences with each of "
+                                   "[bench] seeds and the same budget, attack each model with each recipe, and "
+                                   "write report.md, report.json and PNG plots into "
                                    "[bench] out_dir. Finished cells are skipped, so rerunning resumes.")
     p.add_argument("config", help="TOML or YAML run config with a [bench] section")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -16,6 +17,8 @@ def add_parser(sub) -> None:
                    help="run only these defences now (the report still lists the whole grid)")
     p.add_argument("--only-recipes", default=None, metavar="NAME,...",
                    help="run only these recipes now (the report still lists the whole grid)")
+    p.add_argument("--only-seeds", default=None, metavar="SEED,...",
+                   help="train and attack only these of [bench] seeds now (the report still lists the whole grid)")
     p.set_defaults(run=run)
 
 
@@ -28,9 +31,11 @@ def run(args) -> int:
     plan = load_plan(args.config, args.overrides)
     plugins = plan.cells[0].cfg.plugins
     pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
-    only_defences = _names(args.only_defences, [c.label for c in plan.cells], "--only-defences")
+    only_defences = _names(args.only_defences, plan.labels, "--only-defences")
     only_recipes = _names(args.only_recipes, plan.recipes, "--only-recipes")
-    run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences, only_recipes=only_recipes)
+    only_seeds = _names(args.only_seeds, [str(s) for s in plan.seeds], "--only-seeds")
+    run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences, only_recipes=only_recipes,
+             only_seeds=None if only_seeds is None else [int(s) for s in only_seeds])
     report = write_report(plan.out_dir, pm)
     say(f"report: {plan.out_dir / 'report.md'} ({len(report['missing'])} cells missing)")
     return 0

@@ -23,8 +23,11 @@ def reference() -> str:
         return [*rows, ""]
 
     lines: list[str] = []
+    from asa_plugin.bench.plan import BenchSection
+
     for name in ("model", "data", "train", "attack", "output", "plugins"):
         lines += table(f"[{name}]", SECTIONS[name])
+    lines += table("[bench] (advrobust bench only, see docs/bench.md)", BenchSection)
     lines += ["#### `[defence]`", "", "`name` = a defence name, or a list of two to compose (e.g. "
               '`["asa", "freelb"]`, parameters then go in `[defence.asa]` / `[defence.freelb]`).', ""]
     pm = get_plugin_manager()
