@@ -15,6 +15,7 @@ COMMANDS = [
     "asa_plugin.commands.plugins",
     "asa_plugin.commands.config",
     "asa_plugin.commands.attack",
+    "asa_plugin.commands.evaluate",
     "asa_plugin.commands.merge",
     "asa_plugin.commands.asa_maps",
     "asa_plugin.commands.bench",

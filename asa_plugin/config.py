@@ -28,7 +28,7 @@ else:  # pragma: no cover
 @dataclass
 class ModelConfig:
     backbone: str = option("minilm", help="hub name, local path, or the built-in alias 'minilm'")
-    num_labels: int = option(2, ge=2, help="number of classes")
+    num_labels: int | None = option(None, ge=2, help="number of classes; default: inferred from the training labels")
     max_length: int = option(128, ge=8, le=4096, help="truncate inputs to this many tokens")
     attn_implementation: Literal["eager", "sdpa"] | None = option(
         None, help="attention kernel; default: the backbone's own default")
@@ -36,12 +36,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str | None = option("sst2", help="registered dataset name (sst2, rotten_tomatoes, imdb, ag_news)")
+    dataset: str | None = option("sst2", help="registered dataset name (sst2, rotten_tomatoes, imdb, ag_news; "
+                                              "pairs: mnli, qnli, qqp, rte, mrpc, snli)")
     train_file: str | None = option(None, help="local train file (tsv/csv/jsonl/parquet); overrides `dataset`")
     dev_file: str | None = option(None, help="local dev/eval file")
     test_file: str | None = option(None, help="local test file")
     text_column: str | None = option(None, help="text column; default: text, sentence, review or content")
-    label_column: str = option("label", help="label column (integers 0..num_labels-1)")
+    text_pair_column: str | None = option(
+        None, help="second text of sentence-pair tasks; default: a known pair of columns (premise/hypothesis, "
+                   "sentence1/sentence2, question1/question2, question/sentence, text/text_pair) when present")
+    label_column: str = option("label", help="label column: integer ids 0..num_labels-1, or label names")
+    label_names: list[str] | None = option(
+        None, help="class names in id order; labels are looked up by name in it; default: integer labels "
+                   "as ids, string labels sorted")
     train_split: str = option("train", help="split used for training")
     eval_split: str = option("dev", help="split evaluated each epoch")
     max_train_examples: int | None = option(None, ge=1, help="random training subset of this size")

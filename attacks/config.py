@@ -22,6 +22,9 @@ class AttackConfig:
     num_examples: int | None = option(
         None, ge=1, help="examples to attack (a seeded random subset of the split); default: the profile's "
                          "(stock 100, textdefender 1000)")
+    modify_columns: list[Literal["text", "text_pair"]] = option(
+        ["text_pair"], help="sentence pairs: which texts an attack may change (text = first, text_pair = second); "
+                            "the others stay byte-identical")
     seed: int = option(765, help="seed for example selection and for each example's attack")
     batch_size: int = option(64, ge=1, help="model queries per forward pass")
     max_length: int | None = option(None, ge=8, help="truncate queries to this many tokens; default: model.max_length")
@@ -44,6 +47,10 @@ class AttackConfig:
     antonym_files: list[str] = option(
         [], help="'word word' antonym pair files (e.g. PPDB); swaps to an antonym are rejected; "
                  "default: $ADVROBUST_ANTONYM_FILES (os.pathsep-separated)")
+
+    def __post_init__(self) -> None:
+        if not self.modify_columns:
+            raise ValueError("attack.modify_columns is empty; list text, text_pair or both")
 
     def examples_for_profile(self) -> int:
         return self.num_examples if self.num_examples is not None else PROFILE_NUM_EXAMPLES[self.profile]

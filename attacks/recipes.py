@@ -15,6 +15,8 @@ from typing import Any
 
 from asa_plugin.attacks.assets import COUNTER_FITTED, Assets, AssetUse, MissingAsset
 
+from asa_plugin.errors import UserError
+
 TEXTDEFENDER_K = 50
 """TextDefender: candidate substitutes per word; the query budget is K x number of words."""
 TEXTDEFENDER_MAX_PERCENT = 0.3
@@ -31,6 +33,8 @@ class Recipe:
     build: Callable[[RecipeContext], Any]
     description: str
     paper: str = ""
+    pairs: bool | str = True
+    """True when the recipe attacks sentence pairs; otherwise the one-line reason it cannot."""
 
 
 @dataclass
@@ -346,12 +350,42 @@ def _leaf_transformations(transformation) -> list:
     return [transformation]
 
 
-def build_attack(recipe: Recipe, model_wrapper, cfg, cache_dir: Path) -> tuple[Any, Assets]:
-    """Build ``recipe`` for ``model_wrapper`` under ``cfg``'s profile; NLTK downloads guarded."""
+PAIR_COLUMNS = ["text", "text_pair"]
+"""TextAttack column labels of a sentence pair. They differ from the ``premise``/``hypothesis``
+that some TextAttack recipes freeze on their own, so ``attack.modify_columns`` alone decides."""
+
+
+def pair_input(text: str, text_pair: str):
+    """TextAttack's multi-column input for a sentence pair."""
+    from collections import OrderedDict
+
+    return OrderedDict(zip(PAIR_COLUMNS, (text, text_pair)))
+
+
+def freeze_columns(attack, modify_columns: list[str]):
+    """``attack`` with the pair columns outside ``modify_columns`` frozen (never modified)."""
+    from textattack.constraints.pre_transformation import InputColumnModification
+
+    frozen = {c for c in PAIR_COLUMNS if c not in modify_columns}
+    constraints = attack.pre_transformation_constraints + attack.constraints
+    if frozen:
+        constraints.append(InputColumnModification(list(PAIR_COLUMNS), frozen))
+    return type(attack)(attack.goal_function, constraints, attack.transformation, attack.search_method)
+
+
+def build_attack(recipe: Recipe, model_wrapper, cfg, cache_dir: Path, pairs: bool = False) -> tuple[Any, Assets]:
+    """Build ``recipe`` for ``model_wrapper`` under ``cfg``'s profile; NLTK downloads guarded.
+
+    ``pairs``: the inputs are sentence pairs; only ``cfg.modify_columns`` may be modified.
+    """
     from asa_plugin.attacks.textattack_env import nltk_downloads
 
+    if pairs and recipe.pairs is not True:
+        raise UserError(f"recipe '{recipe.name}' cannot attack sentence pairs: {recipe.pairs}")
     assets = Assets(cfg, cache_dir, recipe.name)
     ctx = RecipeContext(model_wrapper, assets, cfg.profile)
     with nltk_downloads(Path(cache_dir), assets.may_download):
         attack = apply_profile(recipe.build(ctx), ctx)
+    if pairs:
+        attack = freeze_columns(attack, cfg.modify_columns)
     return attack, assets

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +27,38 @@ def outcome_name(result) -> str:
     raise ValueError(f"unknown TextAttack result type {name}")
 
 
-def result_row(index: int, gold: int, result, seconds: float, query_budget: float) -> dict[str, Any]:
-    """One results.jsonl row from a TextAttack ``AttackResult``."""
+def modifiable_words(text, columns: Sequence[str]) -> int:
+    """Words an attack may change: all of a single text's; those of ``columns`` in a text pair."""
+    if len(text.column_labels) == 1:
+        return len(text.words)
+    return sum(len(words) for label, words in zip(text.column_labels, text.words_per_input) if label in columns)
+
+
+def result_row(index: int, gold: int, result, seconds: float, query_budget: float,
+               modify_columns: Sequence[str] = ("text_pair",)) -> dict[str, Any]:
+    """One results.jsonl row from a TextAttack ``AttackResult``.
+
+    A text pair's row holds ``original_text``/``perturbed_text`` (the first text) and
+    ``original_text_pair``/``perturbed_text_pair`` (the second); ``num_words`` counts the words of
+    the columns the attack may modify, so ``words_perturbed_pct`` is a share of those.
+    """
     original = result.original_result.attacked_text
     perturbed = result.perturbed_result.attacked_text
-    num_words = len(original.words)
+    num_words = modifiable_words(original, modify_columns)
     changed = len(original.all_words_diff(perturbed)) if original.text != perturbed.text else 0
     outcome = outcome_name(result)
+    texts = {"original_text": original.text, "perturbed_text": perturbed.text}
+    if len(original.column_labels) > 1:
+        (first, second), (first_out, second_out) = original.tokenizer_input, perturbed.tokenizer_input
+        texts = {"original_text": first, "perturbed_text": first_out,
+                 "original_text_pair": second, "perturbed_text_pair": second_out}
     return {
         "index": index,
         "outcome": outcome,
         "gold_label": gold,
         "original_prediction": int(result.original_result.output),
         "perturbed_prediction": int(result.perturbed_result.output),
-        "original_text": original.text,
-        "perturbed_text": perturbed.text,
+        **texts,
         "num_words": num_words,
         "words_perturbed": changed,
         "words_perturbed_pct": 100.0 * changed / max(num_words, 1),

@@ -64,6 +64,8 @@ class AttackJob:
     recipe_dir: Path  # RUN/attack/<recipe>
     data: str  # where the examples come from, for the manifest
     max_length: int | None = None
+    text_pairs: list[str] | None = None
+    """Second texts of a sentence-pair task (only ``cfg.modify_columns`` are attacked)."""
     shard: Shard | None = None
     resume: bool = False
     overwrite: bool = False
@@ -79,6 +81,7 @@ class AttackJob:
         return {"recipe": self.recipe, "profile": cfg.profile, "seed": cfg.seed, "split": cfg.split,
                 "model": self.model_path, "data": self.data, "selection_size": len(self.texts),
                 "query_budget": cfg.query_budget, "max_length": self.max_length,
+                "modify_columns": list(cfg.modify_columns) if self.text_pairs else None,
                 "shard": None if self.shard is None else [self.shard.index, self.shard.count]}
 
 
@@ -156,7 +159,7 @@ def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
     import_textattack(cache_dir, allow_download=job.cfg.download)
     if wrapper is None:
         wrapper = load_wrapper(job.model_path, job.cfg, job.max_length)
-    attack, assets = build_attack(recipe, wrapper, job.cfg, cache_dir)
+    attack, assets = build_attack(recipe, wrapper, job.cfg, cache_dir, pairs=job.text_pairs is not None)
     if hasattr(attack.goal_function, "batch_size"):
         attack.goal_function.batch_size = job.cfg.batch_size
     res.write_json(job.out_dir / "assets.json", assets.report())
@@ -191,17 +194,19 @@ def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
 
 
 def _attack_one(attack, job: AttackJob, index: int, budget_for) -> dict[str, Any]:
+    from asa_plugin.attacks.recipes import pair_input
     from textattack.shared import AttackedText
 
     text, gold = job.texts[index], int(job.labels[index])
-    attacked = AttackedText(text)
+    attacked = AttackedText(text if job.text_pairs is None else pair_input(text, job.text_pairs[index]))
     seed_everything(example_seed(job.cfg.seed, index))
     attack.clear_cache()
-    budget = budget_for(job.cfg.profile, len(attacked.words), job.cfg.query_budget)
+    columns = job.cfg.modify_columns
+    budget = budget_for(job.cfg.profile, res.modifiable_words(attacked, columns), job.cfg.query_budget)
     attack.goal_function.query_budget = budget
     start = time.perf_counter()
     result = attack.attack(attacked, gold)
-    return res.result_row(index, gold, result, time.perf_counter() - start, budget)
+    return res.result_row(index, gold, result, time.perf_counter() - start, budget, columns)
 
 
 def _running(rows: list[dict]) -> dict[str, str]:

@@ -83,8 +83,8 @@ class FastModelWrapper(ModelWrapper):
         handle = embedding_layer.register_forward_hook(keep)
         try:
             self.model.zero_grad(set_to_none=True)
-            batch = self.tokenizer([text_input], truncation=True, max_length=self.max_length,
-                                   return_tensors="pt").to(self.device)
+            enc = self._encode([text_input])  # a text, or a (text, text_pair) tuple
+            batch = self._pad([enc[k] for k in enc.keys()], list(enc.keys()))
             with torch.enable_grad():
                 logits = self.model(**batch).logits  # (1, C)
                 loss = torch.nn.functional.cross_entropy(logits, logits.argmax(-1))

@@ -123,3 +123,26 @@ def write_sentiment_tsv(path: Path, n: int = 64, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
+
+
+def write_pair_tsv(path: Path, n: int = 48, seed: int = 0, labels: tuple = ("contradiction", "entailment"),
+                   columns: tuple[str, str] = ("premise", "hypothesis")) -> Path:
+    """A learnable toy NLI TSV with string labels: the hypothesis's sentiment word decides the label.
+
+    The premise is the same kind of filler for every label, so only the second text carries the signal.
+    """
+    import random
+
+    rng = random.Random(seed)
+    pos = ["good", "great", "wonderful", "best", "love", "brilliant"]
+    neg = ["bad", "awful", "terrible", "worst", "hate", "boring"]
+    filler = ["the", "movie", "film", "story", "acting", "plot", "is", "was", "really", "quite"]
+    rows = [f"{columns[0]}\t{columns[1]}\tlabel"]
+    for i in range(n):
+        label = i % len(labels)
+        premise = " ".join(rng.sample(filler, 5))
+        hypothesis = " ".join(rng.sample(filler, 2) + [rng.choice(pos if label else neg)])
+        rows.append(f"{premise}\t{hypothesis}\t{labels[label]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path

@@ -146,3 +146,8 @@ def run_grid(plan: BenchPlan, pm, progress: bool = True, log: Log = say,
             train_cell(cell, pm, log)
         for cell in mine:
             attack_cells(cell, [r for r in recipes if r in cell.recipes], pm, progress, log)
+        if plan.bench.static_sets:
+            from asa_plugin.bench.static import evaluate_cell
+
+            for cell in mine:
+                evaluate_cell(cell.run_dir, plan.bench.static_sets, log, cell.name or cell.label)

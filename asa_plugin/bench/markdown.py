@@ -142,6 +142,20 @@ def training_table(report: dict) -> list[str]:
     return lines
 
 
+def static_table(report: dict[str, Any]) -> list[str]:
+    """The static sets (``[bench] static_sets``): one accuracy column per set, one row per trained run."""
+    names = report.get("static_sets") or []
+    if not names:
+        return []
+    lines = ["", "## Static sets", "", "Accuracy in % of each trained model on each fixed set (`advrobust evaluate`).",
+             "", "| Defence | Seed | Run | " + " | ".join(names) + " |", "|---|---:|---|" + "---:|" * len(names)]
+    for t in report["training"]:
+        static = t.get("static") or {}
+        values = [_pct(static[n]) if static.get(n) is not None else "missing" for n in names]
+        lines.append(f"| {t['defence']} | {t['seed']} | {t['run']} | " + " | ".join(values) + " |")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: the defence x recipe table, paired comparisons, training cost, machine, settings,
     assets, missing cells, plots."""
@@ -165,6 +179,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(cell_row(c, baseline)) + " |" for c in report["cells"]]
     lines += paired_table(report)
     lines += training_table(report)
+    lines += static_table(report)
     lines += ["", "## Settings (the same for every defence)", ""]
     for section, values in report["settings"].items():
         lines.append(f"- `[{section}]` " + ", ".join(f"{k} = {v!r}" for k, v in values.items()))

@@ -30,6 +30,8 @@ class BenchSection:
     defences: list[str] = option(["vanilla"], help='defence labels: a name, or "a+b" for a composition')
     recipes: list[str] | None = option(None, help="attack recipes; default: the [attack] section's recipes")
     out_dir: str = option("bench", help="bench directory: runs/<label>/, report.md, report.json, plots")
+    static_sets: list[str] = option([], help="static adversarial sets every trained model is evaluated on: "
+                                             "FILE, or FILE#TASK for a key of AdvGLUE's dev.json")
     seeds: list[int] | None = option(None, help="training seeds; default: [train.seed]. seeds[0] trains into "
                                                 "runs/<label>/, seed s into runs/<label>.seed<s>/")
     extra_seeds_defences: list[str] | None = option(None, help="defences trained with every seed (the others with "
@@ -109,6 +111,7 @@ class BenchPlan:
         shared.pop("output")
         return {"source": self.source, "defences": self.labels, "recipes": list(self.recipes),
                 "seeds": list(self.seeds), "baseline": self.bench.baseline_label(),
+                "static_sets": list(self.bench.static_sets),
                 "runs": [{"defence": c.label, "seed": c.seed, "run": c.name, "recipes": list(c.recipes)}
                          for c in self.cells],
                 "defence_params": {c.label: c.cfg.defence.to_dict() for c in self.cells}, "settings": shared}

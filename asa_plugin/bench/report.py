@@ -21,6 +21,7 @@ from typing import Any
 from asa_plugin.attacks import results as res
 from asa_plugin.bench import stats
 from asa_plugin.bench.plan import read_bench_file
+from asa_plugin.bench.static import parse as parse_static
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "seconds")
@@ -171,6 +172,11 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
             cells.append(seed_cell(label, recipe, seeds, summaries.get((label, recipe), {}), mine))
     baseline = info.get("baseline", "vanilla" if "vanilla" in info["defences"] else None)
     add_statistics(cells, outcomes, baseline)
+    static = [parse_static(spec)[2] for spec in info.get("static_sets", [])]
+    for train in training:  # static sets: one accuracy per trained run
+        found = {n: _read_json(runs_dir / train["run"] / "evaluate" / n / "summary.json") for n in static}
+        train["static"] = {n: None if s is None else s["accuracy"] for n, s in found.items()}
+        missing += [f"evaluate {train['run']}/{n}" for n, s in found.items() if s is None]
     settings = {section: {k: info["settings"].get(section, {}).get(k) for k in keys
                           if info["settings"].get(section, {}).get(k) is not None}
                 for section, keys in SETTINGS.items()}
@@ -181,7 +187,7 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
             "baseline": baseline, "statistics": {"level": stats.LEVEL, "bootstrap_resamples": stats.RESAMPLES,
                                                  "bootstrap_seed": stats.BOOTSTRAP_SEED},
             "settings": settings, "defence_params": info.get("defence_params", {}),
-            "machines": info.get("machines", []), "training": training, "cells": cells,
+            "machines": info.get("machines", []), "training": training, "cells": cells, "static_sets": static,
             "assets": _assets([s for by_seed in summaries.values() for s in by_seed.values()]), "missing": missing}
 
 

@@ -112,13 +112,15 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
     (shared with ``advrobust bench``, so both produce the same manifests)."""
     from asa_plugin.attacks.runner import AttackJob
     from asa_plugin.data import load_split
+    from asa_plugin.data.labels import checkpoint_labels
 
     data = cfg.data
-    examples = load_split(data, cfg.attack.split, cfg.model.num_labels, limit=cfg.attack.examples_for_profile(),
-                          seed=cfg.attack.seed)
+    examples = load_split(data, cfg.attack.split, checkpoint_labels(checkpoint),
+                          limit=cfg.attack.examples_for_profile(), seed=cfg.attack.seed)
     source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
     return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=[e.text for e in examples],
                       labels=[e.label for e in examples], recipe_dir=out / "attack" / name,
+                      text_pairs=[e.text_pair for e in examples] if examples[0].text_pair is not None else None,
                       data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
                       resume=resume, overwrite=overwrite, progress=progress)
             for name in recipes]

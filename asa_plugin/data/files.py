@@ -7,16 +7,44 @@ from pathlib import Path
 
 from asa_plugin.errors import DataError
 
-EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet")
+EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet", ".json")
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a local file; TSVs are read with quoting off (SST-2 sentences contain quotes)."""
+def read_json_rows(p: Path, task: str | None = None) -> list[dict]:
+    """Rows of a ``.json`` file: a list of records, or AdvGLUE's layout (``{"task": [records]}``)
+    from which ``task`` picks one list (needed when there are several)."""
+    import json
+
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: undecodable bytes at position {exc.start}; save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}: cannot parse: {exc}") from None
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise DataError(f"{p}: expected a list of records or a mapping of task names to lists of records")
+    if task is None and len(data) == 1:
+        task = next(iter(data))
+    if task not in data:
+        raise DataError(f"{p}: " + (f"no task '{task}'" if task else "holds several tasks") +
+                        f"; tasks: {', '.join(data)}; choose one with --task")
+    return data[task]
+
+
+def read_rows(path: str | Path, task: str | None = None) -> list[dict]:
+    """Rows of a local file; TSVs are read with quoting off (SST-2 sentences contain quotes).
+
+    ``task``: the key of an AdvGLUE-layout ``.json`` file (``{"qqp": [...], "mnli": [...]}``).
+    """
     import pandas as pd
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
+    if p.suffix == ".json":
+        return read_json_rows(p, task)
     try:
         if p.suffix == ".tsv":
             frame = pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, encoding="utf-8")

@@ -1,85 +1,163 @@
-"""Resolve a config's data section into lists of (text, label) examples.
+"""Resolve a config's data section into examples: one text or a text pair, and a label id.
 
 Lookup order for a named dataset's split: ``$ADVROBUST_DATA_DIR/<name>/<split>.<ext>``, then
 the registered loader (the real hub download, or an offline package). Local files named in the
 config always win.
+
+Columns: ``data.text_column`` (default: the first of ``text``, ``sentence``, ``review``,
+``content``) and, for sentence-pair tasks, ``data.text_pair_column``. Without either setting a
+file whose columns are a known pair (``premise``/``hypothesis``, ``sentence1``/``sentence2``,
+``question1``/``question2``, ``question``/``sentence``, ``text``/``text_pair``) is read as pairs.
+Labels: see :mod:`asa_plugin.data.labels`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from dataclasses import dataclass
 
 from asa_plugin.data.files import find_in_data_root, read_rows
+from asa_plugin.data.labels import LabelMap
 from asa_plugin.errors import DataError
 
 DATA_DIR_ENV = "ADVROBUST_DATA_DIR"
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
+PAIR_COLUMNS = (("premise", "hypothesis"), ("sentence1", "sentence2"), ("question1", "question2"),
+                ("question", "sentence"), ("text", "text_pair"))
+"""Column pairs read as (first text, second text) when the config names no text column."""
 
 
 @dataclass(frozen=True)
 class Example:
     text: str
     label: int
+    text_pair: str | None = None
+    """The second text of a sentence-pair task (hypothesis, question 2...); None for single texts."""
 
 
-def _rows_for(data_cfg, split: str, registry) -> tuple[list[dict], str]:
-    explicit = {"train": data_cfg.train_file, "dev": data_cfg.dev_file, "test": data_cfg.test_file}.get(split)
-    if explicit:
-        return read_rows(explicit), explicit
-    if data_cfg.train_file and not data_cfg.dataset:
-        raise DataError(f"no file for split '{split}': set data.{split}_file")
-    name = data_cfg.dataset
-    root = os.environ.get(DATA_DIR_ENV)
-    if root:
-        found = find_in_data_root(root, name, split)
-        if found is not None:
-            return read_rows(found), str(found)
-    return registry.get(name)(split), f"dataset '{name}'"
+@dataclass
+class Split:
+    """A split's raw rows, where they came from, and its loader's label names (built-ins)."""
+
+    rows: list[dict]
+    where: str
+    label_names: tuple[str, ...] | None = None
 
 
-def _to_examples(rows: list[dict], where: str, text_column: str | None, label_column: str,
-                 num_labels: int) -> list[Example]:
-    if not rows:
-        raise DataError(f"{where}: the split is empty")
-    columns = list(rows[0])
-    text_col = text_column or next((c for c in TEXT_COLUMNS if c in rows[0]), None)
-    if text_col is None or text_col not in rows[0]:
-        raise DataError(f"{where}: no text column '{text_column or '/'.join(TEXT_COLUMNS)}'; columns are "
-                        f"{', '.join(map(str, columns))}; set data.text_column")
-    if label_column not in rows[0]:
-        raise DataError(f"{where}: no label column '{label_column}'; columns are "
-                        f"{', '.join(map(str, columns))}; set data.label_column")
-    examples = []
-    for i, row in enumerate(rows):
-        raw = row[label_column]
-        try:
-            label = int(raw)
-            if isinstance(raw, float) and (math.isnan(raw) or raw != label):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: row {i + 1}: label {raw!r} is not an integer") from None
-        if not 0 <= label < num_labels:
-            raise DataError(f"{where}: row {i + 1}: label {label} outside 0..{num_labels - 1}; "
-                            f"check model.num_labels")
-        text = row[text_col]
-        if not isinstance(text, str):
-            text = "" if text is None else str(text)
-        examples.append(Example(text, label))
-    return examples
-
-
-def load_split(data_cfg, split: str, num_labels: int, registry=None, limit: int | None = None,
-               seed: int = 0) -> list[Example]:
-    """Examples of ``split`` ('train', 'dev' or 'test'); a random subset of ``limit`` if given."""
+def read_split(data_cfg, split: str, registry=None) -> Split:
+    """The raw rows of ``split`` ('train', 'dev', 'test', or a dataset's own split name)."""
     if registry is None:
         from asa_plugin.plugins import get_plugin_manager
 
         registry = get_plugin_manager().datasets
-    rows, where = _rows_for(data_cfg, split, registry)
-    examples = _to_examples(rows, where, data_cfg.text_column, data_cfg.label_column, num_labels)
+    explicit = {"train": data_cfg.train_file, "dev": data_cfg.dev_file, "test": data_cfg.test_file}.get(split)
+    if explicit:
+        return Split(read_rows(explicit), explicit)
+    if data_cfg.train_file and not data_cfg.dataset:
+        raise DataError(f"no file for split '{split}': set data.{split}_file")
+    name = data_cfg.dataset
+    loader = registry.get(name)
+    names = getattr(loader, "label_names", None)
+    root = os.environ.get(DATA_DIR_ENV)
+    if root:
+        found = find_in_data_root(root, name, split)
+        if found is not None:
+            return Split(read_rows(found), str(found), names)
+    return Split(loader(split), f"dataset '{name}'", names)
+
+
+def text_columns(row: dict, where: str, text_column: str | None,
+                 pair_column: str | None) -> tuple[str, str | None]:
+    """(text column, pair column or None) of rows shaped like ``row``; one line if absent."""
+    columns = ", ".join(map(str, row))
+    if text_column is None and pair_column is None:
+        for first, second in PAIR_COLUMNS:
+            if first in row and second in row:
+                return first, second
+    text_col = text_column or next((c for c in TEXT_COLUMNS if c in row), None)
+    if text_col is None or text_col not in row:
+        raise DataError(f"{where}: no text column '{text_column or '/'.join(TEXT_COLUMNS)}'; columns are "
+                        f"{columns}; set data.text_column")
+    if pair_column is not None and pair_column not in row:
+        raise DataError(f"{where}: no text pair column '{pair_column}'; columns are {columns}; "
+                        f"set data.text_pair_column")
+    return text_col, pair_column
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def to_examples(split: Split, data_cfg, labels: LabelMap) -> list[Example]:
+    """Validated examples of ``split``: every problem is one line naming the file and the row."""
+    rows, where = split.rows, split.where
+    if not rows:
+        raise DataError(f"{where}: the split is empty")
+    text_col, pair_col = text_columns(rows[0], where, data_cfg.text_column,
+                                      getattr(data_cfg, "text_pair_column", None))
+    if data_cfg.label_column not in rows[0]:
+        raise DataError(f"{where}: no label column '{data_cfg.label_column}'; columns are "
+                        f"{', '.join(map(str, rows[0]))}; set data.label_column")
+    return [Example(_as_text(row[text_col]), labels.encode(row[data_cfg.label_column], where, i + 1),
+                    None if pair_col is None else _as_text(row[pair_col]))
+            for i, row in enumerate(rows)]
+
+
+def label_map(data_cfg, train: Split, num_labels: int | None = None) -> LabelMap:
+    """The label map implied by the training split (and ``data.label_names``, ``model.num_labels``)."""
+    if not train.rows:
+        raise DataError(f"{train.where}: the split is empty")
+    text_columns(train.rows[0], train.where, data_cfg.text_column, getattr(data_cfg, "text_pair_column", None))
+    if data_cfg.label_column not in train.rows[0]:
+        raise DataError(f"{train.where}: no label column '{data_cfg.label_column}'; columns are "
+                        f"{', '.join(map(str, train.rows[0]))}; set data.label_column")
+    raw = [row[data_cfg.label_column] for row in train.rows]
+    return LabelMap.from_training_labels(raw, train.where, getattr(data_cfg, "label_names", None), num_labels,
+                                         train.label_names)
+
+
+def subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """A seeded random subset of ``limit`` examples (all of them when ``limit`` is None or larger)."""
     if limit is not None and limit < len(examples):
-        examples = random.Random(seed).sample(examples, limit)
+        return random.Random(seed).sample(examples, limit)
     return examples
+
+
+def load_split(data_cfg, split: str, labels: LabelMap | int | None = None, registry=None,
+               limit: int | None = None, seed: int = 0) -> list[Example]:
+    """Examples of ``split``; a random subset of ``limit`` if given.
+
+    ``labels``: the label map (from training, or a checkpoint); an int means integer labels
+    ``0..labels-1`` (named by ``data.label_names`` when set); None infers it from this split.
+    """
+    found = read_split(data_cfg, split, registry)
+    if labels is None:
+        labels = label_map(data_cfg, found)
+    elif isinstance(labels, int):
+        names = getattr(data_cfg, "label_names", None)
+        labels = LabelMap(len(names), tuple(names)) if names else LabelMap(labels)
+    return subset(to_examples(found, data_cfg, labels), limit, seed)
+
+
+@dataclass
+class TrainingData:
+    labels: LabelMap
+    train: list[Example]
+    eval: list[Example]
+
+
+def load_training_data(data_cfg, num_labels: int | None, registry=None) -> TrainingData:
+    """The label map and the train/eval examples of a run, validated before any model loads."""
+    train = read_split(data_cfg, data_cfg.train_split, registry)
+    labels = label_map(data_cfg, train, num_labels)
+    train_examples = subset(to_examples(train, data_cfg, labels), data_cfg.max_train_examples, data_cfg.subset_seed)
+    evaluated = read_split(data_cfg, data_cfg.eval_split, registry)
+    eval_examples = subset(to_examples(evaluated, data_cfg, labels), data_cfg.max_eval_examples,
+                           data_cfg.subset_seed)
+    if (train_examples[0].text_pair is None) != (eval_examples[0].text_pair is None):
+        kinds = ["text pairs" if e[0].text_pair is not None else "single texts"
+                 for e in (train_examples, eval_examples)]
+        raise DataError(f"{evaluated.where}: holds {kinds[1]} but {train.where} holds {kinds[0]}; set "
+                        f"data.text_column and data.text_pair_column so both splits have the same columns")
+    return TrainingData(labels, train_examples, eval_examples)

@@ -10,7 +10,8 @@ PromptBERT (Jiang et al., 2022): the batch arrives tokenized, so the template is
 token level: each example's own tokens (specials and padding removed) are placed between the
 tokenized halves of the template, special tokens are added back, and the representation is the
 last hidden state at the template's mask token. No decode/re-tokenize round trip changes the
-tokens.
+tokens. A sentence pair fills [X] with both texts and the separator the tokenizer put between
+them (``This sentence : "premise [SEP] hypothesis" means [MASK] .``).
 """
 
 from __future__ import annotations
@@ -107,8 +108,13 @@ class PromptTemplate:
             raise ConfigError(f"defence.template is too long for the backbone ({self.max_length} positions)")
 
     def _sentence_tokens(self, ids: list[int]) -> list[int]:
+        """The example's tokens without its outer special tokens. A text pair keeps the separator
+        between its two texts (``a [SEP] b``; RoBERTa's ``a </s></s> b``), so [X] holds both."""
         special = self.tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-        return [t for t, s in zip(ids, special) if not s][: self.room]
+        real = [i for i, s in enumerate(special) if not s]
+        if not real:
+            return []
+        return ids[real[0]:real[-1] + 1][: self.room]
 
     def wrap(self, batch: Batch) -> tuple[Batch, torch.Tensor]:
         """(template-wrapped batch, (B,) index of the template's mask token in each row)."""

@@ -12,11 +12,22 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from asa_plugin.data import Example
 
 
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str | None],
+           max_length: int):
+    """Token lists of single texts, or of text pairs (the tokenizer's pair template, with
+    ``token_type_ids`` where the tokenizer makes them); the longer text is truncated first."""
+    if any(p is not None for p in pairs):
+        if any(p is None for p in pairs):
+            raise ValueError("a batch mixes single texts and text pairs")
+        return tokenizer(list(texts), list(pairs), truncation="longest_first", max_length=max_length)
+    return tokenizer(list(texts), truncation=True, max_length=max_length)
+
+
 class EncodedDataset(Dataset):
     """Examples tokenized once (no padding); items are dicts of token lists plus ``labels``."""
 
     def __init__(self, examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int):
-        enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
+        enc = encode(tokenizer, [e.text for e in examples], [e.text_pair for e in examples], max_length)
         self.features = [{k: enc[k][i] for k in enc.keys()} | {"labels": e.label}
                          for i, e in enumerate(examples)]
         self.lengths = [len(f["input_ids"]) for f in self.features]
