@@ -60,14 +60,16 @@ class DataConfig:
 class TrainConfig:
     epochs: int = option(3, ge=1, help="training epochs (ignored when max_steps > 0)")
     max_steps: int = option(0, ge=0, help="stop after this many optimizer steps; 0 = use epochs")
-    batch_size: int = option(32, ge=1, help="examples per device per step")
-    eval_batch_size: int = option(128, ge=1, help="examples per evaluation batch")
+    batch_size: int = option(32, ge=1, help="examples per process (device) per micro-batch; an optimizer step "
+                                            "sees batch_size x processes x gradient_accumulation_steps")
+    eval_batch_size: int = option(128, ge=1, help="examples per evaluation batch, per process")
     lr: float = option(2e-5, gt=0, help="peak learning rate (AdamW)")
     warmup_ratio: float = option(0.06, ge=0, le=1, help="fraction of steps with linear warmup")
     weight_decay: float = option(0.01, ge=0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, ge=0, help="gradient clipping norm; 0 = off")
     seed: int = option(42, help="seed of weights init, data order, dropout")
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", help="mixed precision on GPU")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option(
+        "no", help="autocast: bf16 on CPU or GPU; fp16 on GPU only (with a loss scaler)")
     gradient_accumulation_steps: int = option(1, ge=1, help="micro-batches per optimizer step")
     group_by_length: bool = option(True, help="length-grouped batches (less padding)")
     checkpoint_every_steps: int = option(0, ge=0, help="also checkpoint every N steps; 0 = each epoch only")

@@ -83,18 +83,20 @@ def tiny_family_tokenizer(model_type: str):
 
 
 def tiny_model_dir(directory: Path, model_type: str = "bert", num_labels: int = 2, seed: int = 0,
-                   real_tokenizer: bool = False) -> Path:
+                   real_tokenizer: bool = False, **config) -> Path:
     """Save a randomly initialised tiny ``model_type`` classifier plus tokenizer; return the path.
 
     By default every architecture shares the WordPiece tokenizer: only the vocabulary matters to a
     random model. ``real_tokenizer=True`` gives RoBERTa, XLM-R and DeBERTa-v2 their own family's
     tokenizer (:func:`tiny_family_tokenizer`), with its special tokens and padding id.
+    ``config`` overrides entries of the model config (e.g. ``hidden_dropout_prob=0.0``).
     """
     import torch
 
     tokenizer = tiny_family_tokenizer(model_type) if real_tokenizer else tiny_tokenizer(directory / "_tok")
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=num_labels,
-                                  pad_token_id=tokenizer.pad_token_id, **TINY_CONFIGS[model_type])
+                                  pad_token_id=tokenizer.pad_token_id,
+                                  **(TINY_CONFIGS[model_type] | config))
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     directory.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,13 @@ from asa_plugin.errors import TrainingDiverged, UserError
 from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.training import checkpoint, degenerate
 from asa_plugin.training.batching import EncodedDataset, make_loader
+from asa_plugin.training.distributed import (
+    TrainedModules,
+    check_mixed_precision,
+    check_process_group,
+    local_batches,
+    mean_across_processes,
+)
 from asa_plugin.training.evaluate import evaluate
 
 log = logging.getLogger("advrobust.train")
@@ -81,8 +88,13 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     if resume and (run_dir / "metrics.json").exists() and checkpoint.find(run_dir) is None:
         return json.loads((run_dir / "metrics.json").read_text())  # already finished
     tc = cfg.train
+    # The scheduler steps once per optimizer step (not once per process, Accelerate's default), so
+    # train.max_steps and the warmup count optimizer steps whatever the number of processes.
     accelerator = Accelerator(mixed_precision=tc.mixed_precision,
-                              gradient_accumulation_steps=tc.gradient_accumulation_steps)
+                              gradient_accumulation_steps=tc.gradient_accumulation_steps,
+                              step_scheduler_with_optimizer=False)
+    check_mixed_precision(tc.mixed_precision, accelerator.device, cfg.source)
+    check_process_group(accelerator.num_processes)
     if accelerator.is_main_process:
         _setup_logging(run_dir)
         dump_toml(cfg, run_dir / "config.resolved.toml")
@@ -96,25 +108,32 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     data.labels.apply_to(adapter.model.config)  # id2label/label2id travel with the exported checkpoint
     train_set = EncodedDataset(data.train, adapter.tokenizer, cfg.model.max_length)
     eval_set = EncodedDataset(data.eval, adapter.tokenizer, cfg.model.max_length)
+    # train.batch_size is per process: an optimizer step sees batch_size x processes x accumulation.
     train_loader, batches = make_loader(train_set, adapter.tokenizer, tc.batch_size, tc.seed, shuffle=True,
-                                        group_by_length=tc.group_by_length)
+                                        group_by_length=tc.group_by_length,
+                                        short_batch_last=accelerator.num_processes > 1)
     eval_loader, _ = make_loader(eval_set, adapter.tokenizer, tc.eval_batch_size, 0, shuffle=False)
 
     defence = build_defence(cfg.defence.names, cfg.defence.params, adapter, pm.defences)
     optimizer = _optimizer(adapter.model, defence, tc)
-    steps_per_epoch = math.ceil(len(batches) / tc.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(local_batches(len(batches), accelerator.num_processes)
+                                / tc.gradient_accumulation_steps)
     total_steps = tc.max_steps or steps_per_epoch * tc.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
-    extra_modules = defence.trainable_modules()
-    prepared = accelerator.prepare(adapter.model, *extra_modules, optimizer, train_loader, eval_loader, scheduler)
-    model, optimizer, train_loader, eval_loader, scheduler = (prepared[0], *prepared[-4:])
-    adapter.runner = model
+    modules = TrainedModules(adapter.model, defence.trainable_modules())  # one DDP wrapper for both
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        modules, optimizer, train_loader, eval_loader, scheduler)
+    adapter.runner = model  # every forward of a defence goes through the (DDP) wrapper
 
     state = {"epoch": 0, "batches_done": 0, "global_step": 0, "history": [], "train_seconds": 0.0,
-             "examples_seen": 0}
+             "examples_seen": 0, "num_processes": accelerator.num_processes}
     found = checkpoint.find(run_dir) if resume else None
     if found is not None:
+        saved_processes = checkpoint.read_state(found).get("num_processes", 1)
+        if saved_processes != accelerator.num_processes:
+            raise UserError(f"{run_dir}: the checkpoint was written by {saved_processes} process(es); "
+                            f"resume it with the same number (this run has {accelerator.num_processes})")
         state = checkpoint.load(accelerator, found)
         defence.load_state_dict(state.get("defence_state", {}))
         log.info("resumed from %s at step %d", found, state["global_step"])
@@ -127,29 +146,39 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     try:
         while state["epoch"] < epochs and state["global_step"] < total_steps:
             epoch = state["epoch"]
-            batches.start_epoch(epoch, skip=state["batches_done"])  # skip what a resumed run already did
+            batches.start_epoch(epoch)
+            # A resumed epoch skips the batches this process already ran (after sharding, so every
+            # process keeps the batches, and the padding of the last round, of an uninterrupted run).
+            loader = (accelerator.skip_first_batches(train_loader, state["batches_done"])
+                      if state["batches_done"] else train_loader)
             model.train()
             started = time.perf_counter()
-            for batch in train_loader:
+            micro_losses: list[float] = []
+            for batch in loader:
                 with accelerator.accumulate(model):
                     result = defence.training_step(batch, accelerator.backward)
-                    if not math.isfinite(result.loss):
+                    # The mean over processes: what is logged, and every process stops together.
+                    micro_losses.append(mean_across_processes(accelerator, result.loss))
+                    if not math.isfinite(micro_losses[-1]):
                         raise TrainingDiverged(
-                            f"loss became {result.loss} at step {state['global_step'] + 1} (epoch {epoch + 1}); "
+                            f"loss became {micro_losses[-1]} at step {state['global_step'] + 1} (epoch {epoch + 1}); "
                             f"the last good checkpoint is kept in {run_dir}; lower train.lr or check the data")
                     if accelerator.sync_gradients and tc.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                        accelerator.clip_grad_norm_(adapter.model.parameters(), tc.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                        scheduler.step()
                     optimizer.zero_grad()
                 state["batches_done"] += 1
                 state["examples_seen"] += batch["labels"].shape[0] * accelerator.num_processes
                 if accelerator.sync_gradients:
                     state["global_step"] += 1
                     progress.update(1)
-                    progress.set_postfix(loss=f"{result.loss:.4f}")
+                    step_loss = sum(micro_losses) / len(micro_losses)  # the step's micro-batches
+                    micro_losses.clear()
+                    progress.set_postfix(loss=f"{step_loss:.4f}")
                     if state["global_step"] % tc.log_every_steps == 0:
-                        logged = {"step": state["global_step"], "loss": result.loss, **defence.log_metrics()}
+                        logged = {"step": state["global_step"], "loss": step_loss, **defence.log_metrics()}
                         log.info("step %d: %s", state["global_step"], json.dumps(logged))
                         state["step_history"].append(logged)
                     if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
@@ -166,10 +195,12 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
             epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"], **evaluation.metrics(),
                              **defence.epoch_metrics()}
             log.info("epoch %d: %s", epoch + 1, json.dumps(epoch_metrics))
-            progress.write(f"epoch {epoch + 1}: eval_accuracy {epoch_metrics['eval_accuracy']:.4f}")
+            if accelerator.is_local_main_process:
+                progress.write(f"epoch {epoch + 1}: eval_accuracy {epoch_metrics['eval_accuracy']:.4f}")
             state["history"].append(epoch_metrics)
             state["epoch"], state["batches_done"] = epoch + 1, 0
-            pm.on_epoch_end(run_dir=run_dir, epoch=epoch + 1, metrics=epoch_metrics)
+            if accelerator.is_main_process:
+                pm.on_epoch_end(run_dir=run_dir, epoch=epoch + 1, metrics=epoch_metrics)
             state["defence_state"] = defence.state_dict()
             checkpoint.save(accelerator, run_dir, state)
     finally:
@@ -185,7 +216,6 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
         log.warning(warning)
         print(f"advrobust train: warning: {warning}", file=sys.stderr, flush=True)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model)
         adapter.export(run_dir / "model")
         defence.save_extras(run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
