@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from asa_plugin.attacks.config import AttackConfig
 from asa_plugin.errors import ConfigError
-from asa_plugin.schema import build, option
+from asa_plugin.schema import build, option, toml_values
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,7 +102,7 @@ class DefenceConfig:
         for n in self.names:
             p = self.params.get(n)
             if p is not None and dataclasses.fields(p):
-                values = {k: v for k, v in dataclasses.asdict(p).items() if v is not None}  # TOML has no null
+                values = toml_values(p)  # TOML has no null: see toml_values
                 if len(self.names) == 1:
                     out.update(values)
                 else:
@@ -126,17 +126,15 @@ class RunConfig:
         return Path(self.output.run_dir.format(defence=self.defence.name, backbone=backbone))
 
     def to_dict(self) -> dict[str, Any]:
-        def clean(d: dict) -> dict:
-            return {k: v for k, v in d.items() if v is not None}
-
+        """Every section's values, ready for TOML; loading the result gives an equal config."""
         return {
-            "model": clean(dataclasses.asdict(self.model)),
-            "data": clean(dataclasses.asdict(self.data)),
+            "model": toml_values(self.model),
+            "data": toml_values(self.data),
             "defence": self.defence.to_dict(),
-            "train": clean(dataclasses.asdict(self.train)),
-            "attack": clean(dataclasses.asdict(self.attack)),
-            "output": clean(dataclasses.asdict(self.output)),
-            "plugins": clean(dataclasses.asdict(self.plugins)),
+            "train": toml_values(self.train),
+            "attack": toml_values(self.attack),
+            "output": toml_values(self.output),
+            "plugins": toml_values(self.plugins),
         }
 
 

@@ -92,6 +92,31 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
     return None
 
 
+NONE_WORD = "none"
+"""How ``None`` is written to TOML (which has no null) for a field whose default is not ``None``."""
+
+
+def _optional(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+
+
+def toml_values(obj: Any) -> dict[str, Any]:
+    """A config dataclass's values for a TOML file that loads back to an equal object.
+
+    A ``None`` that is the field's default is left out (loading restores it); any other ``None``
+    is written as ``"none"``, which :func:`build` reads back as ``None`` for that optional field.
+    """
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            if f.default is None:
+                continue
+            value = NONE_WORD
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
 def build(cls: type, data: typing.Mapping[str, Any], *, section: str, source: str) -> Any:
     """Validate ``data`` against dataclass ``cls`` and return an instance.
 
@@ -109,6 +134,8 @@ def build(cls: type, data: typing.Mapping[str, Any], *, section: str, source: st
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
+        if value == NONE_WORD and _optional(tp) and fields[name].default is not None:
+            value = None  # written by toml_values: TOML has no null
         try:
             kwargs[name] = _coerce(value, tp)
         except TypeError:

@@ -5,6 +5,8 @@ Import this module only after :func:`asa_plugin.attacks.textattack_env.import_te
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from textattack.constraints import Constraint
@@ -13,15 +15,21 @@ from textattack.shared import WordEmbedding
 from textattack.transformations import WordSwap
 
 
+@lru_cache(maxsize=2)
+def _load_encoder(path: str):
+    """(tokenizer, encoder) of ``path``, loaded once per process: a bench or a test session builds
+    many attacks with the same encoder, and it only ever runs under inference mode."""
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
 class TransformerSentenceEncoder(SentenceEncoder):
     """A BERT-style sentence encoder (mean pooling), e.g. all-MiniLM-L6-v2 in place of USE."""
 
     def __init__(self, path: str, batch_size: int = 64, **kwargs):
         super().__init__(**kwargs)
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.encoder = AutoModel.from_pretrained(path).eval()
+        self.tokenizer, self.encoder = _load_encoder(str(path))
         self.batch_size = batch_size
         self.model = self  # SentenceEncoder._sim_score calls self.model.encode
 

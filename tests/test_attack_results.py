@@ -64,4 +64,16 @@ def test_bad_shard_specs_are_one_line_errors(text):
 def test_example_seeds_differ_per_example_and_seed():
     seeds = {example_seed(s, i) for s in (0, 1, 765) for i in range(100)}
     assert len(seeds) == 300
-    assert example_seed(765, 3) == example_seed(765, 3)
+
+
+SEEDS = [  # (run seed, example index, the example's seed): pinned, so a changed formula fails
+    (0, 0, 12345),
+    (765, 3, 765038397),
+    (1, 99, 1796329),
+    (5000, 0, 705060049),  # wraps modulo 2**32
+]
+
+
+@pytest.mark.parametrize("seed,index,expected", SEEDS)
+def test_example_seeds_are_pinned(seed, index, expected):
+    assert example_seed(seed, index) == expected
