@@ -4,8 +4,6 @@ degenerate-model flag."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +21,6 @@ from asa_plugin.defences.uscal import USCALParams
 from asa_plugin.errors import ConfigError
 from asa_plugin.training import degenerate
 from asa_plugin.training.loop import _optimizer
-
-
-def train_cli(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run([sys.executable, "-m", "asa_plugin.cli", "train", str(config), *args],
-                          capture_output=True, text=True, env={**os.environ, **env})
 
 
 # --- ASA at the official code's settings --------------------------------------------------------
