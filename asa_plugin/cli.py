@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from asa_plugin import __version__
+from asa_plugin import __version__, interrupts
 from asa_plugin.errors import UserError
 
 COMMANDS = [
@@ -33,8 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VALUE_FLAGS = ("--shard",)
+"""Options whose value may start with '-' (``--shard -1/2``): joined as ``--shard=-1/2`` so the
+command's own check reports it, not argparse's "expected one argument"."""
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in VALUE_FLAGS:
+            value = next(it, None)
+            if value is not None and value.startswith("-"):
+                out.append(f"{arg}={value}")
+                continue
+            out += [arg] if value is None else [arg, value]
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else list(argv)))
+    interrupts.reset()
+    interrupts.sigterm_as_interrupt()
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
@@ -43,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
     except KeyboardInterrupt:
-        print(f"advrobust {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        print(f"advrobust {args.command}: {interrupts.message()}", file=sys.stderr)
         return 130
 
 

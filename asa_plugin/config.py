@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from asa_plugin.attacks.config import AttackConfig
 from asa_plugin.errors import ConfigError
-from asa_plugin.schema import build, option
+from asa_plugin.schema import build, option, toml_values
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,17 +58,20 @@ class DataConfig:
 class TrainConfig:
     epochs: int = option(3, ge=1, help="training epochs (ignored when max_steps > 0)")
     max_steps: int = option(0, ge=0, help="stop after this many optimizer steps; 0 = use epochs")
-    batch_size: int = option(32, ge=1, help="examples per device per step")
-    eval_batch_size: int = option(128, ge=1, help="examples per evaluation batch")
+    batch_size: int = option(32, ge=1, help="examples per process (device) per micro-batch; an optimizer step "
+                                            "sees batch_size x processes x gradient_accumulation_steps")
+    eval_batch_size: int = option(128, ge=1, help="examples per evaluation batch, per process")
     lr: float = option(2e-5, gt=0, help="peak learning rate (AdamW)")
     warmup_ratio: float = option(0.06, ge=0, le=1, help="fraction of steps with linear warmup")
     weight_decay: float = option(0.01, ge=0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, ge=0, help="gradient clipping norm; 0 = off")
     seed: int = option(42, help="seed of weights init, data order, dropout")
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", help="mixed precision on GPU")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option(
+        "no", help="autocast: bf16 on CPU or GPU; fp16 on GPU only (with a loss scaler)")
     gradient_accumulation_steps: int = option(1, ge=1, help="micro-batches per optimizer step")
     group_by_length: bool = option(True, help="length-grouped batches (less padding)")
-    checkpoint_every_steps: int = option(0, ge=0, help="also checkpoint every N steps; 0 = each epoch only")
+    checkpoint_every_steps: int = option(
+        200, ge=0, help="also checkpoint every N steps (an interruption loses at most N steps); 0 = each epoch only")
     log_every_steps: int = option(50, ge=1, help="log the running loss every N steps")
     threads: int | None = option(
         None, ge=1, help="torch CPU threads; default: $OMP_NUM_THREADS, else a count set with "
@@ -104,7 +105,7 @@ class DefenceConfig:
         for n in self.names:
             p = self.params.get(n)
             if p is not None and dataclasses.fields(p):
-                values = {k: v for k, v in dataclasses.asdict(p).items() if v is not None}  # TOML has no null
+                values = toml_values(p)  # TOML has no null: see toml_values
                 if len(self.names) == 1:
                     out.update(values)
                 else:
@@ -128,17 +129,15 @@ class RunConfig:
         return Path(self.output.run_dir.format(defence=self.defence.name, backbone=backbone))
 
     def to_dict(self) -> dict[str, Any]:
-        def clean(d: dict) -> dict:
-            return {k: v for k, v in d.items() if v is not None}
-
+        """Every section's values, ready for TOML; loading the result gives an equal config."""
         return {
-            "model": clean(dataclasses.asdict(self.model)),
-            "data": clean(dataclasses.asdict(self.data)),
+            "model": toml_values(self.model),
+            "data": toml_values(self.data),
             "defence": self.defence.to_dict(),
-            "train": clean(dataclasses.asdict(self.train)),
-            "attack": clean(dataclasses.asdict(self.attack)),
-            "output": clean(dataclasses.asdict(self.output)),
-            "plugins": clean(dataclasses.asdict(self.plugins)),
+            "train": toml_values(self.train),
+            "attack": toml_values(self.attack),
+            "output": toml_values(self.output),
+            "plugins": toml_values(self.plugins),
         }
 
 
@@ -150,7 +149,11 @@ SECTIONS = {
 
 def read_file(path: str | Path) -> dict[str, Any]:
     """Parse a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict."""
+    from asa_plugin.yaml_loader import YAML_ERRORS, load_yaml
+
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; give a config file (.toml, .yaml or .yml)")
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
@@ -161,12 +164,14 @@ def read_file(path: str | Path) -> dict[str, Any]:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
         elif p.suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text, str(p))
         else:
             raise ConfigError(f"{p}: unknown config format '{p.suffix}'; use .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ConfigError(f"{p}: cannot parse: {first}") from None
+    except YAML_ERRORS as exc:
+        raise ConfigError(f"{p}: cannot parse: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections")
     return data
@@ -229,13 +234,39 @@ def _build_defence(raw: Any, source: str, registry) -> DefenceConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict[str, Any] | None = None) -> RunConfig:
-    """Load, override and validate a run config. ``path=None`` uses defaults (plus overrides)."""
+                data: dict[str, Any] | None = None, source: str | None = None) -> RunConfig:
+    """Load, override and validate a run config. ``path=None`` uses defaults (plus overrides).
+
+    An error caused by a ``--set`` value names that ``--set``, not the file; a file with no
+    sections (empty or comments only) is an error rather than the silent default job.
+    """
+    source = source or (str(path) if path is not None else "<config>")
+    raw = read_file(path) if path is not None else (data or {})
+    if path is not None and not raw and not overrides:
+        raise ConfigError(f"{source}: the config is empty; it would train the default job (all of SST-2, "
+                          f"3 epochs: hours on a CPU). Give at least [data] and [train], e.g. copy "
+                          f"examples/quickstart.toml")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return _validate(raw, source)
+    except ConfigError as exc:
+        raise ConfigError(blame_override(str(exc), source, overrides or [])) from None
+
+
+def blame_override(message: str, source: str, overrides: list[str]) -> str:
+    """Rewrite ``message`` (``"SOURCE: section.key ..."``) to name the ``--set`` that set that key."""
+    for text in reversed(overrides):
+        keys = [k.strip() for k in text.split("=", 1)[0].split(".")]
+        dotted = ".".join(keys)
+        body = message.removeprefix(f"{source}: ")
+        if body.startswith((f"{dotted} ", f"{dotted}:", f"unknown key {dotted};", f"unknown section [{keys[0]}]")):
+            return f"--set {text!r}: {body}"
+    return message
+
+
+def _validate(raw: dict[str, Any], source: str) -> RunConfig:
     from asa_plugin.plugins import get_plugin_manager
 
-    source = str(path) if path is not None else "<config>"
-    raw = read_file(path) if path is not None else (data or {})
-    raw = apply_overrides(raw, overrides or [])
     allowed = sorted([*SECTIONS, "defence"])
     for key in raw:
         if key not in allowed:
@@ -246,6 +277,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
     defence = _build_defence(raw.get("defence"), source, pm.defences)
     cfg = RunConfig(defence=defence, source=source, **sections)
+    _check_run_dir_template(cfg.output.run_dir, source)
     data_cfg = cfg.data
     if data_cfg.train_file is None and data_cfg.dataset is not None and data_cfg.dataset not in pm.datasets:
         raise ConfigError(f"{source}: data.dataset: unknown dataset '{data_cfg.dataset}'; available: "
@@ -257,6 +289,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{source}: attack.recipes: unknown recipe '{recipe}'; available: "
                               f"{', '.join(pm.recipes.names())}")
     return cfg
+
+
+def _check_run_dir_template(template: str, source: str) -> None:
+    try:
+        template.format(defence="d", backbone="b")
+    except (KeyError, IndexError, ValueError) as exc:
+        what = f"unknown placeholder {{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"{source}: output.run_dir {template!r}: {what}; the only placeholders are "
+                          f"{{defence}} and {{backbone}} (write {{{{ and }}}} for literal braces)") from None
 
 
 def dump_toml(cfg: RunConfig, path: Path) -> None:

@@ -59,7 +59,8 @@ def advrobust_register_datasets(register: Register) -> None:
 
 @hookspec
 def advrobust_on_epoch_end(run_dir: Path, epoch: int, metrics: dict[str, Any]) -> None:
-    """Called by ``advrobust train`` after each epoch's evaluation with that epoch's metrics."""
+    """Called by ``advrobust train`` after each epoch's evaluation with that epoch's metrics; in a
+    multi-process run, on the main process only (the one that writes the run directory)."""
 
 
 @hookspec

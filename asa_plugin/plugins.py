@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
@@ -44,10 +44,15 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Name -> object mapping that rejects duplicates and lists valid names on a miss."""
+    """Name -> object mapping that rejects duplicates and lists valid names on a miss.
 
-    def __init__(self, kind: str):
+    ``check(value)`` returns what is wrong with a registered object (None when it is fine), so a
+    plugin registering the wrong kind of object fails at registration, not at use.
+    """
+
+    def __init__(self, kind: str, check: Callable[[Any], str | None] | None = None):
         self.kind = kind
+        self.check = check
         self._entries: dict[str, Entry[T]] = {}
 
     def add(self, name: str, value: T, plugin: str) -> None:
@@ -59,6 +64,10 @@ class Registry(Generic[T]):
                 f"duplicate {self.kind} '{name}': registered by plugin '{first}' and by plugin '{plugin}'; "
                 f"uninstall one of them or block it with {DISABLE_ENV}"
             )
+        problem = self.check(value) if self.check is not None else None
+        if problem:
+            raise PluginError(f"plugin '{plugin}' registered {self.kind} '{name}' as {value!r}, which {problem}; "
+                              f"fix the plugin, or block it with {DISABLE_ENV}={plugin}")
         self._entries[name] = Entry(name, value, plugin)
 
     def get(self, name: str) -> T:
@@ -91,6 +100,31 @@ def _blocked_names(block: Iterable[str] | None) -> tuple[bool, set[str]]:
     return block_all, names
 
 
+def _subclass_check(module: str, name: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        base = getattr(importlib.import_module(module), name)
+        if isinstance(value, type) and issubclass(value, base):
+            return None
+        return f"is not a subclass of {module}.{name}"
+
+    return check
+
+
+def _recipe_check(value: Any) -> str | None:
+    from asa_plugin.attacks.recipes import Recipe
+
+    return None if isinstance(value, Recipe) else "is not an asa_plugin.attacks.recipes.Recipe"
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "defence": _subclass_check("asa_plugin.defences.base", "Defence"),
+    "adapter": _subclass_check("asa_plugin.adapters.base", "BackboneAdapter"),
+    "recipe": _recipe_check,
+    "dataset": lambda value: None if callable(value) else "is not callable (split -> rows)",
+}
+"""What each kind of registered object must be."""
+
+
 class PluginManager:
     """Typed facade over the pluggy manager, holding the four registries."""
 
@@ -108,13 +142,24 @@ class PluginManager:
                 self.pm.register(importlib.import_module(module), name=name)
         self.pm.check_pending()
         self.defences: Registry[Any] = self._collect("defence", "advrobust_register_defences")
-        self.adapters: Registry[Any] = self._collect("adapter", "advrobust_register_adapters")
         self.recipes: Registry[Any] = self._collect("recipe", "advrobust_register_recipes")
         self.datasets: Registry[Any] = self._collect("dataset", "advrobust_register_datasets")
 
+    @cached_property
+    def adapters(self) -> Registry[Any]:
+        """Collected on first use: adapters import transformers (seconds), which a config check never needs."""
+        return self._collect("adapter", "advrobust_register_adapters")
+
     def _load_external_entry_points(self, block: Iterable[str] | None) -> None:
         block_all, blocked = _blocked_names(block)
-        for ep in entry_points(group=PROJECT_NAME):
+        external = [ep for ep in entry_points(group=PROJECT_NAME)
+                    if (getattr(ep.dist, "name", None) or "").replace("_", "-").lower() != DISTRIBUTION]
+        unknown = sorted(blocked - {ep.name for ep in external} - {"*", "all"})
+        if unknown:
+            self._warn(f"{DISABLE_ENV} / [plugins] block names '{unknown[0]}', which is no installed plugin "
+                       f"(installed: {', '.join(sorted(ep.name for ep in external)) or 'none'}); "
+                       f"use entry-point names from `advrobust plugins`, or {DISABLE_ENV}=1 to block all")
+        for ep in external:
             dist = getattr(ep.dist, "name", None) or ""
             if dist.replace("_", "-").lower() == DISTRIBUTION:
                 continue  # our built-ins, registered below from BUILTIN_PLUGINS
@@ -127,20 +172,29 @@ class PluginManager:
             except Exception as exc:  # noqa: BLE001 - any import failure of a third-party plugin
                 line = (f"plugin '{ep.name}' ({dist or ep.value}) failed to import and was skipped: "
                         f"{type(exc).__name__}: {exc}; fix or uninstall it, or set {DISABLE_ENV}={ep.name}")
-                self.warnings.append(line)
-                print(f"warning: {line}", file=sys.stderr)
+                self._warn(line)
                 continue
             self.pm.register(plugin, name=ep.name)
 
+    def _warn(self, line: str) -> None:
+        self.warnings.append(line)
+        print(f"warning: {line}", file=sys.stderr)
+
     def _collect(self, kind: str, hook_name: str) -> Registry[Any]:
-        registry: Registry[Any] = Registry(kind)
+        registry: Registry[Any] = Registry(kind, CHECKS[kind])
         hook = getattr(self.pm.hook, hook_name)
         # Call each implementation on its own so every registration knows its plugin's name.
         for impl in reversed(hook.get_hookimpls()):
             def register(name: str, value: Any, _plugin: str = impl.plugin_name) -> None:
                 registry.add(name, value, _plugin)
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure inside a third-party hook
+                raise PluginError(f"plugin '{impl.plugin_name}' failed in {hook_name}: {type(exc).__name__}: {exc}; "
+                                  f"fix or uninstall it, or set {DISABLE_ENV}={impl.plugin_name}") from None
         return registry
 
     # Typed wrappers of the observer hooks.

@@ -7,6 +7,7 @@ Each field may carry metadata: ``help`` (one line), ``ge``/``gt``/``le``/``lt`` 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -77,6 +78,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 
 def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
     if value is None or isinstance(value, (list, str, bool)):
         if "choices" in meta and value not in meta["choices"] and value is not None:
             return f"must be one of {', '.join(map(str, meta['choices']))}"
@@ -87,6 +90,31 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
         if key in meta and not ok(value, meta[key]):
             return f"must be {sym} {meta[key]}"
     return None
+
+
+NONE_WORD = "none"
+"""How ``None`` is written to TOML (which has no null) for a field whose default is not ``None``."""
+
+
+def _optional(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+
+
+def toml_values(obj: Any) -> dict[str, Any]:
+    """A config dataclass's values for a TOML file that loads back to an equal object.
+
+    A ``None`` that is the field's default is left out (loading restores it); any other ``None``
+    is written as ``"none"``, which :func:`build` reads back as ``None`` for that optional field.
+    """
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            if f.default is None:
+                continue
+            value = NONE_WORD
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def build(cls: type, data: typing.Mapping[str, Any], *, section: str, source: str) -> Any:
@@ -106,6 +134,8 @@ def build(cls: type, data: typing.Mapping[str, Any], *, section: str, source: st
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
+        if value == NONE_WORD and _optional(tp) and fields[name].default is not None:
+            value = None  # written by toml_values: TOML has no null
         try:
             kwargs[name] = _coerce(value, tp)
         except TypeError:

@@ -40,7 +40,10 @@ class AssetUse:
     note: str | None = None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The record as results store it: no machine paths (packages by name and version)."""
+        from asa_plugin.outputs import portable_text
+
+        return {k: portable_text(v) if isinstance(v, str) else v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,12 @@ def merge_recipe(recipe_dir: Path) -> dict[str, Any]:
         if not (d / "summary.json").is_file():
             raise UserError(f"{d}: shard {i}/{n} has not finished; run it (with --resume if it started) "
                             f"and merge again")
-        manifest = json.loads((d / "run.json").read_text())
+        manifest = res.read_json(d / "run.json", "shard manifest")
         manifest.pop("shard")
         manifests.append(manifest)
         rows += res.read_rows(d / "results.jsonl")
-        shard_summary = json.loads((d / "summary.json").read_text())
-        shard_assets = shard_summary["assets"]
+        shard_summary = res.read_json(d / "summary.json", "shard summary")
+        shard_assets = shard_summary.get("assets", [])
         executions.append(shard_summary.get("execution"))
         assets = shard_assets if assets is None else assets
         if res.without_timing(shard_assets) != res.without_timing(assets):

@@ -13,6 +13,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from asa_plugin.errors import UserError
+from asa_plugin.outputs import portable_text
+
 OUTCOMES = ("successful", "failed", "skipped", "maximized")
 TIMING_KEYS = ("seconds", "timing", "time_breakdown", "execution")
 """Fields that measure time: they differ between any two runs and are left out of comparisons."""
@@ -100,22 +103,64 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict],
         "substitutes": [a for a in assets if a.get("substitute_for")],
         "seed": manifest["seed"],
         "split": manifest["split"],
-        "model": manifest["model"],
-        "data": manifest["data"],
+        "model": portable_text(manifest["model"]),  # no machine paths in results
+        "data": portable_text(manifest["data"]),
         "selection_size": manifest["selection_size"],
     }
 
 
+ROW_KEYS = ("index", "outcome")
+"""Fields every results.jsonl row must have for resume, merge and the summary."""
+
+
 def read_rows(path: Path, repair: bool = False) -> list[dict]:
-    """Complete rows of a results.jsonl. ``repair`` cuts a torn last line left by a kill."""
+    """Complete rows of a results.jsonl. ``repair`` cuts a torn last line left by a kill.
+
+    A damaged complete line (not JSON, not an object, no ``index``/``outcome``) is one
+    :class:`UserError` naming the file and line; the file is left untouched.
+    """
     if not path.is_file():
         return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
+    try:
+        text = data[:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}: line {line}: not UTF-8; {_DAMAGED}") from None
+    rows = [_parse_row(path, number, line) for number, line in enumerate(text.splitlines(), start=1)
+            if line.strip()]
     if repair and end < len(data):
         with open(path, "r+b") as f:
             f.truncate(end)
-    return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+    return rows
+
+
+_DAMAGED = "the file was left untouched: remove or fix that line (it is attacked again), or rerun with --overwrite"
+
+
+def _parse_row(path: Path, number: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: line {number}: not valid JSON ({exc.msg}); {_DAMAGED}") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}; {_DAMAGED}")
+    missing = [k for k in ROW_KEYS if k not in row]
+    if missing or row.get("outcome") not in OUTCOMES:
+        what = f"no '{missing[0]}'" if missing else f"unknown outcome {row.get('outcome')!r}"
+        raise UserError(f"{path}: line {number}: a result row with {what}; {_DAMAGED}")
+    return row
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """``json.load`` of ``path``; a damaged file is one :class:`UserError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"line {exc.lineno}: " if isinstance(exc, json.JSONDecodeError) else ""
+        raise UserError(f"{path}: {where}damaged {what} (not valid JSON); it was left untouched: restore it, "
+                        f"or delete it to redo that step") from None
 
 
 class RowWriter:

@@ -9,7 +9,6 @@ before it: a resumed run or a sharded run gives exactly the rows of one uninterr
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -111,7 +110,7 @@ def _prepare_out_dir(job: AttackJob) -> list[dict]:
             raise UserError(f"{out} already holds results; pass --resume to continue it or --overwrite "
                             f"to start again")
         else:
-            old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+            old = res.read_json(manifest_path, "attack manifest") if manifest_path.exists() else {}
             changed = sorted(k for k in manifest if old.get(k) != manifest[k])
             if changed:
                 raise UserError(f"--resume: {out} was started with different settings ({', '.join(changed)}); "
@@ -174,7 +173,7 @@ def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
         res.write_rows(job.out_dir / "results.jsonl", rows)  # index order, as one worker writes it
     if assets is None:  # nothing was left to attack: keep the assets of the run that did it
         path = job.out_dir / "assets.json"
-        assets = json.loads(path.read_text()) if path.is_file() else []
+        assets = res.read_json(path, "assets") if path.is_file() else []
     summary = res.summarize(rows, job.manifest(), assets, execution.to_dict())
     if job.shard is not None:
         summary["shard"] = [job.shard.index, job.shard.count]

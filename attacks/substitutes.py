@@ -5,7 +5,7 @@ Import this module only after :func:`asa_plugin.attacks.textattack_env.import_te
 
 from __future__ import annotations
 
-import functools
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -13,6 +13,15 @@ from textattack.constraints import Constraint
 from textattack.constraints.semantics.sentence_encoders import SentenceEncoder
 from textattack.shared import WordEmbedding
 from textattack.transformations import WordSwap
+
+
+@lru_cache(maxsize=2)
+def _load_encoder(path: str):
+    """(tokenizer, encoder) of ``path``, loaded once per process: a bench or a test session builds
+    many attacks with the same encoder, and it only ever runs under inference mode."""
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
 class TransformerSentenceEncoder(SentenceEncoder):
@@ -29,10 +38,7 @@ class TransformerSentenceEncoder(SentenceEncoder):
 
     def __init__(self, path: str, batch_size: int = 64, cache_size: int = 50_000, **kwargs):
         super().__init__(**kwargs)
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.encoder = AutoModel.from_pretrained(path).eval()
+        self.tokenizer, self.encoder = _load_encoder(str(path))
         self.batch_size = batch_size
         self.cache_size = cache_size
         self.model = self  # SentenceEncoder._sim_score calls self.model.encode
@@ -106,7 +112,7 @@ class AntonymSwapFilter(Constraint):
         return not any(pair in self.pairs for pair in changed_word_pairs(transformed_text, reference_text))
 
 
-@functools.lru_cache(maxsize=200_000)
+@lru_cache(maxsize=200_000)
 def wordnet_pos(word: str) -> frozenset[str]:
     """The parts of speech WordNet lists for ``word`` (n, v, a, r; satellites count as a); cached,
     as the same words recur in every candidate of an attack."""

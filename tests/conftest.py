@@ -16,15 +16,30 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny_model_dir, write_sentiment_tsv  # noqa: E402
 
-pytest_plugins = ["attack_support"]  # fixtures of the attack tests
+pytest_plugins = ["attack_support", "plugin_support"]  # fixtures of the attack and plugin tests
 
 BACKBONE_ENV = "ADVROBUST_TEST_BACKBONE"
 """The tox matrix factor: which architecture the adapter/defence contract tests use."""
 
 
+def selected_backbone() -> str | None:
+    """ADVROBUST_TEST_BACKBONE, checked: a name that is no architecture would select no test at all."""
+    from asa_plugin.adapters.table import ARCHITECTURES
+
+    selected = os.environ.get(BACKBONE_ENV) or None
+    if selected is not None and selected not in ARCHITECTURES:
+        raise pytest.UsageError(f"{BACKBONE_ENV}={selected!r} is not a model_type of the adapter table; "
+                                f"use one of: {', '.join(ARCHITECTURES)}")
+    return selected
+
+
+def pytest_configure(config):
+    selected_backbone()  # fail the whole run at once on a bad name, never select nothing quietly
+
+
 @pytest.fixture(scope="session")
 def backbone_type() -> str:
-    return os.environ.get(BACKBONE_ENV, "bert")
+    return selected_backbone() or "bert"
 
 
 def pytest_collection_modifyitems(items):

@@ -6,21 +6,21 @@ set (a tox matrix cell) only that one, next to the deeper tests of test_backbone
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from asa_plugin.adapters.loading import adapter_class_for, load_adapter
 from asa_plugin.adapters.routes import add_to_additive_mask, reweight_probabilities
 from asa_plugin.adapters.table import ARCHITECTURES
+from conftest import selected_backbone
 
 from asa_plugin.errors import UserError
 from asa_plugin.plugins import get_plugin_manager
 
 pytestmark = pytest.mark.backbone
-SELECTED = os.environ.get("ADVROBUST_TEST_BACKBONE")
+SELECTED = selected_backbone()  # None: every architecture; a name outside the table stops the run
 CASES = [(model_type, impl) for model_type, arch in ARCHITECTURES.items() for impl in arch.attn_implementations
          if SELECTED in (None, model_type)]
+assert CASES, f"no adapter contract case selected for {SELECTED!r}"
 PADDED = ["the movie was good", "bad film , really awful and dull !"]
 UNPADDED = ["the movie was good", "the film was bad"]  # equal lengths: sdpa passes no mask at all
 BLOCK = torch.finfo(torch.float32).min

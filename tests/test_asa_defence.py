@@ -80,21 +80,30 @@ def test_a_layer_beyond_the_model_is_a_config_error(adapter):
         ASADefence(ASAParams(layers=[0, 5]), adapter)
 
 
+def train_mode_logits(adapter, batch, seed: int = 5) -> torch.Tensor:
+    """Logits in train mode (dropout on) under a fixed seed: equal seeds give equal dropout masks."""
+    adapter.model.train()
+    torch.manual_seed(seed)
+    logits = adapter.forward(batch).logits
+    adapter.model.eval()
+    return logits
+
+
 def test_masks_change_the_logits_only_inside_the_context(adapter):
     adapter.model.eval()
-    defence = ASADefence(ASAParams(), adapter)
     batch = make_batch(adapter)
+    train_before = train_mode_logits(adapter, batch)  # no defence exists yet
+    defence = ASADefence(ASAParams(), adapter)
     plain = adapter.forward(batch).logits
     with defence.adversarial_attention(batch):
         masked = adapter.forward(batch).logits
     after = adapter.forward(batch).logits
-    adapter.model.train()
-    train_mode = adapter.forward(batch).logits  # module.training never switches the adversary on
-    adapter.model.eval()
+    train_after = train_mode_logits(adapter, batch)  # module.training never switches the adversary on
     assert not torch.allclose(plain, masked, atol=1e-4)
     assert torch.equal(plain, after)
     assert hooks_left(adapter.model) == 0
-    assert train_mode.shape == plain.shape
+    assert torch.equal(train_after, train_before)
+    assert not torch.equal(train_after, plain)  # dropout really was on: the comparison is not eval vs eval
 
 
 def test_adversary_gradient_is_the_reverse_of_the_objective_gradient(adapter, monkeypatch):
@@ -138,6 +147,40 @@ def test_objective_is_ce_plus_weighted_symmetric_kl_plus_tau_squared_kept_units(
     monkeypatch.setattr(asa_f, "symmetric_kl", lambda p, q: torch.tensor(2.0))
     pinned = F.cross_entropy(clean, batch["labels"]) + weight * 2.0 + params.tau ** 2 * kept
     assert defence.objective(batch, None).item() == pytest.approx(pinned.item(), rel=1e-5)
+
+
+def objective_gradients(adapter, params: ASAParams) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """(model gradients by name, adversary gradients) of one objective pass; adversaries seeded alike."""
+    torch.manual_seed(0)
+    defence = ASADefence(params, adapter)
+    adapter.model.zero_grad()
+    defence.objective(make_batch(adapter), None).backward()
+    model = {n: p.grad.clone() for n, p in adapter.model.named_parameters() if p.grad is not None}
+    return model, [p.grad.clone() for p in defence.adversary.parameters()]
+
+
+def test_the_tau_term_moves_the_adversaries_and_never_the_model(adapter):
+    adapter.model.eval()  # no dropout: both passes see the same computation
+    model_0, adversary_0 = objective_gradients(adapter, ASAParams(tau=0.0))
+    model_2, adversary_2 = objective_gradients(adapter, ASAParams(tau=2.0))
+    assert model_0.keys() == model_2.keys() and model_0
+    for name in model_0:
+        assert torch.allclose(model_0[name], model_2[name], atol=1e-6), name
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(adversary_0, adversary_2))
+
+
+def test_adversarial_ce_adds_the_cross_entropy_of_the_masked_logits(adapter):
+    adapter.model.eval()
+    batch = make_batch(adapter)
+    torch.manual_seed(0)
+    plain = ASADefence(ASAParams(tau=0.3), adapter)
+    torch.manual_seed(0)
+    with_ce = ASADefence(ASAParams(tau=0.3, adversarial_ce=True), adapter)  # the same adversaries
+    with with_ce.adversarial_attention(batch):
+        masked_ce = F.cross_entropy(adapter.forward(batch).logits, batch["labels"])
+    assert masked_ce.item() > 0.1  # a visible addition
+    expected = plain.objective(batch, None) + masked_ce
+    assert with_ce.objective(batch, None).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def mask_ratio_under_training(adapter, tau: float, steps: int = 12) -> float:

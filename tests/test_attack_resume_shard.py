@@ -97,3 +97,82 @@ def test_merge_refuses_a_missing_shard(tmp_path, trained_tiny, attack_data, atta
     assert main(argv) == 0
     assert main(["merge", str(tmp_path)]) == 2
     assert "shard 1/2 has not finished" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory, trained_tiny, attack_data, attack_cache):
+    """Both shards of a 2-way split of 4 examples, finished and not yet merged."""
+    out = tmp_path_factory.mktemp("two-shards")
+    for shard in ("0/2", "1/2"):
+        argv = attack_args(trained_tiny, attack_data["dev"], out, attack_cache, RECIPE, "--shard", shard,
+                           num_examples=4)
+        assert main(argv) == 0
+    return out
+
+
+def _mixed_counts(shards: Path) -> None:
+    import shutil
+
+    shutil.copytree(shards / "0-of-2", shards / "0-of-3")
+
+
+def _other_seed(shards: Path) -> None:
+    path = shards / "1-of-2" / "run.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"seed": 99}))
+
+
+def _other_assets(shards: Path) -> None:
+    path = shards / "1-of-2" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["assets"] = [*summary["assets"], {"asset": "word_embedding", "source": "somewhere else"}]
+    path.write_text(json.dumps(summary))
+
+
+def _duplicate_row(shards: Path) -> None:
+    path = shards / "1-of-2" / "results.jsonl"
+    first = path.read_text().splitlines()[0]
+    path.write_text(path.read_text() + first + "\n")
+
+
+MERGE_REFUSALS = [  # (how the shards are spoiled, fragment of the one-line error)
+    (_mixed_counts, "mixes shard counts (2, 3)"),
+    (_other_seed, "shards were run with different settings"),
+    (_other_assets, "shard 1/2 used different assets than shard 0"),
+    (_duplicate_row, "a shard is incomplete or duplicated"),
+]
+
+
+@pytest.mark.parametrize("spoil,fragment", MERGE_REFUSALS, ids=[s.__name__.strip("_") for s, _ in MERGE_REFUSALS])
+def test_merge_refuses_shards_that_do_not_make_one_run(two_shards, tmp_path, capsys, spoil, fragment):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(two_shards, run)
+    recipe_dir = run / "attack" / RECIPE
+    assert main(["merge", str(run)]) == 0  # the unspoiled copy merges
+    (recipe_dir / "summary.json").unlink()
+    (recipe_dir / "results.jsonl").unlink()
+    capsys.readouterr()
+    spoil(recipe_dir / "shards")
+    assert main(["merge", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+    assert not (recipe_dir / "summary.json").exists()  # nothing half-merged is left behind
+
+
+def test_overwrite_starts_a_finished_run_over(tmp_path, trained_tiny, attack_data, attack_cache):
+    argv = attack_args(trained_tiny, attack_data["dev"], tmp_path, attack_cache, RECIPE, num_examples=3)
+    assert main(argv) == 0
+    assert main([*argv, "--overwrite", "--set", "attack.num_examples=2"]) == 0  # other settings: allowed
+    rows, summary = outputs(tmp_path)
+    assert [r["index"] for r in rows] == [0, 1] and summary["num_examples"] == 2
+
+
+def test_query_budget_caps_every_examples_queries(tmp_path, trained_tiny, attack_data, attack_cache):
+    argv = attack_args(trained_tiny, attack_data["dev"], tmp_path, attack_cache, RECIPE,
+                       "--set", "attack.query_budget=5", num_examples=6)
+    assert main(argv) == 0
+    rows, _ = outputs(tmp_path)
+    assert all(r["query_budget"] == 5 for r in rows)
+    assert all(r["queries"] <= 5 for r in rows)
+    assert any(r["queries"] == 5 for r in rows)  # the cap was reached: it is what stopped those searches

@@ -45,7 +45,13 @@ run_dir = "{tmp_path / 'run'}"
         summary = json.loads((recipe_dir / "summary.json").read_text())
         rows = read_jsonl(recipe_dir / "results.jsonl")
         assert summary["num_examples"] == len(rows) == 4
+        outcomes = [r["outcome"] for r in rows]
         won = [r for r in rows if r["outcome"] == "successful"]
+        assert won, f"{recipe} succeeded on none of the 4 examples: the check below would be vacuous"
         flipped = predict(tmp_path / "run" / "model", [r["perturbed_text"] for r in won])
         assert all(p == r["perturbed_prediction"] != r["gold_label"] for p, r in zip(flipped, won))
-        assert summary["accuracy_under_attack"] <= summary["clean_accuracy"]
+        # The summary is the rows' counts, and the skipped rows are exactly the model's own mistakes.
+        assert summary["accuracy_under_attack"] == pytest.approx(outcomes.count("failed") / len(rows))
+        assert summary["clean_accuracy"] == pytest.approx(1 - outcomes.count("skipped") / len(rows))
+        originals = predict(tmp_path / "run" / "model", [r["original_text"] for r in rows])
+        assert [p != r["gold_label"] for p, r in zip(originals, rows)] == [o == "skipped" for o in outcomes]

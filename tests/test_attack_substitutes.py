@@ -51,3 +51,34 @@ def test_visual_character_swaps(ta):
     from asa_plugin.attacks.substitutes import WordSwapVisualChars
 
     assert sorted(WordSwapVisualChars()._get_replacement_words("lots")) == sorted(["1ots", "l0ts", "lot$"])
+
+
+def test_glove_substitute_offers_a_words_embedding_neighbours(ta, attack_cache):
+    """The counter-fitted stand-in swaps a word for its GloVe neighbours, never for itself."""
+    from asa_plugin.attacks.assets import Assets
+    from asa_plugin.attacks.config import AttackConfig
+    from asa_plugin.attacks.embeddings import glove_neighbours
+    from asa_plugin.attacks.substitutes import glove_word_embedding
+    from textattack.transformations import WordSwapEmbedding
+
+    files = Assets(AttackConfig(embedding_vocab_size=8000), attack_cache).embedding_files()
+    words, vectors, nn = glove_neighbours(files.vectors, files.index, 8000, attack_cache)
+    swap = WordSwapEmbedding(max_candidates=10, embedding=glove_word_embedding(words, vectors, nn))
+    candidates = swap._get_replacement_words("movie")
+    assert {"film", "movies"} <= set(candidates) and "movie" not in candidates
+    assert "stock" not in candidates
+
+
+def test_sentence_encoder_substitute_scores_paraphrases_above_unrelated_text(ta):
+    """The USE stand-in (offline MiniLM) behaves as a semantic-similarity constraint needs."""
+    import torch.nn.functional as F
+    from asa_plugin.attacks.assets import Assets
+    from asa_plugin.attacks.config import AttackConfig
+    from asa_plugin.attacks.substitutes import TransformerSentenceEncoder
+
+    path, use = Assets(AttackConfig(), ".").sentence_encoder_path()
+    assert use.substitute_for and "Universal Sentence Encoder" in use.substitute_for
+    vectors = TransformerSentenceEncoder(path).encode(
+        ["the movie was great", "the film was wonderful", "stock prices fell sharply today"])  # (3, H)
+    paraphrase, unrelated = F.cosine_similarity(vectors[:1], vectors[1:]).tolist()
+    assert paraphrase > 0.6 > 0.2 > unrelated

@@ -119,7 +119,7 @@ def test_missing_wordnet_names_nltk_data(tmp_path, monkeypatch):
         _assets(tmp_path).wordnet()
 
 
-def test_bae_without_a_masked_lm_fails_clearly(tmp_path, monkeypatch, trained_tiny):
+def test_bae_without_a_masked_lm_fails_clearly(tmp_path, monkeypatch, trained_tiny, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from asa_plugin.cli import main
 
@@ -128,6 +128,9 @@ def test_bae_without_a_masked_lm_fails_clearly(tmp_path, monkeypatch, trained_ti
     argv = ["attack", "--model", str(trained_tiny), "--recipe", "bae", "--data-file", str(data), "--out",
             str(tmp_path / "run"), "--no-progress", "--set", f"attack.cache_dir={tmp_path / 'cache'}"]
     assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("advrobust attack: error:") and "attack.masked_lm_path" in err, err
 
 
 def test_unknown_recipe_lists_the_registered_ones():

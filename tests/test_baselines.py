@@ -26,18 +26,26 @@ SENTENCES = ["the movie is good", "bad awful film and it was boring really", "gr
 LABELS = [1, 0, 1, 0, 1, 0]
 
 # (defence, params, norm of the per-example bound, bound on every perturbed pass, exact norm of the
-#  adversarial pass or None)
+#  adversarial pass or None). Every value is explicit: none depends on a defence's defaults.
 CASES = [
     ("fgm", {"epsilon": 0.5}, "l2", 0.5, 0.5),
     ("pgd", {"adv_steps": 3, "epsilon": 0.5, "step_size": 0.2}, "l2", 0.5, None),
-    ("pgd", {"adv_steps": 2, "epsilon": 0.01, "step_size": 0.004, "norm": "linf"}, "linf", 0.01, None),
+    ("pgd", {"adv_steps": 2, "epsilon": 0.5, "step_size": 0.5}, "l2", 0.5, 0.5),  # 2nd step leaves the ball
+    # Linf: 3 sign steps of 0.004 overshoot 0.01, so the clamp sets the largest entry to exactly epsilon.
+    ("pgd", {"adv_steps": 3, "epsilon": 0.01, "step_size": 0.004, "norm": "linf"}, "linf", 0.01, 0.01),
     ("freelb", {"adv_steps": 3, "adv_lr": 0.1, "init_mag": 0.05, "max_norm": 0.15}, "l2", 0.15, None),
-    ("freelb", {"adv_steps": 2}, "l2", 0.05 + 0.03, None),  # defaults: unbounded, init_mag + 1 step
+    ("freelb", {"adv_steps": 2, "adv_lr": 0.03, "init_mag": 0.05, "max_norm": 0.0}, "l2", 0.05 + 0.03, None),
     ("scal", {"epsilon": 0.3}, "l2", 0.3, 0.3),
-    ("scal", {"pooling": "mean"}, "l2", 0.1, 0.1),  # default epsilon
+    ("scal", {"epsilon": 0.3, "pooling": "mean"}, "l2", 0.3, 0.3),
     ("uscal", {"epsilon": 0.2}, "l2", 0.2, 0.2),
-    ("uscal", {"pooling": "mean", "alpha": 0.3}, "l2", 0.1, 0.1),  # default epsilon
+    ("uscal", {"epsilon": 0.3, "pooling": "mean", "alpha": 0.3}, "l2", 0.3, 0.3),
 ]
+
+
+def expected_passes(name: str, params: dict) -> int:
+    """Forward passes per training step, as docs/baselines.md gives them."""
+    k = params.get("adv_steps")
+    return {"fgm": 2, "pgd": (k or 0) + 1, "freelb": k or 0, "scal": 2, "uscal": 3}[name]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items())}" for name, params, *_ in CASES]
 
 
@@ -46,10 +54,10 @@ def model_dir(tmp_path_factory, backbone_type):
     return tiny_model_dir(tmp_path_factory.mktemp(f"tiny-{backbone_type}"), backbone_type)
 
 
-def make_defence(model_dir, name: str, params: dict) -> Defence:
+def make_defence(model_dir, name: str, params: dict, train_mode: bool = True) -> Defence:
     torch.manual_seed(0)
     adapter = load_adapter(str(model_dir), 2)
-    adapter.model.train()
+    adapter.model.train(train_mode)
     cls = get_plugin_manager().defences.get(name)
     return cls(cls.Params(**params), adapter)
 
@@ -82,10 +90,10 @@ PLAIN_PASSES = {"uscal": 2}
 uscal's second dropout view and its adversarial view."""
 
 
-def recorded_step(model_dir, name, params):
+def recorded_step(model_dir, name, params, train_mode: bool = True):
     """One composed step; returns (defence, batch, each forward's perturbation or None, forwards,
     objective passes, result)."""
-    defence = make_defence(model_dir, name, params)
+    defence = make_defence(model_dir, name, params, train_mode)
     recorder = RecordingObjective(defence.adapter)
     composed = ComposedDefence(recorder, defence)
     batch = fixed_batch(defence.adapter)
@@ -127,7 +135,7 @@ def test_loss_is_finite_and_falls_on_a_fixed_batch(model_dir, name, params, norm
 @pytest.mark.parametrize("name,params,norm,bound,exact", CASES, ids=IDS)
 def test_every_loss_pass_goes_through_the_composed_objective(model_dir, name, params, norm, bound, exact):
     _, _, deltas, forwards, objective_passes, result = recorded_step(model_dir, name, params)
-    assert len(deltas) == forwards >= 2
+    assert len(deltas) == forwards == expected_passes(name, params)
     assert objective_passes == forwards - PLAIN_PASSES.get(name, 0) >= 1
     assert torch.isfinite(torch.tensor(result.loss))
 
@@ -147,36 +155,74 @@ def test_perturbations_are_bounded_and_leave_padding_alone(model_dir, name, para
 
 
 @pytest.mark.parametrize("name,params,norm,bound,exact", CASES, ids=IDS)
-def test_weights_change_only_by_the_optimizer_update(model_dir, name, params, norm, bound, exact):
+def test_training_step_leaves_weights_alone_and_fills_only_gradients(model_dir, name, params, norm, bound, exact):
+    """The step only accumulates gradients: no weight, and no embedding row, is touched by the perturbation."""
     defence = make_defence(model_dir, name, params)
     model = defence.adapter.model
-    lr = 0.1
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     defence.training_step(fixed_batch(defence.adapter), lambda loss: loss.backward())
-    after_step = {n: p.detach().clone() for n, p in model.named_parameters()}
-    assert all(torch.equal(before[n], after_step[n]) for n in before), "training_step modified weights"
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters()), "training_step modified weights"
     embedding = defence.adapter.input_embeddings().weight
     assert embedding.grad is not None and embedding.grad.abs().sum() > 0
-    optimizer.step()
-    for n, p in model.named_parameters():
-        expected = before[n].add(grads[n], alpha=-lr) if n in grads else before[n]
-        assert torch.equal(p.detach(), expected), n
+
+
+PROCEDURE_CASES = [  # (defence, params): the ascent's intermediate passes must not train the model
+    ("pgd", {"adv_steps": 3, "epsilon": 0.5, "step_size": 0.2}),
+    ("pgd", {"adv_steps": 1, "epsilon": 0.5, "step_size": 0.2}),
+]
+
+
+@pytest.mark.parametrize("name,params", PROCEDURE_CASES)
+def test_pgd_trains_exactly_clean_plus_final_adversarial(model_dir, name, params):
+    """PGD's gradient is that of CE(clean) + CE(final delta): intermediate ascent steps leak nothing."""
+    # eval mode: no dropout, so the recompute below sees the same computation as the step
+    defence, batch, deltas, _, _, _ = recorded_step(model_dir, name, params, train_mode=False)
+    assert len(deltas) == params["adv_steps"] + 1
+    got = {n: p.grad.clone() for n, p in defence.adapter.model.named_parameters() if p.grad is not None}
+    defence.adapter.model.zero_grad()
+    embed = defence.adapter.embed(batch["input_ids"])
+    loss = sum(defence.cross_entropy_objective(batch, embed + d) for d in (deltas[0], deltas[-1]))
+    loss.backward()
+    for n, p in defence.adapter.model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(got[n], p.grad, atol=1e-6), n
+
+
+def test_freelb_averages_its_k_losses(model_dir):
+    """FreeLB's step loss is the mean of the K passes' losses and its gradient their average."""
+    params = {"adv_steps": 3, "adv_lr": 0.1, "init_mag": 0.05, "max_norm": 0.0}
+    defence, batch, deltas, _, _, result = recorded_step(model_dir, "freelb", params, train_mode=False)
+    got = {n: p.grad.clone() for n, p in defence.adapter.model.named_parameters() if p.grad is not None}
+    defence.adapter.model.zero_grad()
+    embed = defence.adapter.embed(batch["input_ids"])
+    losses = [defence.cross_entropy_objective(batch, embed + d) for d in deltas]
+    assert len(losses) == 3
+    assert result.loss == pytest.approx(sum(v.item() for v in losses) / 3, rel=1e-5)
+    (sum(losses) / 3).backward()
+    for n, p in defence.adapter.model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(got[n], p.grad, atol=1e-6), n
+
+
+PROMPT = {"pooling": "prompt", "template": 'This film "[X]" was [MASK] .'}  # the tiny vocabulary's words
 
 
 @pytest.mark.parametrize("name", ["scal", "uscal"])
-def test_prompt_pooling_reads_mask_or_rejects_a_tokenizer_without_one(model_dir, name):
-    template = 'This film "[X]" was [MASK] .'  # the tiny vocabulary's words
-    params = {"pooling": "prompt", "template": template}
-    if load_adapter(str(model_dir), 2).tokenizer.mask_token_id is None:
-        with pytest.raises(ConfigError, match="mask token"):
-            make_defence(model_dir, name, params)
-        return
-    _, _, deltas, forwards, objective_passes, result = recorded_step(model_dir, name, params)
+def test_prompt_pooling_reads_the_mask_token(model_dir, name):
+    _, _, deltas, forwards, objective_passes, result = recorded_step(model_dir, name, PROMPT)
     assert len(deltas) == forwards == 4  # task pass(es) on the plain batch, views on the wrapped one
     assert objective_passes == 4 - PLAIN_PASSES.get(name, 0)
     assert torch.isfinite(torch.tensor(result.loss))
+
+
+@pytest.mark.parametrize("name", ["scal", "uscal"])
+def test_prompt_pooling_rejects_a_tokenizer_without_a_mask_token(model_dir, name):
+    adapter = load_adapter(str(model_dir), 2)
+    adapter.tokenizer.mask_token = None  # as a GPT-style tokenizer has none
+    assert adapter.tokenizer.mask_token_id is None
+    cls = get_plugin_manager().defences.get(name)
+    with pytest.raises(ConfigError, match="needs a tokenizer with a mask token"):
+        cls(cls.Params(**PROMPT), adapter)
 
 
 def test_freelb_trains_through_a_config(run_config):
@@ -185,9 +231,11 @@ def test_freelb_trains_through_a_config(run_config):
     metrics = train(cfg)
     assert metrics["defence"] == "freelb"
     assert metrics["steps"] == 4
-    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
-    resolved = (cfg.run_dir() / "config.resolved.toml").read_text()
-    assert "adv_steps = 2" in resolved and "adv_lr = 0.03" in resolved
+    assert metrics["eval_accuracy_per_epoch"] == [metrics["eval_accuracy"]]
+    assert metrics["eval_accuracy"] * 32 == pytest.approx(round(metrics["eval_accuracy"] * 32))  # 32 dev rows
+    resolved = load_config(cfg.run_dir() / "config.resolved.toml")  # every default written out, and read back
+    assert resolved.defence.params["freelb"] == cfg.defence.params["freelb"]
+    assert "adv_lr = " in (cfg.run_dir() / "config.resolved.toml").read_text()
     assert json.loads((cfg.run_dir() / "metrics.json").read_text())["steps"] == 4
 
 

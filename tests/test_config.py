@@ -75,3 +75,88 @@ def test_cli_reports_config_error_in_one_line_with_exit_code_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.batch_size" in lines[0] and "Traceback" not in proc.stderr
+
+
+ROUND_TRIPS = [  # (file name, text): each must come back from config.resolved.toml as the same config
+    ("defaults.toml", ""),
+    ("nulls.yaml", "data:\n  dataset: null\n  train_file: t.tsv\n  dev_file: d.tsv\n"
+                   "defence:\n  name: asa\n  adversary_lr: null\n  projection_size: null\n"),
+    ("asa.toml", "[defence]\nname = 'asa'\ntau = 0.3\nlayers = [0, 2]\nprojection_size = 16\nadversary_lr = 0.02\n"),
+    ("composed.toml", "[defence]\nname = ['asa', 'freelb']\n[defence.asa]\ntau = 0.1\n"
+                      "[defence.freelb]\nadv_steps = 2\n"),
+    ("attack.yaml", "attack:\n  recipes: [pwws, textfooler]\n  num_examples: 7\ntrain:\n  max_steps: 5\n"),
+]
+
+
+@pytest.mark.parametrize("name,text", ROUND_TRIPS, ids=[n for n, _ in ROUND_TRIPS])
+def test_resolved_config_round_trips_to_the_same_run(tmp_path, name, text):
+    import dataclasses
+
+    from asa_plugin.config import dump_toml
+
+    path = tmp_path / name
+    path.write_text(text)
+    cfg = load_config(path)
+    dump_toml(cfg, tmp_path / "config.resolved.toml")
+    again = load_config(tmp_path / "config.resolved.toml")
+    for section in dataclasses.fields(cfg):
+        if section.name != "source":
+            assert getattr(again, section.name) == getattr(cfg, section.name), section.name
+
+
+def test_a_null_with_a_non_null_default_survives_the_round_trip(tmp_path):
+    """A file-based run must not fall back to SST-2 for a split it has no file for."""
+    from asa_plugin.config import dump_toml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  dataset: null\n  train_file: t.tsv\n")
+    dump_toml(load_config(path), tmp_path / "resolved.toml")
+    assert load_config(tmp_path / "resolved.toml").data.dataset is None
+    assert load_config(path, ["data.dataset=none"]).data.dataset is None  # the same word from --set
+
+
+def test_config_command_prints_a_config_that_loads_back_identically(tmp_path, capsys):
+    from asa_plugin.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text("[defence]\nname = 'fgm'\nepsilon = 0.25\n[train]\nepochs = 1\n")
+    assert main(["config", str(path), "--set", "train.lr=3e-4"]) == 0
+    printed = tmp_path / "printed.toml"
+    printed.write_text(capsys.readouterr().out)
+    again, cfg = load_config(printed), load_config(path, ["train.lr=3e-4"])
+    assert again.train == cfg.train and again.defence == cfg.defence
+    assert again.train.lr == pytest.approx(3e-4) and again.defence.params["fgm"].epsilon == 0.25
+
+
+def test_config_command_reports_a_bad_key_in_one_line(tmp_path, capsys):
+    from asa_plugin.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nepochs = 1\n")
+    assert main(["config", str(path), "--set", "train.epoch=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.epoch" in err
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("examples/*.toml"),
+                                                          *ROOT.glob("benchmarks/configs/*.toml")])
+
+
+@pytest.mark.parametrize("relative", SHIPPED)
+def test_shipped_configs_load_and_validate(relative):
+    import tomllib
+
+    path = ROOT / relative
+    if "bench" in tomllib.loads(path.read_text()):
+        from asa_plugin.bench.plan import load_plan
+
+        plan = load_plan(path, [])
+        assert plan.cells and plan.recipes
+    else:
+        cfg = load_config(path)
+        assert cfg.source == str(path)
+
+
+def test_there_are_shipped_configs_to_check():
+    assert any(p.startswith("examples/") for p in SHIPPED) and any(p.startswith("benchmarks/") for p in SHIPPED)

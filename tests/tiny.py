@@ -21,6 +21,7 @@ TINY_CONFIGS: dict[str, dict] = {
     "bert": TINY_DIMS,
     "roberta": TINY_DIMS,
     "xlm-roberta": TINY_DIMS,
+    "camembert": TINY_DIMS,  # not in the adapter table: tests/test_plugin_hooks.py adds it through a plugin
     # ELECTRA and ALBERT factorise embeddings: word vectors narrower than the hidden states.
     "electra": TINY_DIMS | {"embedding_size": 16},
     "albert": TINY_DIMS | {"embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1},
@@ -42,16 +43,60 @@ def tiny_tokenizer(directory: Path) -> BertTokenizerFast:
     return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
 
 
-def tiny_model_dir(directory: Path, model_type: str = "bert", num_labels: int = 2, seed: int = 0) -> Path:
+def _corpus() -> list[str]:
+    """Training text of the tiny BPE / SentencePiece tokenizers: the vocabulary, alone and in runs."""
+    return [" ".join(WORDS[i:i + 8]) for i in range(0, len(WORDS), 3)] + list(WORDS)
+
+
+def tiny_family_tokenizer(model_type: str):
+    """A tokenizer of the family ``model_type`` really uses, trained in process on the tiny vocabulary.
+
+    RoBERTa: byte-level BPE (``<s>``, ``</s>``, ``<pad>`` = 1, ``Ġ`` word starts); XLM-R and DeBERTa-v2:
+    a SentencePiece unigram model (``▁`` word starts) with XLM-R's ``<s>``/``</s>`` or DeBERTa's
+    ``[CLS]``/``[SEP]`` specials. Each has a mask token.
+    """
+    import tempfile
+
+    from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer, processors
+    from transformers import DebertaV2TokenizerFast, RobertaTokenizerFast, XLMRobertaTokenizerFast
+
+    if model_type == "roberta":
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(_corpus(), vocab_size=400, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        with tempfile.TemporaryDirectory() as files:
+            bpe.save_model(files)
+            return RobertaTokenizerFast(vocab_file=f"{files}/vocab.json", merges_file=f"{files}/merges.txt")
+    specials = {"xlm-roberta": dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                                    unk_token="<unk>", pad_token="<pad>", mask_token="<mask>"),
+                "deberta-v2": dict(bos_token="[CLS]", eos_token="[SEP]", sep_token="[SEP]", cls_token="[CLS]",
+                                   unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]")}[model_type]
+    order = ["cls_token", "pad_token", "sep_token", "unk_token", "mask_token"]  # ids 0..4
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(_corpus(), vocab_size=200, special_tokens=[specials[k] for k in order],
+                                unk_token=specials["unk_token"])
+    cls, sep = specials["cls_token"], specials["sep_token"]
+    unigram._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B {sep}", special_tokens=[(cls, 0), (sep, 2)])
+    fast = XLMRobertaTokenizerFast if model_type == "xlm-roberta" else DebertaV2TokenizerFast
+    return fast(tokenizer_object=unigram._tokenizer, **specials)
+
+
+def tiny_model_dir(directory: Path, model_type: str = "bert", num_labels: int = 2, seed: int = 0,
+                   real_tokenizer: bool = False, **config) -> Path:
     """Save a randomly initialised tiny ``model_type`` classifier plus tokenizer; return the path.
 
-    Every architecture shares the WordPiece tokenizer: only the vocabulary matters to a random model.
+    By default every architecture shares the WordPiece tokenizer: only the vocabulary matters to a
+    random model. ``real_tokenizer=True`` gives RoBERTa, XLM-R and DeBERTa-v2 their own family's
+    tokenizer (:func:`tiny_family_tokenizer`), with its special tokens and padding id.
+    ``config`` overrides entries of the model config (e.g. ``hidden_dropout_prob=0.0``).
     """
     import torch
 
-    tokenizer = tiny_tokenizer(directory / "_tok")
+    tokenizer = tiny_family_tokenizer(model_type) if real_tokenizer else tiny_tokenizer(directory / "_tok")
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=num_labels,
-                                  pad_token_id=tokenizer.pad_token_id, **TINY_CONFIGS[model_type])
+                                  pad_token_id=tokenizer.pad_token_id,
+                                  **(TINY_CONFIGS[model_type] | config))
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     directory.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ continues where it stopped when it is run again.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -49,7 +48,7 @@ def machine() -> dict[str, Any]:
 def write_bench_file(plan: BenchPlan) -> dict[str, Any]:
     """Record the grid in OUT/bench.json (keeping the machines of earlier runs of the same bench)."""
     path = plan.out_dir / BENCH_FILE
-    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    old = res.read_json(path, BENCH_FILE) if path.is_file() else {}
     machines = old.get("machines", [])
     here = machine()
     if here not in machines:
@@ -83,7 +82,7 @@ def train_cell(cell: Cell, pm, log: Log = say) -> dict[str, Any]:
     check_seed(cell)
     if metrics_path.is_file():
         log(f"train {cell.name}: done, skipped ({metrics_path})")
-        return json.loads(metrics_path.read_text(encoding="utf-8"))
+        return res.read_json(metrics_path, "metrics.json")
     resuming = checkpoint.find(cell.run_dir) is not None
     log(f"train {cell.name}: {'resuming from checkpoint' if resuming else 'training'} into {cell.run_dir}")
     metrics = train(cell.cfg, resume=True, pm=pm)  # resume=True: also continues a run dir with no checkpoint

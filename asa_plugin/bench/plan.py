@@ -12,7 +12,6 @@ write them.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,4 +205,12 @@ def read_bench_file(out_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{out_dir} has no {BENCH_FILE}: it is not a bench directory; run `advrobust bench "
                         f"CONFIG` first (its [bench] out_dir)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    from asa_plugin.attacks.results import read_json
+
+    info = read_json(path, BENCH_FILE)
+    shape = {"defences": list, "recipes": list, "settings": dict}
+    wrong = next((k for k, t in shape.items() if not isinstance(info, dict) or not isinstance(info.get(k), t)), None)
+    if wrong is not None:
+        raise UserError(f"{path}: not a bench file written by `advrobust bench` (no list/table '{wrong}'); "
+                        f"rerun `advrobust bench CONFIG` to rewrite it")
+    return info

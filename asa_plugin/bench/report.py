@@ -22,6 +22,7 @@ from asa_plugin.attacks import results as res
 from asa_plugin.bench import stats
 from asa_plugin.bench.plan import read_bench_file
 from asa_plugin.bench.static import parse as parse_static
+from asa_plugin.outputs import portable_path
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "seconds")
@@ -33,7 +34,7 @@ SETTINGS = {"model": ("backbone", "max_length"), "data": ("dataset", "train_file
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return res.read_json(path, path.name) if path.is_file() else None
 
 
 def grid_runs(info: dict) -> list[dict]:
@@ -182,7 +183,7 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
                 for section, keys in SETTINGS.items()}
     if settings["data"].get("train_file"):
         settings["data"].pop("dataset", None)  # a local train file overrides the dataset name
-    return {"bench_dir": str(out), "config": info.get("source"), "defences": info["defences"],
+    return {"bench_dir": portable_path(out), "config": info.get("source"), "defences": info["defences"],
             "recipes": info["recipes"], "seeds": list(dict.fromkeys(r["seed"] for r in runs)),
             "baseline": baseline, "statistics": {"level": stats.LEVEL, "bootstrap_resamples": stats.RESAMPLES,
                                                  "bootstrap_seed": stats.BOOTSTRAP_SEED},

@@ -29,9 +29,12 @@ def parse_layers(text: str | None) -> list[int] | None:
 def run(args) -> int:
     from pathlib import Path
 
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run directory not found; give the run directory of an `advrobust train` "
+                        f"run with defence asa")
     from asa_plugin.defences.asa.maps import compute_maps, render
 
-    run_dir = Path(args.run_dir)
     tokens, maps = compute_maps(run_dir, args.text, parse_layers(args.layers))
     out = render(tokens, maps, args.out or run_dir / "asa_maps.png", title=args.text)
     print(out)

@@ -67,11 +67,31 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _local_num_labels(path: Path) -> int:
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+
+
+def _hub_num_labels(checkpoint: str, model_arg: str) -> int:
+    from transformers import AutoConfig
+
+    from asa_plugin.adapters.loading import resolve_backbone
+
+    try:
+        return AutoConfig.from_pretrained(resolve_backbone(checkpoint)).num_labels
+    except OSError as exc:
+        raise UserError(f"--model {model_arg}: cannot load: {str(exc).splitlines()[0]}") from None
+
+
 def build_jobs(args):
     """The config (validated) and one AttackJob per recipe."""
     from asa_plugin.attacks.runner import Shard
     from asa_plugin.config import load_config, read_file
+    from asa_plugin.preflight import check_model_dir, check_writable, looks_local
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other: --resume continues earlier results, "
+                        "--overwrite discards them; give one")
     if args.config is None and not args.model:
         raise UserError("give a CONFIG, or --model PATH with --recipe NAME and --dataset NAME or --data-file FILE")
     if args.config is None and not (args.dataset or args.data_file):
@@ -80,18 +100,16 @@ def build_jobs(args):
     raw = _merge(raw, _raw_config(args))
     model_arg = raw["attack"].get("model")
     if args.config is None:
-        from transformers import AutoConfig
-
-        from asa_plugin.adapters.loading import resolve_backbone
-
         checkpoint, _ = resolve_model(model_arg)
-        try:
-            num_labels = AutoConfig.from_pretrained(resolve_backbone(checkpoint)).num_labels
-        except OSError as exc:
-            raise UserError(f"--model {model_arg}: cannot load: {str(exc).splitlines()[0]}") from None
+        if looks_local(checkpoint):
+            check_model_dir(checkpoint, "--model")
+            num_labels = _local_num_labels(Path(checkpoint))  # no transformers import for a local model
+        else:
+            num_labels = _hub_num_labels(checkpoint, model_arg)
         raw["model"] = {"backbone": checkpoint, "num_labels": num_labels, **raw["model"]}
-    cfg = load_config(None, args.overrides, data=raw)
-    cfg.source = args.config or "<command line>"
+    source = args.config or "command line"
+    cfg = load_config(None, args.overrides, data=raw, source=source)
+    cfg.source = source
     checkpoint, run_dir = resolve_model(cfg.attack.model or str(cfg.run_dir()))
     if args.config and cfg.attack.model is None and run_dir is None:
         raise UserError(f"{cfg.run_dir()} has no trained model (model/); train first with `advrobust train "
@@ -104,9 +122,17 @@ def build_jobs(args):
         out = cfg.run_dir()
     else:
         out = Path("runs") / f"attack-{Path(checkpoint.rstrip('/')).name}"
+    if looks_local(checkpoint):
+        check_model_dir(checkpoint, "--model" if args.model else "attack.model")
+    check_writable(out, "attack output", "choose another with --out DIR")
     shard = Shard.parse(args.shard) if args.shard else None
     jobs = recipe_jobs(cfg, checkpoint, out, cfg.attack.recipes, shard=shard, resume=args.resume,
                        overwrite=args.overwrite, progress=not args.no_progress)
+    if args.resume:
+        from asa_plugin.attacks.results import read_rows
+
+        for job in jobs:  # a damaged results.jsonl is named now, not after the model has loaded
+            read_rows(job.out_dir / "results.jsonl")
     return cfg, jobs
 
 
@@ -150,10 +176,13 @@ def degenerate_warning(checkpoint: str) -> str | None:
 def run(args) -> int:
     import sys
 
+    from asa_plugin import interrupts
     from asa_plugin.attacks.runner import run_attack
     from asa_plugin.plugins import get_plugin_manager
 
     cfg, jobs = build_jobs(args)
+    interrupts.record(True, "finished examples are kept in results.jsonl")
+    interrupts.set_rerun("rerun the same command with --resume to continue")
     warning = degenerate_warning(jobs[0].model_path) if jobs else None
     if warning:
         print(f"advrobust attack: {warning}", file=sys.stderr, flush=True)

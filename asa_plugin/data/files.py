@@ -41,8 +41,14 @@ def read_rows(path: str | Path, task: str | None = None) -> list[dict]:
     import pandas as pd
 
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory; give a data file ({', '.join(EXTENSIONS)})")
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
+    if p.suffix in {".tsv", ".csv", ".jsonl", ".json"}:
+        _check_utf8(p)
+    if p.suffix == ".jsonl":
+        return _read_jsonl(p)
     if p.suffix == ".json":
         return read_json_rows(p, task)
     try:
@@ -50,8 +56,6 @@ def read_rows(path: str | Path, task: str | None = None) -> list[dict]:
             frame = pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, encoding="utf-8")
         elif p.suffix == ".csv":
             frame = pd.read_csv(p, keep_default_na=False, encoding="utf-8")
-        elif p.suffix == ".jsonl":
-            frame = pd.read_json(p, lines=True, encoding="utf-8")
         elif p.suffix == ".parquet":
             frame = pd.read_parquet(p)
         else:
@@ -61,6 +65,35 @@ def read_rows(path: str | Path, task: str | None = None) -> list[dict]:
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{p}: cannot parse: {str(exc).splitlines()[0]}") from None
     return frame.to_dict("records")
+
+
+def _check_utf8(p: Path) -> None:
+    """One line naming the row (line) of the first byte that is not UTF-8."""
+    data = p.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{p}: line {line}: bytes that are not UTF-8 (byte {exc.start}); save the file as "
+                        f"UTF-8") from None
+
+
+def _read_jsonl(p: Path) -> list[dict]:
+    """Rows of a JSONL file; a bad line is named by its number."""
+    import json
+
+    rows = []
+    for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}: line {number}: not valid JSON ({exc.msg}); one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{p}: line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def find_in_data_root(root: str | Path, name: str, split: str) -> Path | None:

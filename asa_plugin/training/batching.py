@@ -47,12 +47,15 @@ class LengthGroupedBatches:
 
     Indices are shuffled, cut into mega-batches of ``mega`` batches, sorted by length inside
     each, cut into batches, and the batches shuffled; ``group_by_length=False`` skips sorting.
+    ``short_batch_last`` keeps the one short batch (if any) at the end: Accelerate's sharding
+    across processes expects it there (a short batch mid-epoch would drop its round).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
-                 shuffle: bool = True, mega: int = 50):
+                 shuffle: bool = True, mega: int = 50, short_batch_last: bool = False):
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.group_by_length, self.shuffle, self.mega = group_by_length, shuffle, mega
+        self.short_batch_last = short_batch_last
         self.epoch = 0
         self.skip = 0
 
@@ -72,6 +75,8 @@ class LengthGroupedBatches:
         out = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.shuffle and self.group_by_length:
             rng.shuffle(out)
+        if self.short_batch_last:
+            out = [b for b in out if len(b) == self.batch_size] + [b for b in out if len(b) < self.batch_size]
         return out[self.skip:]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -82,9 +87,11 @@ class LengthGroupedBatches:
 
 
 def make_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int,
-                shuffle: bool, group_by_length: bool = True) -> tuple[DataLoader, LengthGroupedBatches]:
+                shuffle: bool, group_by_length: bool = True,
+                short_batch_last: bool = False) -> tuple[DataLoader, LengthGroupedBatches]:
     """A DataLoader with dynamic padding; its private generator keeps the global RNG untouched."""
-    sampler = LengthGroupedBatches(dataset.lengths, batch_size, seed, group_by_length, shuffle)
+    sampler = LengthGroupedBatches(dataset.lengths, batch_size, seed, group_by_length, shuffle,
+                                   short_batch_last=short_batch_last)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer),
                         generator=torch.Generator().manual_seed(seed))
     return loader, sampler

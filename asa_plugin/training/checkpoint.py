@@ -39,6 +39,12 @@ def find(run_dir: Path) -> Path | None:
     return None
 
 
-def load(accelerator, path: Path) -> dict[str, Any]:
-    accelerator.load_state(str(path))
+def read_state(path: Path) -> dict[str, Any]:
+    """The loop's state saved in checkpoint ``path`` (without loading weights)."""
     return json.loads((path / STATE_FILE).read_text())
+
+
+def load(accelerator, path: Path) -> dict[str, Any]:
+    """Restore model/optimizer/scheduler/RNG state from ``path``; return the loop's state."""
+    accelerator.load_state(str(path))
+    return read_state(path)

@@ -18,14 +18,24 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from asa_plugin import interrupts
 from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import TrainingDiverged, UserError
+from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
+from asa_plugin.preflight import check_resume, describe_job
 from asa_plugin.threads import TRAIN_DEFAULT_THREADS, apply_threads
 from asa_plugin.training import checkpoint, degenerate
 from asa_plugin.training.batching import EncodedDataset, make_loader
+from asa_plugin.training.distributed import (
+    TrainedModules,
+    check_mixed_precision,
+    check_process_group,
+    local_batches,
+    mean_across_processes,
+)
 from asa_plugin.training.evaluate import evaluate
 
 log = logging.getLogger("advrobust.train")
@@ -69,8 +79,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
         if (run_dir / "metrics.json").exists() or checkpoint.find(run_dir) is not None:
             raise UserError(f"run directory {run_dir} already holds a run; pass --resume to continue it, "
                             f"or choose another with --set output.run_dir=...")
-    if resume and checkpoint.find(run_dir) is None and not (run_dir / "metrics.json").exists():
-        resume = False  # nothing to resume: start fresh
+    if resume and (checkpoint.find(run_dir) is not None or (run_dir / "metrics.json").exists()):
+        check_resume(cfg, run_dir)  # one line naming the changed keys; config.resolved.toml untouched
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -83,44 +93,65 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
         return json.loads((run_dir / "metrics.json").read_text())  # already finished
     tc = cfg.train
     threads = apply_threads(tc.threads, TRAIN_DEFAULT_THREADS)
+    # The scheduler steps once per optimizer step (not once per process, Accelerate's default), so
+    # train.max_steps and the warmup count optimizer steps whatever the number of processes.
     accelerator = Accelerator(mixed_precision=tc.mixed_precision,
-                              gradient_accumulation_steps=tc.gradient_accumulation_steps)
+                              gradient_accumulation_steps=tc.gradient_accumulation_steps,
+                              step_scheduler_with_optimizer=False)
+    check_mixed_precision(tc.mixed_precision, accelerator.device, cfg.source)
+    check_process_group(accelerator.num_processes)
+    data = load_training_data(cfg.data, cfg.model.num_labels, pm.datasets)  # validated before the model loads
     if accelerator.is_main_process:
         _setup_logging(run_dir)
-        dump_toml(cfg, run_dir / "config.resolved.toml")
+        if not (resume and checkpoint.find(run_dir) is not None):  # a resumed run keeps its own
+            dump_toml(cfg, run_dir / "config.resolved.toml")
     set_seed(tc.seed)
 
     from asa_plugin.adapters.loading import load_adapter
 
-    data = load_training_data(cfg.data, cfg.model.num_labels, pm.datasets)  # validated before the model loads
     adapter = load_adapter(cfg.model.backbone, data.labels.num_labels, cfg.model.attn_implementation,
                            registry=pm.adapters)
     data.labels.apply_to(adapter.model.config)  # id2label/label2id travel with the exported checkpoint
     train_set = EncodedDataset(data.train, adapter.tokenizer, cfg.model.max_length)
     eval_set = EncodedDataset(data.eval, adapter.tokenizer, cfg.model.max_length)
+    # train.batch_size is per process: an optimizer step sees batch_size x processes x accumulation.
     train_loader, batches = make_loader(train_set, adapter.tokenizer, tc.batch_size, tc.seed, shuffle=True,
-                                        group_by_length=tc.group_by_length)
+                                        group_by_length=tc.group_by_length,
+                                        short_batch_last=accelerator.num_processes > 1)
     eval_loader, _ = make_loader(eval_set, adapter.tokenizer, tc.eval_batch_size, 0, shuffle=False)
 
     defence = build_defence(cfg.defence.names, cfg.defence.params, adapter, pm.defences)
     optimizer = _optimizer(adapter.model, defence, tc)
-    steps_per_epoch = math.ceil(len(batches) / tc.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(local_batches(len(batches), accelerator.num_processes)
+                                / tc.gradient_accumulation_steps)
     total_steps = tc.max_steps or steps_per_epoch * tc.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
-    extra_modules = defence.trainable_modules()
-    prepared = accelerator.prepare(adapter.model, *extra_modules, optimizer, train_loader, eval_loader, scheduler)
-    model, optimizer, train_loader, eval_loader, scheduler = (prepared[0], *prepared[-4:])
-    adapter.runner = model
+    modules = TrainedModules(adapter.model, defence.trainable_modules())  # one DDP wrapper for both
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        modules, optimizer, train_loader, eval_loader, scheduler)
+    adapter.runner = model  # every forward of a defence goes through the (DDP) wrapper
 
     state = {"epoch": 0, "batches_done": 0, "global_step": 0, "history": [], "train_seconds": 0.0,
-             "examples_seen": 0}
+             "examples_seen": 0, "num_processes": accelerator.num_processes}
     found = checkpoint.find(run_dir) if resume else None
     if found is not None:
+        saved_processes = checkpoint.read_state(found).get("num_processes", 1)
+        if saved_processes != accelerator.num_processes:
+            raise UserError(f"{run_dir}: the checkpoint was written by {saved_processes} process(es); "
+                            f"resume it with the same number (this run has {accelerator.num_processes})")
         state = checkpoint.load(accelerator, found)
         defence.load_state_dict(state.get("defence_state", {}))
         log.info("resumed from %s at step %d", found, state["global_step"])
+        interrupts.record(True, f"the last checkpoint (step {state['global_step']}) is in {run_dir}")
+    else:
+        first = min(tc.checkpoint_every_steps or steps_per_epoch, steps_per_epoch)
+        interrupts.record(False, f"no checkpoint written yet in {run_dir} (the first comes at step {first})")
     state.setdefault("step_history", [])
+    plan = describe_job(len(data.train), steps_per_epoch, total_steps, epochs, tc)
+    log.info(plan)
+    if accelerator.is_local_main_process:
+        print(f"[train {defence.name}] {plan}", file=sys.stderr, flush=True)
 
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
     defence.attach()
@@ -129,35 +160,45 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     try:
         while state["epoch"] < epochs and state["global_step"] < total_steps:
             epoch = state["epoch"]
-            batches.start_epoch(epoch, skip=state["batches_done"])  # skip what a resumed run already did
+            batches.start_epoch(epoch)
+            # A resumed epoch skips the batches this process already ran (after sharding, so every
+            # process keeps the batches, and the padding of the last round, of an uninterrupted run).
+            loader = (accelerator.skip_first_batches(train_loader, state["batches_done"])
+                      if state["batches_done"] else train_loader)
             model.train()
             started = time.perf_counter()
-            for batch in train_loader:
+            micro_losses: list[float] = []
+            for batch in loader:
                 with accelerator.accumulate(model):
                     result = defence.training_step(batch, accelerator.backward)
-                    if not math.isfinite(result.loss):
+                    # The mean over processes: what is logged, and every process stops together.
+                    micro_losses.append(mean_across_processes(accelerator, result.loss))
+                    if not math.isfinite(micro_losses[-1]):
                         raise TrainingDiverged(
-                            f"loss became {result.loss} at step {state['global_step'] + 1} (epoch {epoch + 1}); "
-                            f"the last good checkpoint is kept in {run_dir}; lower train.lr or check the data")
+                            f"loss became {micro_losses[-1]} at step {state['global_step'] + 1} (epoch {epoch + 1}); "
+                            f"{_kept(run_dir)}; lower train.lr or check the data")
                     if accelerator.sync_gradients and tc.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                        accelerator.clip_grad_norm_(adapter.model.parameters(), tc.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                        scheduler.step()
                     optimizer.zero_grad()
                 state["batches_done"] += 1
                 state["examples_seen"] += batch["labels"].shape[0] * accelerator.num_processes
                 if accelerator.sync_gradients:
                     state["global_step"] += 1
                     progress.update(1)
-                    progress.set_postfix(loss=f"{result.loss:.4f}")
+                    step_loss = sum(micro_losses) / len(micro_losses)  # the step's micro-batches
+                    micro_losses.clear()
+                    progress.set_postfix(loss=f"{step_loss:.4f}")
                     if state["global_step"] % tc.log_every_steps == 0:
-                        logged = {"step": state["global_step"], "loss": result.loss, **defence.log_metrics()}
+                        logged = {"step": state["global_step"], "loss": step_loss, **defence.log_metrics()}
                         log.info("step %d: %s", state["global_step"], json.dumps(logged))
                         state["step_history"].append(logged)
                     if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
                         state["train_seconds"] += time.perf_counter() - started
                         state["defence_state"] = defence.state_dict()
-                        checkpoint.save(accelerator, run_dir, state)
+                        _save(accelerator, run_dir, state)
                         started = time.perf_counter()
                     if kill_at and state["global_step"] == kill_at:
                         os.kill(os.getpid(), 9)
@@ -168,12 +209,14 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
             epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"], **evaluation.metrics(),
                              **defence.epoch_metrics()}
             log.info("epoch %d: %s", epoch + 1, json.dumps(epoch_metrics))
-            progress.write(f"epoch {epoch + 1}: eval_accuracy {epoch_metrics['eval_accuracy']:.4f}")
+            if accelerator.is_local_main_process:
+                progress.write(f"epoch {epoch + 1}: eval_accuracy {epoch_metrics['eval_accuracy']:.4f}")
             state["history"].append(epoch_metrics)
             state["epoch"], state["batches_done"] = epoch + 1, 0
-            pm.on_epoch_end(run_dir=run_dir, epoch=epoch + 1, metrics=epoch_metrics)
+            if accelerator.is_main_process:
+                pm.on_epoch_end(run_dir=run_dir, epoch=epoch + 1, metrics=epoch_metrics)
             state["defence_state"] = defence.state_dict()
-            checkpoint.save(accelerator, run_dir, state)
+            _save(accelerator, run_dir, state)
     finally:
         progress.close()
         defence.detach()
@@ -188,13 +231,30 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
         log.warning(warning)
         print(f"advrobust train: warning: {warning}", file=sys.stderr, flush=True)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model)
         adapter.export(run_dir / "model")
+        match_umask(run_dir / "model")  # safetensors are written 0600; give them the other outputs' mode
         defence.save_extras(run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         shutil.rmtree(run_dir / checkpoint.CHECKPOINT, ignore_errors=True)
+        interrupts.record(True, f"training finished; the model is in {run_dir / 'model'}")
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
+    checkpoint.save(accelerator, run_dir, state)
+    if accelerator.is_main_process:
+        match_umask(run_dir / checkpoint.CHECKPOINT)
+    interrupts.record(True, f"the last checkpoint (step {state['global_step']}) is in {run_dir}")
+
+
+def _kept(run_dir: Path) -> str:
+    """The truth about what a diverged run leaves behind."""
+    found = checkpoint.find(run_dir)
+    if found is None:
+        return f"no checkpoint had been written yet, so nothing in {run_dir} can be resumed"
+    step = json.loads((found / checkpoint.STATE_FILE).read_text())["global_step"]
+    return f"the last good checkpoint (step {step}) is kept in {run_dir}"
 
 
 def _final_metrics(cfg: RunConfig, defence: Defence, state: dict[str, Any]) -> dict[str, Any]:

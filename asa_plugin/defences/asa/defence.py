@@ -149,13 +149,22 @@ class ASADefence(Defence):
 
 class MaskCounts:
     """Masked and total real (non-padding) attention units per adversarial layer, accumulated as
-    tensors (no device sync per step) and saved with checkpoints as plain integers."""
+    tensors (no device sync per step) and saved with checkpoints as plain integers.
+
+    Under several processes each counts its own batches; reading the ratios or the state first
+    sums the counts of every process (a collective call: the training loop makes it on all of them
+    at the same point), so every process reports and saves the counts of the whole run.
+    """
 
     def __init__(self, layers: list[int]):
         self.layers = list(layers)
         self.reset()
 
     def reset(self) -> None:
+        self._reset_local()
+        self.total = torch.zeros(2, len(self.layers), dtype=torch.long)  # (masked|units, layers), all processes
+
+    def _reset_local(self) -> None:
         self.masked: dict[int, Any] = {i: 0 for i in self.layers}
         self.units: dict[int, Any] = {i: 0 for i in self.layers}
 
@@ -164,21 +173,31 @@ class MaskCounts:
         self.masked[layer] = self.masked[layer] + (real & (mask == 0)).sum()
         self.units[layer] = self.units[layer] + real.sum()
 
+    def _synchronize(self) -> None:
+        """Move this process's counts into ``total``, summed over all processes."""
+        from asa_plugin.training.distributed import sum_across_processes
+
+        local = torch.tensor([[int(self.masked[i]) for i in self.layers],
+                              [int(self.units[i]) for i in self.layers]], dtype=torch.long)  # (2, layers)
+        self.total += sum_across_processes(local)
+        self._reset_local()
+
     def ratios(self, num_layers: int) -> list[float | None]:
         """Per model layer: masked / units, ``None`` for a layer without an adversary or not yet seen."""
-        out: list[float | None] = []
-        for i in range(num_layers):
-            units = int(self.units.get(i, 0))
-            out.append(int(self.masked[i]) / units if units else None)
-        return out
+        self._synchronize()
+        counts = {layer: (int(m), int(u)) for layer, m, u in zip(self.layers, *self.total.tolist())}
+        masked_units = [counts.get(i, (0, 0)) for i in range(num_layers)]
+        return [m / u if u else None for m, u in masked_units]
 
     def state(self) -> dict[str, dict[str, int]]:
-        return {"masked": {str(i): int(v) for i, v in self.masked.items()},
-                "units": {str(i): int(v) for i, v in self.units.items()}}
+        self._synchronize()
+        masked, units = self.total.tolist()
+        return {"masked": {str(i): v for i, v in zip(self.layers, masked)},
+                "units": {str(i): v for i, v in zip(self.layers, units)}}
 
     def load(self, state: dict[str, dict[str, int]]) -> None:
         self.reset()
-        for key in ("masked", "units"):
+        for row, key in enumerate(("masked", "units")):
             for i, v in state.get(key, {}).items():
                 if int(i) in self.layers:
-                    getattr(self, key)[int(i)] = int(v)
+                    self.total[row, self.layers.index(int(i))] = int(v)

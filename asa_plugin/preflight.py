@@ -1,0 +1,257 @@
+"""Checks that run before any heavy work, each failing with one :class:`UserError` line.
+
+Cheap on purpose: nothing here imports torch or transformers, so a wrong path, an unwritable
+output or a damaged model directory is reported in well under a second, before a model loads.
+The bench pre-flight (:func:`check_bench`) also builds every recipe once, so a missing attack
+asset is found before hours of training rather than after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from asa_plugin.errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_data_files(data, where: str) -> None:
+    """Every local file named in ``[data]`` exists and is a file."""
+    for key in ("train_file", "dev_file", "test_file"):
+        value = getattr(data, key)
+        if value is None:
+            continue
+        p = Path(value)
+        if p.is_dir():
+            raise UserError(f"{where}: data.{key} {value} is a directory; give a .tsv, .csv, .jsonl or .parquet file")
+        if not p.is_file():
+            raise UserError(f"{where}: data.{key}: file not found: {value}")
+
+
+def check_writable(directory: str | Path, what: str, fix: str) -> None:
+    """``directory`` can be created (or exists) and written: a file is written and removed in it, or in
+    its deepest existing parent (nothing is left behind, no directory is created)."""
+    d = Path(directory)
+    existing = next((p for p in (d, *d.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UserError(f"{what} {d}: {existing} is a file, not a directory; {fix}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".advrobust-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {d} is not writable ({exc.strerror or exc}); {fix}") from None
+
+
+def looks_local(name: str) -> bool:
+    """True for something meant as a local path rather than a hub name such as ``roberta-base``."""
+    return (Path(name).exists() or name.startswith((".", "/", "~")) or os.sep in name.rstrip(os.sep)
+            and name.count("/") != 1)
+
+
+def check_model_dir(path: str | Path, flag: str) -> None:
+    """A local model directory holds a loadable checkpoint: config.json with model_type, whole weights.
+
+    ``flag`` names where the path came from (``--model``, ``model.backbone``) in the message.
+    """
+    p = Path(path)
+    if p.is_file():
+        hint = "the directory holding it and its config.json" if p.suffix in {".safetensors", ".bin"} else \
+            "a model directory (with config.json) or a run directory"
+        raise UserError(f"{flag} {p} is a file; give {hint}")
+    if not p.is_dir():
+        raise UserError(f"{flag} {path}: directory not found")
+    config = p / "config.json"
+    if not config.is_file():
+        if (p / "config.resolved.toml").is_file():
+            raise UserError(f"{flag} {p} is a run directory with no trained model (no model/): its training has "
+                            f"not finished; finish it with `advrobust train CONFIG --resume`")
+        raise UserError(f"{flag} {p} has no config.json: not a model directory (give a run directory of "
+                        f"`advrobust train` or a folder written by save_pretrained)")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise UserError(f"{flag} {config} is damaged (not a JSON object); save the model again") from None
+    if not model_type:
+        raise UserError(f"{flag} {config} has no model_type, so the architecture is unknown; add it "
+                        f"(e.g. \"model_type\": \"bert\") or save the model again with save_pretrained")
+    if not any((p / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"{flag} {p} has config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); copy "
+                        f"them too, or save the model again")
+    if (p / "model.safetensors").is_file():
+        check_safetensors(p / "model.safetensors", flag)
+
+
+def check_safetensors(path: Path, flag: str = "weights") -> None:
+    """The header of a safetensors file parses and its tensors end exactly at the end of the file."""
+    size = path.stat().st_size
+    problem = None
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            problem = f"{size} bytes, shorter than a header"
+        else:
+            (length,) = struct.unpack("<Q", head)
+            if 8 + length > size:
+                problem = f"header of {length} bytes in a {size}-byte file"
+            else:
+                try:
+                    header = json.loads(f.read(length))
+                    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                except (ValueError, KeyError, TypeError, IndexError):
+                    problem = "unreadable header"
+                else:
+                    if 8 + length + end != size:
+                        problem = f"{size} bytes where the header describes {8 + length + end}"
+    if problem:
+        raise UserError(f"{flag} {path} is truncated or damaged ({problem}); copy or save the model again")
+
+
+RESUME_IGNORED = {("train", "checkpoint_every_steps"), ("train", "log_every_steps"), ("train", "eval_batch_size")}
+"""Settings a resumed run may change: they do not change what is trained."""
+RESUME_IGNORED_SECTIONS = {"attack", "output", "plugins"}
+BENCH_IGNORED = RESUME_IGNORED | {("train", "seed"), ("attack", "recipes"), ("attack", "batch_size"),
+                                  ("attack", "device"), ("attack", "cache_dir"), ("attack", "download")}
+"""Shared bench settings a rerun may change: the recipe list (cells are per recipe), how attacks run, and
+train.seed (each run's seed comes from bench.seeds; a run dir trained with another is refused per run)."""
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], ignored: set = RESUME_IGNORED,
+                     ignored_sections: set = RESUME_IGNORED_SECTIONS) -> list[str]:
+    """Dotted keys whose result-relevant values differ between two resolved configs."""
+    changed = []
+    for section in sorted(set(old) | set(new)):
+        if section in ignored_sections:
+            continue
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if (section, key) not in ignored and a.get(key) != b.get(key):
+                changed.append(f"{section}.{key}")
+    return changed
+
+
+def _shown(changed: list[str], old: dict, new: dict) -> str:
+    return _listed([f"{k} ({_get(old, k)!r} -> {_get(new, k)!r})" for k in changed])
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+
+
+def check_resume(cfg, run_dir: Path) -> None:
+    """Refuse to resume ``run_dir`` with settings other than those it was started with."""
+    from asa_plugin.config import tomllib
+
+    resolved = run_dir / "config.resolved.toml"
+    if not resolved.is_file():
+        return
+    try:
+        old = tomllib.loads(resolved.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        raise UserError(f"{resolved} is damaged; restore it, or start a new run with "
+                        f"--set output.run_dir=...") from None
+    new = cfg.to_dict()
+    changed = changed_settings(old, new)
+    if changed:
+        state = "finished" if (run_dir / "metrics.json").is_file() else "started"
+        raise UserError(f"--resume: {run_dir} was {state} with other settings: {_shown(changed, old, new)}; use "
+                        f"its settings ({resolved}), or train into another directory with --set output.run_dir=...")
+
+
+def check_bench_settings(plan) -> None:
+    """A bench rerun into an existing out_dir must share its settings, or old cells get new labels."""
+    from asa_plugin.bench.plan import BENCH_FILE, read_bench_file
+
+    if not (plan.out_dir / BENCH_FILE).is_file():
+        return
+    old, new = read_bench_file(plan.out_dir), plan.describe()
+    keys = changed_settings(old["settings"], new["settings"], BENCH_IGNORED, {"plugins"})
+    changed = [f"{k} ({_get(old['settings'], k)!r} -> {_get(new['settings'], k)!r})" for k in keys]
+    old_params = old.get("defence_params") or {}
+    for label, params in new["defence_params"].items():
+        before = old_params.get(label, params)
+        changed += [f"defence '{label}' {key} ({before.get(key)!r} -> {params.get(key)!r})"
+                    for key in sorted(set(before) | set(params)) if before.get(key) != params.get(key)]
+    if changed:
+        raise UserError(f"{plan.out_dir / BENCH_FILE}: this bench ran with other settings: {_listed(changed)}; "
+                        f"its finished cells would be reported under the new ones. Rerun with its settings, or "
+                        f"choose a new directory with --set bench.out_dir=...")
+
+
+def _get(d: dict, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return (d.get(section) or {}).get(key)
+
+
+def describe_job(num_train: int, steps_per_epoch: int, total_steps: int, epochs: int, tc) -> str:
+    """One line saying what a training run will do, printed before its first step."""
+    every = tc.checkpoint_every_steps
+    ckpt = f"a checkpoint every {every} steps and each epoch" if every else "a checkpoint each epoch"
+    if total_steps < epochs * steps_per_epoch:  # train.max_steps ends it inside an epoch
+        span = f"train.max_steps; an epoch is {steps_per_epoch} steps"
+    else:
+        span = f"{epochs} epoch{'s' if epochs != 1 else ''} of {steps_per_epoch} steps"
+    return f"training {total_steps} steps ({span}; {num_train} examples, batch {tc.batch_size}); {ckpt}"
+
+
+def check_bench(plan, pm) -> None:
+    """Before a bench trains anything: same settings as the bench already in out_dir, outputs
+    writable, data files present, every recipe buildable with its assets."""
+    check_bench_settings(plan)
+    check_writable(plan.out_dir, "bench.out_dir", "choose another with --set bench.out_dir=...")
+    from asa_plugin.attacks.results import read_json, read_rows
+
+    for cell in plan.cells:
+        check_data_files(cell.cfg.data, plan.source)
+        if (cell.run_dir / "metrics.json").is_file():  # finished cells are reused: they must be readable
+            read_json(cell.run_dir / "metrics.json", "metrics.json")
+        for recipe in plan.recipes:
+            recipe_dir = cell.run_dir / "attack" / recipe
+            if (recipe_dir / "summary.json").is_file():
+                read_json(recipe_dir / "summary.json", "summary.json")
+            read_rows(recipe_dir / "results.jsonl")
+        check_writable(cell.run_dir, f"defence '{cell.label}': run directory", "fix its permissions, or "
+                       "choose another bench.out_dir")
+    build_recipes(plan.recipes, plan.cells[0].cfg.attack, plan.cells[0].run_dir / "attack", pm)
+
+
+def build_recipes(recipes: list[str], attack_cfg, attack_dir: Path, pm) -> None:
+    """Build each recipe once against a stand-in model, so its assets are resolved (and cached) now."""
+    from asa_plugin.attacks.recipes import build_attack
+    from asa_plugin.attacks.runner import AttackJob, resolve_cache_dir
+    from asa_plugin.attacks.textattack_env import import_textattack
+
+    job = AttackJob(recipe=recipes[0], cfg=attack_cfg, model_path="", texts=[], labels=[],
+                    recipe_dir=attack_dir / recipes[0], data="")
+    cache_dir = resolve_cache_dir(job)
+    import_textattack(cache_dir, allow_download=attack_cfg.download)
+    quiet = logging.getLogger("textattack")  # its model/goal-function compatibility note is about the stand-in
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        for name in recipes:
+            try:
+                build_attack(pm.recipes.get(name), _StandIn(), attack_cfg, cache_dir)
+            except UserError as exc:
+                raise UserError(f"recipe '{name}' cannot run: {exc}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+class _StandIn:
+    """The least a TextAttack model wrapper must offer while an attack is built (never queried)."""
+
+    def __init__(self):
+        import torch
+
+        self.model = torch.nn.Linear(1, 2)
+        self.tokenizer = None
+
+    def __call__(self, texts):  # pragma: no cover - a built attack is never run here
+        raise RuntimeError("the stand-in model is only used to build attacks")

@@ -1,0 +1,85 @@
+"""What multi-process (DDP) training needs beyond Accelerate: one wrapped module, collective checks.
+
+Under ``accelerate launch`` the model and the defence's own modules (ASA's adversaries) must be
+synchronised across processes. DDP all-reduces a parameter's gradient only when the *wrapper's*
+``forward`` ran before the backward (it arms the reducer), and a defence calls its modules from
+inside the model's forward (an attention-bias hook), never through a wrapper of their own. So the
+loop wraps both in one :class:`TrainedModules`, whose forward is the model's: every forward of the
+model arms the reducer for the model and the defence modules together, and one backward
+all-reduces both. Defences that run several forwards before one backward (ASA, SCAL, USCAL) or
+several backwards per step (FGM, PGD, FreeLB) need nothing special: DDP averages whatever
+gradient each backward adds, and passes that only read an input gradient run under ``no_sync``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import nn
+
+from asa_plugin.errors import ConfigError, UserError
+
+
+class TrainedModules(nn.Module):
+    """The model plus the defence's trainable modules, as one module for ``accelerator.prepare``.
+
+    ``forward`` is the model's; ``extras`` only registers the defence modules so that DDP
+    synchronises them and checkpoints hold them. The export still saves the bare model.
+    """
+
+    def __init__(self, model: nn.Module, extras: list[nn.Module]):
+        super().__init__()
+        self.model = model
+        self.extras = nn.ModuleList(extras)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
+def check_mixed_precision(mixed_precision: str, device: torch.device, source: str) -> None:
+    """fp16 autocast needs a GPU (its loss scaler is GPU-only); bf16 runs on CPU and GPU."""
+    if mixed_precision == "fp16" and device.type == "cpu":
+        raise ConfigError(f'{source}: train.mixed_precision = "fp16" needs a GPU; on CPU use "bf16" or "no"')
+
+
+def check_process_group(num_processes: int) -> None:
+    """A launcher that started several processes must get them into one group: on a machine
+    without a GPU Accelerate forms a group only with ``ACCELERATE_USE_CPU=1``; without it every
+    process would train alone and all would write the same run directory."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and num_processes == 1:
+        raise UserError(f"launched as {launched} processes but they do not form one group; without a GPU "
+                        f"set ACCELERATE_USE_CPU=1 (ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+                        f"--num_processes {launched} -m asa_plugin.cli train CONFIG)")
+
+
+def mean_across_processes(accelerator, value: float) -> float:
+    """The mean of ``value`` over all processes (every process must call this at the same point)."""
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=accelerator.device)  # (1,)
+    return accelerator.reduce(tensor, reduction="mean").item()
+
+
+def local_batches(global_batches: int, num_processes: int) -> int:
+    """Batches each process runs per epoch: Accelerate deals the batches round-robin and pads the
+    last round with batches from the start of the epoch (``even_batches``)."""
+    return math.ceil(global_batches / num_processes)
+
+
+def sum_across_processes(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``values`` over the processes of a distributed run (itself otherwise).
+
+    Every process must call it at the same point; used for counters kept per process.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    from accelerate import PartialState
+
+    summed = values.to(PartialState().device)
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed.to(values.device)

@@ -1,0 +1,305 @@
+"""Bad input is one line naming what is wrong and what to do, exit 2, no traceback.
+
+One test per defect class found by the issue-14 probe; each asserts the exact line the user sees.
+The commands run in process (``asa_plugin.cli.main``), so a traceback would fail the test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import types
+from pathlib import Path
+
+import pytest
+
+from asa_plugin.cli import main
+from asa_plugin.config import load_config
+from asa_plugin.hookspecs import hookimpl
+
+SECTIONS = "attack, data, defence, model, output, plugins, train"
+
+
+def one_line(capsys, argv: list, code: int = 2) -> str:
+    """Run ``advrobust ARGV``; assert exit ``code`` and exactly one stderr line; return it."""
+    assert main([str(a) for a in argv]) == code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def fill(template: str, **values) -> str:
+    """``template`` with each ``{name}`` replaced (other braces are part of the message)."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", str(value))
+    return template
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    return path
+
+
+# --- config files and --set overrides --------------------------------------------------------------
+CONFIG_CASES = [
+    # (config file name, its text, --set overrides, the message after "advrobust train: error: ")
+    ("c.toml", "[train]\nmax_steps = 1\n", ["output.run_dir=runs/{foo}"],
+     "--set 'output.run_dir=runs/{foo}': output.run_dir 'runs/{foo}': unknown placeholder {foo}; the only "
+     "placeholders are {defence} and {backbone} (write {{ and }} for literal braces)"),
+    ("c.toml", "[train]\nmax_steps = 1\n", ["bogus.x=1"],
+     f"--set 'bogus.x=1': unknown section [bogus]; allowed sections: {SECTIONS}"),
+    ("c.toml", "[train]\nmax_steps = 1\n", ["train.lr=inf"],
+     "--set 'train.lr=inf': train.lr must be a finite number, got inf"),
+    ("c.toml", "[train]\nmax_steps = 1\n", ["train.epochs=abc"],
+     "--set 'train.epochs=abc': train.epochs must be int, got 'abc'"),
+    ("c.toml", "# only a comment\n", [],
+     "{cfg}: the config is empty; it would train the default job (all of SST-2, 3 epochs: hours on a CPU). "
+     "Give at least [data] and [train], e.g. copy examples/quickstart.toml"),
+    ("c.yaml", "train:\n  lr: 1.0\ntrain:\n  epochs: 1\n", [],
+     "{cfg}: cannot parse: line 3: duplicate key 'train' (first at line 1); keep one"),
+    ("c.yaml", "train:\n  lr: [1, 2\n  epochs: 1\n", [],
+     "{cfg}: cannot parse: line 3, column 9: expected ',' or ']', but got ':'"),
+]
+
+
+@pytest.mark.parametrize("name,text,overrides,expected", CONFIG_CASES)
+def test_config_and_override_errors_name_their_origin(capsys, tmp_path, name, text, overrides, expected):
+    cfg = write(tmp_path / name, text)
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert one_line(capsys, ["train", cfg, *sets]) == "advrobust train: error: " + fill(expected, cfg=cfg)
+
+
+def test_yaml_reads_exponent_floats_as_toml_does(tmp_path):
+    cfg = write(tmp_path / "c.yaml", "train:\n  lr: 2e-5\n")
+    assert load_config(cfg).train.lr == pytest.approx(2e-5)
+
+
+def test_a_directory_given_as_config_or_data_file_says_so(capsys, tmp_path):
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    assert one_line(capsys, ["train", folder]) == (
+        f"advrobust train: error: {folder}: is a directory; give a config file (.toml, .yaml or .yml)")
+    cfg = write(tmp_path / "c.toml", f"[data]\ntrain_file = '{tmp_path}'\ndev_file = '{tmp_path}'\n")
+    assert one_line(capsys, ["train", cfg]) == (
+        f"advrobust train: error: {cfg}: data.train_file {tmp_path} is a directory; give a .tsv, .csv, .jsonl "
+        f"or .parquet file")
+
+
+# --- data files -----------------------------------------------------------------------------------
+DATA_CASES = [
+    ("train.tsv", b"sentence\tlabel\ngood\t1\nbad \xff\xfe film\t0\n",
+     "{f}: line 3: bytes that are not UTF-8 (byte 26); save the file as UTF-8"),
+    ("train.jsonl", b'{"text": "good", "label": 1}\n{"text": "bad", "label": 0\n{"text": "ok", "label": 1}\n',
+     "{f}: line 2: not valid JSON (Expecting ',' delimiter); one JSON object per line"),
+    ("train.jsonl", b'{"text": "good", "label": 1}\n[1, 2]\n', "{f}: line 2: expected a JSON object, got list"),
+]
+
+
+@pytest.mark.parametrize("name,content,expected", DATA_CASES)
+def test_a_bad_data_row_is_named_by_file_and_line(capsys, run_config, tmp_path, name, content, expected):
+    data = write(tmp_path / name, content)
+    cfg = run_config(extra={"data": {"train_file": str(data)}})
+    assert one_line(capsys, ["train", cfg]) == "advrobust train: error: " + fill(expected, f=data)
+
+
+# --- model directories ----------------------------------------------------------------------------
+def _model_case(kind: str, root: Path, tiny: Path) -> Path | str:
+    if kind == "truncated":
+        model = Path(shutil.copytree(tiny, root / "truncated"))
+        weights = model / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        return model
+    if kind == "no_model_type":
+        model = Path(shutil.copytree(tiny, root / "no-type"))
+        config = json.loads((model / "config.json").read_text())
+        config.pop("model_type")
+        (model / "config.json").write_text(json.dumps(config))
+        return model
+    if kind == "empty":
+        (root / "vanilla-minilm").mkdir()
+        return root / "vanilla-minilm"
+    if kind == "unfinished_run":
+        write(root / "run" / "config.resolved.toml", "[train]\n")
+        return root / "run"
+    if kind == "weights_file":
+        return tiny / "model.safetensors"
+    return "./no-such-model"  # as typed: a relative path, not a hub name
+
+
+def _truncated_size(model: Path) -> tuple[int, int]:
+    data = (model / "model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    return len(data), 8 + length + max(t["data_offsets"][1] for k, t in header.items() if k != "__metadata__")
+
+
+MODEL_CASES = [
+    ("truncated", "--model {m}/model.safetensors is truncated or damaged ({size} bytes where the header describes "
+                  "{full}); copy or save the model again"),
+    ("no_model_type", "--model {m}/config.json has no model_type, so the architecture is unknown; add it (e.g. "
+                      "\"model_type\": \"bert\") or save the model again with save_pretrained"),
+    ("empty", "--model {m} has no config.json: not a model directory (give a run directory of `advrobust train` "
+              "or a folder written by save_pretrained)"),
+    ("unfinished_run", "--model {m} is a run directory with no trained model (no model/): its training has not "
+                       "finished; finish it with `advrobust train CONFIG --resume`"),
+    ("weights_file", "--model {m} is a file; give the directory holding it and its config.json"),
+    ("missing", "--model {m}: directory not found"),
+]
+
+
+@pytest.mark.parametrize("kind,expected", MODEL_CASES)
+def test_a_model_that_cannot_load_is_one_line_before_any_import(capsys, tmp_path, tiny_bert_dir, toy_data, kind,
+                                                                 expected):
+    model = _model_case(kind, tmp_path, tiny_bert_dir)
+    size, full = _truncated_size(model) if kind == "truncated" else (0, 0)
+    line = one_line(capsys, ["attack", "--model", model, "--recipe", "deepwordbug", "--data-file", toy_data["dev"],
+                             "--out", tmp_path / "out"])
+    assert line == "advrobust attack: error: " + fill(expected, m=model, size=size, full=full)
+
+
+def test_a_truncated_backbone_fails_training_before_it_loads(capsys, run_config, tmp_path, tiny_bert_dir):
+    model = _model_case("truncated", tmp_path, tiny_bert_dir)
+    size, full = _truncated_size(model)
+    cfg = run_config(backbone=model)
+    assert one_line(capsys, ["train", cfg]) == (
+        f"advrobust train: error: {cfg}: model.backbone {model}/model.safetensors is truncated or damaged "
+        f"({size} bytes where the header describes {full}); copy or save the model again")
+
+
+def test_asa_maps_on_a_missing_run_directory(capsys, tmp_path):
+    assert one_line(capsys, ["asa-maps", tmp_path / "nope", "--text", "good film"]) == (
+        f"advrobust asa-maps: error: {tmp_path / 'nope'}: run directory not found; give the run directory of an "
+        f"`advrobust train` run with defence asa")
+
+
+# --- attack outputs and options -------------------------------------------------------------------
+def test_an_attack_output_that_cannot_be_written(capsys, tmp_path, tiny_bert_dir, toy_data):
+    blocker = write(tmp_path / "blocker", "a file")
+    argv = ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file", toy_data["dev"]]
+    assert one_line(capsys, [*argv, "--out", blocker / "out"]) == (
+        f"advrobust attack: error: attack output {blocker / 'out'}: {blocker} is a file, not a directory; choose "
+        f"another with --out DIR")
+    line = one_line(capsys, [*argv, "--out", "/proc/advrobust-out"])
+    assert line.startswith("advrobust attack: error: attack output /proc/advrobust-out is not writable (")
+    assert line.endswith("); choose another with --out DIR")
+
+
+ATTACK_OPTION_CASES = [
+    (["--shard", "-1/2"], "--shard '-1/2': need 0 <= I < N (shards are numbered from 0)"),
+    (["--resume", "--overwrite"], "--resume and --overwrite contradict each other: --resume continues earlier "
+                                  "results, --overwrite discards them; give one"),
+    (["--recipe", "bogus"], "command line: attack.recipes: unknown recipe 'bogus'; available: {recipes}"),
+]
+
+
+@pytest.mark.parametrize("extra,expected", ATTACK_OPTION_CASES)
+def test_attack_options(capsys, tmp_path, tiny_bert_dir, toy_data, extra, expected):
+    from asa_plugin.plugins import get_plugin_manager
+
+    recipes = ", ".join(get_plugin_manager().recipes.names())
+    line = one_line(capsys, ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file",
+                             toy_data["dev"], "--out", tmp_path / "out", *extra])
+    assert line == "advrobust attack: error: " + fill(expected, recipes=recipes)
+
+
+# --- damaged result files: named by file and line, left untouched ----------------------------------
+ROW = {"index": 0, "outcome": "failed", "seconds": 0.1}
+RESULTS_CASES = [
+    (json.dumps(ROW) + "\n{broken\n" + json.dumps(ROW | {"index": 1}) + "\n",
+     "line 2: not valid JSON (Expecting property name enclosed in double quotes)"),
+    (json.dumps(ROW) + "\n[1, 2]\n", "line 2: expected a JSON object, got list"),
+    (json.dumps({"index": 0, "seconds": 0.1}) + "\n", "line 1: a result row with no 'outcome'"),
+]
+UNTOUCHED = "the file was left untouched: remove or fix that line (it is attacked again), or rerun with --overwrite"
+
+
+@pytest.mark.parametrize("content,expected", RESULTS_CASES)
+def test_resume_over_a_damaged_results_file(capsys, tmp_path, tiny_bert_dir, toy_data, content, expected):
+    results = write(tmp_path / "out" / "attack" / "deepwordbug" / "results.jsonl", content)
+    line = one_line(capsys, ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file",
+                             toy_data["dev"], "--out", tmp_path / "out", "--resume"])
+    assert line == f"advrobust attack: error: {results}: {expected}; {UNTOUCHED}"
+    assert results.read_text() == content
+
+
+def test_merge_over_a_damaged_shard(capsys, tmp_path):
+    shard = tmp_path / "run" / "attack" / "pwws" / "shards" / "0-of-1"
+    write(shard / "summary.json", json.dumps({"assets": []}))
+    write(shard / "run.json", json.dumps({"shard": [0, 1], "selection_size": 2}))
+    results = write(shard / "results.jsonl", json.dumps(ROW) + "\nnot json\n")
+    assert one_line(capsys, ["merge", tmp_path / "run"]) == (
+        f"advrobust merge: error: {results}: line 2: not valid JSON (Expecting value); {UNTOUCHED}")
+
+
+REPORT_CASES = [
+    ("runs/vanilla/metrics.json", '{"eval_accuracy": 0.8, "steps"',
+     "{p}: line 1: damaged metrics.json (not valid JSON); it was left untouched: restore it, or delete it to redo "
+     "that step"),
+    ("runs/vanilla/attack/pwws/summary.json", '{"recipe": "pw',
+     "{p}: line 1: damaged summary.json (not valid JSON); it was left untouched: restore it, or delete it to redo "
+     "that step"),
+    ("bench.json", '["vanilla"]',
+     "{p}: not a bench file written by `advrobust bench` (no list/table 'defences'); rerun `advrobust bench "
+     "CONFIG` to rewrite it"),
+]
+
+
+@pytest.mark.parametrize("name,content,expected", REPORT_CASES)
+def test_report_over_damaged_files(capsys, tmp_path, name, content, expected):
+    write(tmp_path / "bench.json", json.dumps({"defences": ["vanilla"], "recipes": ["pwws"], "settings": {}}))
+    damaged = write(tmp_path / name, content)
+    assert one_line(capsys, ["report", tmp_path]) == "advrobust report: error: " + fill(expected, p=damaged)
+    assert damaged.read_text() == content
+
+
+# --- plugins ----------------------------------------------------------------------------------------
+def _external(monkeypatch, **hooks):
+    """Install a third-party plugin 'acme' (an entry point) providing ``hooks``."""
+    import asa_plugin.plugins as plugins
+
+    module = types.ModuleType("acme_plugin")
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, hookimpl(fn))
+    entry = types.SimpleNamespace(name="acme", value="acme_plugin", dist=None, load=lambda: module)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [entry])
+    plugins._cached_manager_env.cache_clear()
+
+
+@pytest.fixture
+def fresh_plugins():
+    import asa_plugin.plugins as plugins
+
+    plugins._cached_manager_env.cache_clear()
+    yield
+    plugins._cached_manager_env.cache_clear()
+
+
+def _boom(register):
+    raise RuntimeError("no licence file")
+
+
+PLUGIN_CASES = [
+    (_boom, "plugin 'acme' failed in advrobust_register_defences: RuntimeError: no licence file; fix or uninstall "
+            "it, or set ADVROBUST_DISABLE_PLUGINS=acme"),
+    (lambda register: register("smooth", "SmoothDefence"),
+     "plugin 'acme' registered defence 'smooth' as 'SmoothDefence', which is not a subclass of "
+     "asa_plugin.defences.base.Defence; fix the plugin, or block it with ADVROBUST_DISABLE_PLUGINS=acme"),
+]
+
+
+@pytest.mark.parametrize("hook,expected", PLUGIN_CASES)
+def test_a_broken_plugin_is_one_line_at_registration(capsys, monkeypatch, fresh_plugins, hook, expected):
+    _external(monkeypatch, advrobust_register_defences=hook)
+    assert one_line(capsys, ["plugins"]) == "advrobust plugins: error: " + expected
+
+
+@pytest.mark.parametrize("env", ["garbage", "acme,garbage"])
+def test_blocking_a_plugin_that_is_not_installed_warns(capsys, monkeypatch, fresh_plugins, env):
+    _external(monkeypatch)
+    monkeypatch.setenv("ADVROBUST_DISABLE_PLUGINS", env)
+    assert one_line(capsys, ["plugins"], code=0) == (
+        "warning: ADVROBUST_DISABLE_PLUGINS / [plugins] block names 'garbage', which is no installed plugin "
+        "(installed: acme); use entry-point names from `advrobust plugins`, or ADVROBUST_DISABLE_PLUGINS=1 to "
+        "block all")
