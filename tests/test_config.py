@@ -78,7 +78,7 @@ def test_cli_reports_config_error_in_one_line_with_exit_code_2(tmp_path):
 
 
 ROUND_TRIPS = [  # (file name, text): each must come back from config.resolved.toml as the same config
-    ("defaults.toml", ""),
+    ("defaults.toml", "[train]\nseed = 42\n"),  # every other key at its default (an empty config is an error)
     ("nulls.yaml", "data:\n  dataset: null\n  train_file: t.tsv\n  dev_file: d.tsv\n"
                    "defence:\n  name: asa\n  adversary_lr: null\n  projection_size: null\n"),
     ("asa.toml", "[defence]\nname = 'asa'\ntau = 0.3\nlayers = [0, 2]\nprojection_size = 16\nadversary_lr = 0.02\n"),
