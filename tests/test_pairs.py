@@ -7,6 +7,7 @@ tiny and random: one architecture with token_type_ids (bert), one without (disti
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,17 +113,19 @@ def test_label_mismatches_give_one_line(tmp_path, train_labels, dev_labels, sett
         assert word in str(info.value)
 
 
-def test_bad_labels_stop_the_cli_before_the_model_loads(tmp_path, pair_data):
+def test_bad_labels_stop_the_cli_before_the_model_loads(tmp_path, pair_data, tiny_dirs):
     dev = tmp_path / "dev.tsv"
     dev.write_text("premise\thypothesis\tlabel\na\tb\tneutral\n")
-    config = write_config(tmp_path / "c.toml", tmp_path / "no-such-model", {**pair_data, "dev": dev},
+    config = write_config(tmp_path / "c.toml", tiny_dirs["bert"], {**pair_data, "dev": dev},
                           {"name": "vanilla"}, tmp_path / "run")
+    # At info verbosity transformers logs every config and weights file it loads: one line of stderr
+    # means the data was rejected before any model file was read.
     proc = subprocess.run([sys.executable, "-m", "asa_plugin.cli", "train", str(config)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "info"})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'neutral' was not seen in training" in lines[0], proc.stderr
-    assert "no-such-model" not in proc.stderr  # the data was checked first
+    assert not (tmp_path / "run" / "model").exists()
 
 
 def test_pairs_and_single_texts_do_not_mix(tmp_path, pair_data):
