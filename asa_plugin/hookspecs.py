@@ -65,7 +65,8 @@ def advrobust_on_epoch_end(run_dir: Path, epoch: int, metrics: dict[str, Any]) -
 
 @hookspec
 def advrobust_on_attack_result(run_dir: Path, recipe: str, result: dict[str, Any]) -> None:
-    """Called by ``advrobust attack`` as each example's attack finishes (one results.jsonl row)."""
+    """Called by ``advrobust attack`` as each example's attack finishes (one results.jsonl row); with
+    several worker processes, in the order the examples finish (``result["index"]`` is the example)."""
 
 
 @hookspec
