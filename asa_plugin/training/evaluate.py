@@ -44,8 +44,3 @@ def evaluate(adapter, model, loader, accelerator) -> Evaluation:
         gold += torch.bincount(labels.cpu(), minlength=num_labels)[:num_labels]
     model.train(was_training)
     return Evaluation(correct, total, predicted.tolist(), gold.tolist())
-
-
-def accuracy(adapter, model, loader, accelerator) -> float:
-    """Clean accuracy of ``model`` on ``loader``."""
-    return evaluate(adapter, model, loader, accelerator).accuracy
