@@ -116,24 +116,44 @@ def check_safetensors(path: Path, flag: str = "weights") -> None:
 RESUME_IGNORED = {("train", "checkpoint_every_steps"), ("train", "log_every_steps"), ("train", "eval_batch_size")}
 """Settings a resumed run may change: they do not change what is trained."""
 RESUME_IGNORED_SECTIONS = {"attack", "output", "plugins"}
-BENCH_IGNORED = RESUME_IGNORED | {("train", "seed"), ("attack", "recipes"), ("attack", "batch_size"),
-                                  ("attack", "device"), ("attack", "cache_dir"), ("attack", "download")}
-"""Shared bench settings a rerun may change: the recipe list (cells are per recipe), how attacks run, and
-train.seed (each run's seed comes from bench.seeds; a run dir trained with another is refused per run)."""
+BENCH_IGNORED = RESUME_IGNORED | {("train", "seed"), ("train", "threads"), ("attack", "recipes"),
+                                  ("attack", "batch_size"), ("attack", "device"), ("attack", "cache_dir"),
+                                  ("attack", "download"), ("attack", "workers"), ("attack", "threads")}
+"""Shared bench settings a rerun may change: the recipe list (cells are per recipe), how attacks and training
+are executed (processes, threads, devices: per-example outcomes are identical), and train.seed (each run's
+seed comes from bench.seeds; a run dir trained with another is refused per run)."""
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any], ignored: set = RESUME_IGNORED,
                      ignored_sections: set = RESUME_IGNORED_SECTIONS) -> list[str]:
-    """Dotted keys whose result-relevant values differ between two resolved configs."""
+    """Dotted keys whose result-relevant values differ between two resolved configs.
+
+    A key the old record lacks was added to the schema after it was written; it counts as changed only
+    when the new value differs from that option's default (the behaviour the old run had)."""
     changed = []
     for section in sorted(set(old) | set(new)):
         if section in ignored_sections:
             continue
         a, b = old.get(section) or {}, new.get(section) or {}
         for key in sorted(set(a) | set(b)):
-            if (section, key) not in ignored and a.get(key) != b.get(key):
+            if (section, key) in ignored:
+                continue
+            before = a[key] if key in a else _schema_default(section, key, b.get(key))
+            if before != b.get(key):
                 changed.append(f"{section}.{key}")
     return changed
+
+
+def _schema_default(section: str, key: str, fallback: Any) -> Any:
+    """The default of option ``section.key`` in the run-config schema (``fallback`` if it has none)."""
+    from asa_plugin.config import RunConfig, toml_values
+
+    defaults = getattr(RunConfig(), section, None)
+    try:
+        values = toml_values(defaults)
+    except TypeError:  # not a dataclass section
+        return fallback
+    return values.get(key, fallback)
 
 
 def _shown(changed: list[str], old: dict, new: dict) -> str:
@@ -173,8 +193,9 @@ def check_bench_settings(plan) -> None:
     old, new = read_bench_file(plan.out_dir), plan.describe()
     keys = changed_settings(old["settings"], new["settings"], BENCH_IGNORED, {"plugins"})
     changed = [f"{k} ({_get(old['settings'], k)!r} -> {_get(new['settings'], k)!r})" for k in keys]
-    old_params = old.get("defence_params") or {}
+    old_params = {label: _resolved_params(p) for label, p in (old.get("defence_params") or {}).items()}
     for label, params in new["defence_params"].items():
+        params = _resolved_params(params)
         before = old_params.get(label, params)
         changed += [f"defence '{label}' {key} ({before.get(key)!r} -> {params.get(key)!r})"
                     for key in sorted(set(before) | set(params)) if before.get(key) != params.get(key)]
@@ -182,6 +203,17 @@ def check_bench_settings(plan) -> None:
         raise UserError(f"{plan.out_dir / BENCH_FILE}: this bench ran with other settings: {_listed(changed)}; "
                         f"its finished cells would be reported under the new ones. Rerun with its settings, or "
                         f"choose a new directory with --set bench.out_dir=...")
+
+
+def _resolved_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Defence parameters with named values resolved (a PromptBERT template by name or spelt out)."""
+    from asa_plugin.defences.contrastive import TEMPLATES
+
+    def resolve(d: dict) -> dict:
+        return {k: (TEMPLATES.get(v, v) if k == "template" and isinstance(v, str) else
+                    resolve(v) if isinstance(v, dict) else v) for k, v in d.items()}
+
+    return resolve(params)
 
 
 def _get(d: dict, dotted: str) -> Any:

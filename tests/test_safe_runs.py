@@ -171,6 +171,30 @@ def test_a_bench_rerun_with_other_shared_settings_refuses(capsys, tmp_path, tiny
     assert not (tmp_path / "bench" / "runs" / "vanilla" / "train.log").exists()
 
 
+def test_a_bench_rerun_accepts_what_does_not_change_results(tmp_path, tiny_bert_dir, toy_data):
+    """Workers and threads, a template by name instead of spelt out, and an option the old record predates
+    (at its default) are the same bench; the same option away from its default is not."""
+    import json
+
+    import pytest
+    from asa_plugin.bench.grid import write_bench_file
+    from asa_plugin.bench.plan import BENCH_FILE, load_plan
+    from asa_plugin.errors import UserError
+    from asa_plugin.preflight import check_bench_settings
+
+    cfg = _bench_config(tmp_path, tiny_bert_dir, toy_data)
+    write_bench_file(load_plan(cfg, ["bench.defences=['vanilla','scal']", "defence.scal.template=promptbert"]))
+    record = tmp_path / "bench" / BENCH_FILE
+    old = json.loads(record.read_text())
+    old["settings"]["attack"].pop("modify_columns")  # written before the option existed
+    old["defence_params"]["scal"]["template"] = 'This sentence : "[X]" means [MASK] .'
+    record.write_text(json.dumps(old))
+    check_bench_settings(load_plan(cfg, ["bench.defences=['vanilla','scal']", "attack.workers=1",
+                                         "attack.threads=2", "train.threads=1"]))
+    with pytest.raises(UserError, match=r"attack.modify_columns \(None -> \['text'\]\)"):
+        check_bench_settings(load_plan(cfg, ["bench.defences=['vanilla','scal']", "attack.modify_columns=['text']"]))
+
+
 def test_a_bench_rerun_over_a_damaged_finished_cell_stops_before_training(capsys, tmp_path, tiny_bert_dir,
                                                                           toy_data):
     cfg = _bench_config(tmp_path, tiny_bert_dir, toy_data)
