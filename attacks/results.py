@@ -77,7 +77,10 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict],
     (workers, threads per worker, device)."""
     from asa_plugin.attacks.profiling import breakdown
 
+    from asa_plugin.training.degenerate import judge_rows
+
     n = len(rows)
+    verdict = judge_rows(rows)
     counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
     attacked = [r for r in rows if r["outcome"] != "skipped"]
     successful = [r for r in rows if r["outcome"] == "successful"]
@@ -99,6 +102,10 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict],
         "time_breakdown": breakdown(rows),
         "execution": execution,
         "outcomes": counts,
+        # judged from these rows' gold labels and original predictions (training/degenerate.py)
+        "degenerate": verdict.degenerate if verdict else None,
+        "degenerate_reason": verdict.reason if verdict else None,
+        "balanced_accuracy": verdict.balanced_accuracy if verdict else None,
         "assets": assets,
         "substitutes": [a for a in assets if a.get("substitute_for")],
         "seed": manifest["seed"],

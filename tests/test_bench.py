@@ -360,27 +360,45 @@ def test_report_rebuilds_the_same_intervals_from_stored_results(seeded):
 
 
 def test_a_degenerate_model_is_marked_in_every_table_and_never_shown_as_robust(seeded, tmp_path):
+    """The report judges each run again from its stored eval predictions, whatever metrics.json's flag says."""
     _, out, _ = seeded
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    for run in RUNS:  # the test decides which model is degenerate
+    for run in RUNS:  # the test decides which model is degenerate: asa.seed8 predicted class 1 for all of dev
         metrics_path = copy / "runs" / run / "metrics.json"
-        flagged = {"degenerate": True, "degenerate_reason": "predicts class 1 for 100% of dev"} if run == "asa.seed8" \
-            else {"degenerate": False, "degenerate_reason": None}
-        metrics_path.write_text(json.dumps({**read(metrics_path), **flagged}))
+        metrics = {**read(metrics_path), "degenerate": False, "degenerate_reason": None}
+        if run == "asa.seed8":
+            gold = metrics["history"][-1]["eval_label_counts"]
+            metrics["history"][-1]["eval_confusion"] = [[0, gold[0]], [0, gold[1]]]
+        metrics_path.write_text(json.dumps(metrics))
     assert main(["report", str(copy)]) == 0
     cells = {(c["defence"], c["recipe"]): c for c in read(copy / "report.json")["cells"]}
-    assert cells[("asa", RECIPE)]["degenerate"] and "seed 8: predicts class 1" in cells[("asa", RECIPE)][
-        "degenerate_reason"]
+    assert cells[("asa", RECIPE)]["degenerate"] and "seed 8: dev: it recognises class 0 in 0.0%" in cells[
+        ("asa", RECIPE)]["degenerate_reason"]
     assert cells[("asa", RECIPE)]["comparison"]["degenerate"]
     assert not cells[("asa", "pwws")]["degenerate"]  # seed 7 alone: not degenerate
     md = (copy / "report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith(f"| asa | {RECIPE} | 7, 8 |"))
-    assert row.split(" | ")[6] == "degenerate" and row.endswith("| degenerate | degenerate |")
+    assert row.split(" | ")[6] == "degenerate" and row.endswith("| degenerate | degenerate | degenerate |")
     paired = next(line for line in md.splitlines() if line.startswith(f"| asa | {RECIPE} | 7, 8 | {N} |")
                   and line.endswith("| degenerate |"))
     assert paired
-    assert "| asa | 8 | asa.seed8 |" in md and "yes: predicts class 1" in md
+    assert "| asa | 8 | asa.seed8 |" in md and "yes: it recognises class 0 in 0.0%" in md
+    vanilla = next(line for line in md.splitlines() if line.startswith(f"| vanilla | {RECIPE} | 7, 8 |"))
+    assert vanilla.endswith("| too few examples |")  # {N} attacked examples cannot show skill
+
+
+def test_a_cell_is_degenerate_when_its_attacked_examples_say_so():
+    from asa_plugin.bench.report import seed_cell
+
+    judged = {"degenerate": True, "reason": "it recognises class 0 in 2.0% of its 50 examples",
+              "balanced_accuracy": 0.51}
+    cell = seed_cell("asa", "pwws", [1, 2], {1: {"judgement": judged}, 2: {"judgement": {**judged, "degenerate": False,
+                                                                                          "reason": None}}},
+                     {1: {"eval_accuracy": 0.9}, 2: {"eval_accuracy": 0.9}})
+    assert cell["degenerate"] and cell["degenerate_reason"] == "seed 1: attacked examples: it recognises class 0 in " \
+                                                               "2.0% of its 50 examples"
+    assert cell["balanced_accuracy_attacked"] == 0.51
 
 
 def test_a_bench_json_without_seeds_is_read_as_one_seed(bench, tmp_path):

@@ -177,6 +177,7 @@ def test_a_bench_rerun_accepts_what_does_not_change_results(tmp_path, tiny_bert_
     import json
 
     import pytest
+
     from asa_plugin.bench.grid import write_bench_file
     from asa_plugin.bench.plan import BENCH_FILE, load_plan
     from asa_plugin.errors import UserError

@@ -75,6 +75,18 @@ def _paired_columns(cell: dict, baseline: str | None) -> list[str]:
     return [delta_text(comparison["accuracy_under_attack"]), _p_values(comparison)]
 
 
+def judged(cell: dict) -> str:
+    """The degenerate check of a cell: ``ok (BA 88.9)``, ``degenerate``, ``too few examples`` or ``missing``."""
+    if cell["status"] == "missing":
+        return "missing"
+    if cell["degenerate"]:
+        return DEGENERATE
+    if cell.get("degenerate_undetermined"):
+        return "too few examples"
+    value = cell.get("balanced_accuracy_attacked")
+    return "n/a" if value is None else f"ok (BA {_spread(cell, 'balanced_accuracy_attacked')})"
+
+
 def cell_row(cell: dict, baseline: str | None) -> list[str]:
     trained = "eval_accuracy" in cell
     head = [cell["defence"], cell["recipe"], _seeds(cell), _num(cell.get("num_examples"), 0),
@@ -87,7 +99,7 @@ def cell_row(cell: dict, baseline: str | None) -> list[str]:
         robust = DEGENERATE if cell["degenerate"] else _spread(cell, "accuracy_under_attack")
         body = [_spread(cell, "clean_accuracy"), robust, _spread(cell, "attack_success_rate"),
                 _spread(cell, "avg_words_perturbed_pct", _num), _spread(cell, "avg_queries", _num)]
-    return head + body + tail + _paired_columns(cell, baseline)
+    return head + body + tail + _paired_columns(cell, baseline) + [judged(cell)]
 
 
 def paired_table(report: dict) -> list[str]:
@@ -135,7 +147,8 @@ def training_table(report: dict) -> list[str]:
         if t["status"] == "missing":
             lines.append(head + " missing | missing | missing | missing | missing | missing |")
         else:
-            flag = f"yes: {t['degenerate_reason']}" if t["degenerate"] else "no"
+            flag = f"yes: {t['degenerate_reason']}" if t["degenerate"] else \
+                f"no (BA {_pct(t['judgement']['balanced_accuracy'])})" if t.get("judgement") else "no"
             lines.append(f"{head} {_pct(t['eval_accuracy'])} | {t['steps']} | {_num(t['train_seconds'])} "
                          f"| {_num(t['seconds_per_step'], 3)} | {_num(t['seconds_per_step_vs_vanilla'], 2, 'x')} "
                          f"| {flag} |")
@@ -170,12 +183,17 @@ def render_markdown(report: dict[str, Any]) -> str:
               "the attacked subset; *success*: successful / (successful + failed); *words*: % words perturbed in "
               "successful attacks; *s/step*: training seconds per step relative to vanilla; *Δ under attack*: "
               f"paired difference with {baseline or 'the baseline'} in points [95 % interval] and McNemar's p "
-              "(per seed), see below. `degenerate`: the trained model is (almost) a constant classifier, so its "
-              "accuracy under attack does not measure robustness (values kept in report.json). "
+              "(per seed), see below. *Degenerate check*: judged from the stored predictions on the dev set and on "
+              "the attacked examples (training/degenerate.py: a class recognised significantly less than half as "
+              "often as chance, or predictions independent of the label, at p < 0.05); *BA*: balanced accuracy "
+              "(mean per-class recall, chance = 1/classes) on the attacked examples. `degenerate`: the model "
+              "(almost) ignores its input, so its accuracy under attack does not measure robustness (values kept "
+              "in report.json). "
               "`missing`: not run yet; `n/a`: no value (e.g. no successful attack).", "",
               "| Defence | Recipe | Seeds | n | Clean (dev) | Clean (attacked) | Under attack | Success | Words % "
-              f"| Queries | Train s | s/step vs vanilla | Δ under attack vs {baseline or 'baseline'} | McNemar p |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              f"| Queries | Train s | s/step vs vanilla | Δ under attack vs {baseline or 'baseline'} | McNemar p "
+              "| Degenerate check |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(cell_row(c, baseline)) + " |" for c in report["cells"]]
     lines += paired_table(report)
     lines += training_table(report)

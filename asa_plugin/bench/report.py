@@ -23,6 +23,7 @@ from asa_plugin.bench import stats
 from asa_plugin.bench.plan import read_bench_file
 from asa_plugin.bench.static import parse as parse_static
 from asa_plugin.outputs import portable_path
+from asa_plugin.training import degenerate
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "seconds")
@@ -47,14 +48,24 @@ def grid_runs(info: dict) -> list[dict]:
 
 
 def training_row(run: dict, metrics: dict | None) -> dict[str, Any]:
-    """One training run: clean dev accuracy, cost, and the degenerate flag (a missing key is not degenerate)."""
+    """One training run: clean dev accuracy, cost, and the degenerate verdict.
+
+    The verdict is judged again from the recorded eval confusion matrix (or the counts it is recovered
+    from) with today's criterion; a run with neither keeps the flag it recorded."""
     row = {"defence": run["defence"], "seed": run["seed"], "run": run["run"]}
     if metrics is None:
         return {**row, "status": "missing"}
     steps, seconds = metrics.get("steps"), metrics.get("train_seconds")
-    return {**row, "status": "done", "eval_accuracy": metrics.get("eval_accuracy"), "steps": steps,
-            "train_seconds": seconds, "seconds_per_step": seconds / steps if steps else None,
-            "degenerate": bool(metrics.get("degenerate", False)), "degenerate_reason": metrics.get("degenerate_reason")}
+    row = {**row, "status": "done", "eval_accuracy": metrics.get("eval_accuracy"), "steps": steps,
+           "train_seconds": seconds, "seconds_per_step": seconds / steps if steps else None,
+           "degenerate": bool(metrics.get("degenerate", False)), "degenerate_reason": metrics.get("degenerate_reason")}
+    history = metrics.get("history") or []
+    matrix = degenerate.epoch_confusion(history[-1]) if history else None
+    if matrix is not None:
+        verdict = degenerate.judge(matrix)
+        row.update(degenerate=verdict.degenerate is True, degenerate_reason=verdict.reason,
+                   judgement=verdict.to_dict())
+    return row
 
 
 def relative_cost(rows: list[dict]) -> None:
@@ -87,20 +98,30 @@ def seed_cell(label: str, recipe: str, seeds: list[int], summaries: dict[int, di
         values = {k: train[k] for k in TRAINING_KEYS if k in train}
         if seed in summaries:
             values.update({k: summaries[seed].get(k) for k in ATTACK_KEYS})
-        if train.get("degenerate"):
-            values["degenerate"], values["degenerate_reason"] = True, train.get("degenerate_reason")
+        judged = summaries.get(seed, {}).get("judgement")
+        if judged is not None:  # the attacked examples, judged from their stored predictions
+            values["balanced_accuracy_attacked"] = judged["balanced_accuracy"]
+            values["judgement"] = judged
+        reasons = [f"dev: {train['degenerate_reason']}" if train.get("degenerate") else None,
+                   f"attacked examples: {judged['reason']}" if judged and judged["degenerate"] else None]
+        if any(reasons):
+            values["degenerate"], values["degenerate_reason"] = True, "; ".join(r for r in reasons if r)
         if values:
             per_seed[str(seed)] = values
-    keys = [k for k in (*TRAINING_KEYS, *ATTACK_KEYS) if any(k in v for v in per_seed.values())]
+    keys = [k for k in (*TRAINING_KEYS, *ATTACK_KEYS, "balanced_accuracy_attacked")
+            if any(k in v for v in per_seed.values())]
     for key in keys:
         mean, std = _mean_std([v.get(key) for v in per_seed.values()])
         cell[key] = mean
         if std is not None:
             cell[f"{key}_std"] = std
-    degenerate = [f"seed {s}: {v.get('degenerate_reason')}" for s, v in per_seed.items() if v.get("degenerate")]
-    cell["degenerate"] = bool(degenerate)
-    if degenerate:
-        cell["degenerate_reason"] = "; ".join(degenerate)
+    flagged = [f"seed {s}: {v.get('degenerate_reason')}" for s, v in per_seed.items() if v.get("degenerate")]
+    cell["degenerate"] = bool(flagged)
+    if flagged:
+        cell["degenerate_reason"] = "; ".join(flagged)
+    undetermined = [s for s, v in per_seed.items() if v.get("judgement", {}).get("degenerate", False) is None]
+    if undetermined and not flagged:
+        cell["degenerate_undetermined"] = undetermined
     cell["per_seed"] = per_seed
     return cell
 
@@ -115,11 +136,6 @@ def _assets(summaries: list[dict]) -> list[dict]:
             if summary["recipe"] not in entry["recipes"]:
                 entry["recipes"].append(summary["recipe"])
     return [found[k] for k in sorted(found)]
-
-
-def _outcomes(recipe_dir: Path) -> stats.Outcomes | None:
-    rows = res.read_rows(recipe_dir / "results.jsonl")
-    return stats.Outcomes.from_rows(rows) if rows else None
 
 
 def add_statistics(cells: list[dict], outcomes: dict[tuple[str, str], dict[int, stats.Outcomes]],
@@ -161,10 +177,12 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
             if summary is None:
                 missing.append(f"attack {run['run']}/{recipe}")
                 continue
+            rows = res.read_rows(recipe_dir / "results.jsonl")
+            verdict = degenerate.judge_rows(rows)
+            summary = {**summary, "judgement": verdict.to_dict() if verdict else None}
             summaries.setdefault((run["defence"], recipe), {})[run["seed"]] = summary
-            found = _outcomes(recipe_dir)
-            if found is not None:
-                outcomes.setdefault((run["defence"], recipe), {})[run["seed"]] = found
+            if rows:
+                outcomes.setdefault((run["defence"], recipe), {})[run["seed"]] = stats.Outcomes.from_rows(rows)
     cells = []
     for label in info["defences"]:
         mine = {t["seed"]: t for t in training if t["defence"] == label}

@@ -194,4 +194,8 @@ def run(args) -> int:
         keys = ("recipe", "profile", "num_examples", "clean_accuracy", "accuracy_under_attack",
                 "attack_success_rate", "avg_words_perturbed_pct", "avg_queries", "seconds")
         print(json.dumps({"out": str(job.out_dir), **{k: summary[k] for k in keys}}))
+        if summary.get("degenerate"):
+            print(f"advrobust attack: warning: {job.recipe}: the attacked model is degenerate on these examples "
+                  f"({summary['degenerate_reason']}); summary.json marks it: its accuracy under attack is not "
+                  f"robustness", file=sys.stderr, flush=True)
     return 0

@@ -9,12 +9,13 @@ import torch
 
 @dataclass
 class Evaluation:
-    """Accuracy plus how often each class was predicted and how often it is the gold label."""
+    """Accuracy, how often each class was predicted and is the gold label, and the confusion matrix."""
 
     correct: int
     total: int
     predicted_counts: list[int]
     label_counts: list[int]
+    confusion: list[list[int]]  # [gold][predicted]
 
     @property
     def accuracy(self) -> float:
@@ -23,7 +24,7 @@ class Evaluation:
     def metrics(self) -> dict[str, float | list[int]]:
         """The per-epoch metrics a training run records."""
         return {"eval_accuracy": self.accuracy, "eval_predicted_counts": self.predicted_counts,
-                "eval_label_counts": self.label_counts}
+                "eval_label_counts": self.label_counts, "eval_confusion": self.confusion}
 
 
 @torch.no_grad()
@@ -35,6 +36,7 @@ def evaluate(adapter, model, loader, accelerator) -> Evaluation:
     correct = total = 0
     predicted = torch.zeros(num_labels, dtype=torch.long)
     gold = torch.zeros(num_labels, dtype=torch.long)
+    confusion = torch.zeros(num_labels * num_labels, dtype=torch.long)  # (C*C,) flattened [gold][predicted]
     for batch in loader:
         logits = model(**adapter.model_inputs(batch)).logits  # (B, C)
         preds, labels = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
@@ -42,5 +44,6 @@ def evaluate(adapter, model, loader, accelerator) -> Evaluation:
         total += labels.numel()
         predicted += torch.bincount(preds.cpu(), minlength=num_labels)[:num_labels]
         gold += torch.bincount(labels.cpu(), minlength=num_labels)[:num_labels]
+        confusion += torch.bincount(labels.cpu() * num_labels + preds.cpu(), minlength=num_labels ** 2)
     model.train(was_training)
-    return Evaluation(correct, total, predicted.tolist(), gold.tolist())
+    return Evaluation(correct, total, predicted.tolist(), gold.tolist(), confusion.view(num_labels, -1).tolist())
