@@ -39,6 +39,18 @@ def test_summary_does_not_depend_on_row_order_or_timing():
     assert without_timing(summarize(rows, MANIFEST, [])) == without_timing(summarize(slower, MANIFEST, []))
 
 
+def test_summary_marks_a_model_that_ignores_its_input():
+    """summary.json carries the degenerate verdict of the attacked examples, not only a printed warning."""
+    constant = [{**row(i, "failed" if i % 2 else "skipped"), "gold_label": i % 2, "original_prediction": 1}
+                for i in range(40)]
+    s = summarize(constant, MANIFEST, [])
+    assert s["degenerate"] is True and s["degenerate_reason"].startswith("it recognises class 0 in 0.0% of its 20")
+    assert s["balanced_accuracy"] == 0.5
+    learned = [{**c, "original_prediction": c["gold_label"]} for c in constant]
+    assert summarize(learned, MANIFEST, [])["degenerate"] is False
+    assert summarize(CASES[0][0], MANIFEST, [])["degenerate"] is None  # rows without labels: not judged
+
+
 def test_read_rows_repairs_a_torn_last_line(tmp_path):
     path = tmp_path / "results.jsonl"
     rows = '{"index": 0, "outcome": "failed"}\n{"index": 1, "outcome": "skipped"}\n'
