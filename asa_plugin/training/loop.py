@@ -81,6 +81,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
                             f"or choose another with --set output.run_dir=...")
     if resume and (checkpoint.find(run_dir) is not None or (run_dir / "metrics.json").exists()):
         check_resume(cfg, run_dir)  # one line naming the changed keys; config.resolved.toml untouched
+        if (found := checkpoint.find(run_dir)) is not None:
+            checkpoint.check_complete(found)  # before the model loads
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -179,6 +181,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
                             f"{_kept(run_dir)}; lower train.lr or check the data")
                     if accelerator.sync_gradients and tc.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(adapter.model.parameters(), tc.max_grad_norm)
+                    step_lr = optimizer.param_groups[0]["lr"]  # the model's rate this step used
                     optimizer.step()
                     if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                         scheduler.step()
@@ -192,7 +195,8 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
                     micro_losses.clear()
                     progress.set_postfix(loss=f"{step_loss:.4f}")
                     if state["global_step"] % tc.log_every_steps == 0:
-                        logged = {"step": state["global_step"], "loss": step_loss, **defence.log_metrics()}
+                        logged = {"step": state["global_step"], "loss": step_loss, "lr": step_lr,
+                                  **defence.log_metrics()}
                         log.info("step %d: %s", state["global_step"], json.dumps(logged))
                         state["step_history"].append(logged)
                     if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
