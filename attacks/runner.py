@@ -23,6 +23,7 @@ import torch
 from asa_plugin.attacks import results as res
 
 from asa_plugin.errors import UserError
+from asa_plugin.locks import run_lock
 
 KILL_AFTER_ENV = "ADVROBUST_ATTACK_KILL_AFTER"
 """Test hook: SIGKILL this process after writing that many rows (simulates ``kill -9``)."""
@@ -145,14 +146,21 @@ def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
 
     The examples still to do are spread over ``attack.workers`` processes (see
     :mod:`asa_plugin.attacks.workers`); a preloaded ``wrapper`` runs them all in this process.
+    The output directory is locked meanwhile: a second attack of the same recipe (and shard) is refused.
     """
-    from asa_plugin.attacks import workers as pool
-
     if pm is None:
         from asa_plugin.plugins import get_plugin_manager
 
         pm = get_plugin_manager(load_external=job.load_external, block=job.block)
     pm.recipes.get(job.recipe)  # an unknown name fails before any work
+    with run_lock(job.out_dir, f"advrobust attack, recipe {job.recipe}"
+                  + (f", shard {job.shard.index}/{job.shard.count}" if job.shard else "")):
+        return _run_attack(job, pm, wrapper)
+
+
+def _run_attack(job: AttackJob, pm, wrapper) -> dict[str, Any]:
+    from asa_plugin.attacks import workers as pool
+
     indices = list(range(len(job.texts)))
     if job.shard is not None:
         indices = job.shard.select(indices)

@@ -23,6 +23,7 @@ from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import TrainingDiverged, UserError
+from asa_plugin.locks import run_lock
 from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.preflight import check_resume, describe_job
@@ -88,7 +89,16 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
 
 
 def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None) -> dict[str, Any]:
-    """Train ``cfg``'s defence; return the metrics also written to ``run_dir/metrics.json``."""
+    """Train ``cfg``'s defence; return the metrics also written to ``run_dir/metrics.json``.
+
+    The run directory is locked for the whole run (by the main process of a multi-process launch):
+    a second ``train`` (or an ``attack``) of it is refused, naming this one."""
+    main_process = os.environ.get("RANK", "0") == "0"  # set by accelerate launch / torchrun
+    with run_lock(cfg.run_dir(), f"advrobust train {cfg.source}", enabled=main_process):
+        return _train(cfg, resume, pm)
+
+
+def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, Any]:
     pm = pm or get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     run_dir = prepare_run_dir(cfg, resume)
     if resume and (run_dir / "metrics.json").exists() and checkpoint.find(run_dir) is None:
