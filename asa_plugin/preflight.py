@@ -245,8 +245,10 @@ def check_bench(plan, pm) -> None:
     check_bench_settings(plan)
     check_writable(plan.out_dir, "bench.out_dir", "choose another with --set bench.out_dir=...")
     from asa_plugin.attacks.results import read_json, read_rows
+    from asa_plugin.bench.grid import check_seed
 
     for cell in plan.cells:
+        check_seed(cell)  # a run trained with another seed (bench.seeds changed): before bench.json is rewritten
         check_data_files(cell.cfg.data, plan.source)
         if (cell.run_dir / "metrics.json").is_file():  # finished cells are reused: they must be readable
             read_json(cell.run_dir / "metrics.json", "metrics.json")

@@ -84,8 +84,24 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
         check_resume(cfg, run_dir)  # one line naming the changed keys; config.resolved.toml untouched
         if (found := checkpoint.find(run_dir)) is not None:
             checkpoint.check_complete(found)  # before the model loads
+    elif run_dir.exists():
+        _refuse_orphan_results(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+RESULT_DIRS = ("model", "attack", "evaluate")
+"""What a finished run leaves besides metrics.json: a new training would make them stale."""
+
+
+def _refuse_orphan_results(run_dir: Path) -> None:
+    """A run directory whose metrics.json (and checkpoint) are gone but whose model or attack/evaluate
+    results remain: training into it would leave those results describing another model."""
+    found = [f"{name}/" for name in RESULT_DIRS if any(p.is_file() for p in (run_dir / name).rglob("*"))]
+    if found:
+        raise UserError(f"run directory {run_dir} holds {', '.join(found)} of an earlier run but no metrics.json "
+                        f"or checkpoint; training into it would leave them describing another model: move them "
+                        f"away, or choose another directory with --set output.run_dir=...")
 
 
 def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None) -> dict[str, Any]:
