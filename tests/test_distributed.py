@@ -58,16 +58,24 @@ def free_port() -> int:
 
 
 def launch(processes: int, *args: str, use_cpu: bool = True, **env: str) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``args`` on ``processes`` CPU processes (plain python for one)."""
-    command = [sys.executable]
-    if processes > 1:
-        command += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port())]
+    """``accelerate launch`` of ``args`` on ``processes`` CPU processes (plain python for one).
+
+    The free port is found before the launcher binds it, so another program (a concurrent test
+    session) can take it first: the launcher then fails before any process starts, with EADDRINUSE,
+    and only that failure is retried on a new port."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     if use_cpu:
         environment["ACCELERATE_USE_CPU"] = "1"
-    return subprocess.run([*command, *args], capture_output=True, text=True, env=environment, timeout=600)
+    for _ in range(3):
+        command = [sys.executable]
+        if processes > 1:
+            command += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(free_port())]
+        proc = subprocess.run([*command, *args], capture_output=True, text=True, env=environment, timeout=600)
+        if not (processes > 1 and proc.returncode != 0 and "EADDRINUSE" in proc.stderr):
+            break
+    return proc
 
 
 def failure(proc: subprocess.CompletedProcess) -> str:
