@@ -135,11 +135,15 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any], ignored: set = RE
         if section in ignored_sections:
             continue
         a, b = old.get(section) or {}, new.get(section) or {}
-        for key in sorted(set(a) | set(b)):
+        for key in sorted(set(a) | set(b), key=lambda k: (k != "name", k)):  # a changed defence name first
             if (section, key) in ignored:
                 continue
             before = a[key] if key in a else _schema_default(section, key, b.get(key))
-            if before != b.get(key):
+            after = b.get(key)
+            if isinstance(before, dict) and isinstance(after, dict):  # a composed defence's [defence.NAME]
+                changed += [f"{section}.{key}.{sub}" for sub in sorted(set(before) | set(after))
+                            if before.get(sub) != after.get(sub)]
+            elif before != after:
                 changed.append(f"{section}.{key}")
     return changed
 
@@ -169,8 +173,9 @@ def check_resume(cfg, run_dir: Path) -> None:
     from asa_plugin.config import tomllib
 
     resolved = run_dir / "config.resolved.toml"
-    if not resolved.is_file():
-        return
+    if not resolved.is_file():  # without it a changed setting would pass unseen
+        raise UserError(f"--resume: {resolved} is missing, so the settings {run_dir} was started with are "
+                        f"unknown; restore it, or train into another directory with --set output.run_dir=...")
     try:
         old = tomllib.loads(resolved.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
@@ -217,8 +222,10 @@ def _resolved_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _get(d: dict, dotted: str) -> Any:
-    section, key = dotted.split(".", 1)
-    return (d.get(section) or {}).get(key)
+    """The value at ``section.key`` (or ``section.name.key``) of a resolved config; None if absent."""
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
 
 
 def describe_job(num_train: int, steps_per_epoch: int, total_steps: int, epochs: int, tc) -> str:
@@ -238,8 +245,10 @@ def check_bench(plan, pm) -> None:
     check_bench_settings(plan)
     check_writable(plan.out_dir, "bench.out_dir", "choose another with --set bench.out_dir=...")
     from asa_plugin.attacks.results import read_json, read_rows
+    from asa_plugin.bench.grid import check_seed
 
     for cell in plan.cells:
+        check_seed(cell)  # a run trained with another seed (bench.seeds changed): before bench.json is rewritten
         check_data_files(cell.cfg.data, plan.source)
         if (cell.run_dir / "metrics.json").is_file():  # finished cells are reused: they must be readable
             read_json(cell.run_dir / "metrics.json", "metrics.json")

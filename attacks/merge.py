@@ -8,10 +8,30 @@ from typing import Any
 from asa_plugin.attacks import results as res
 
 from asa_plugin.errors import UserError
+from asa_plugin.locks import run_lock
 
 
 def merge_recipe(recipe_dir: Path) -> dict[str, Any]:
-    """Merge ``recipe_dir/shards/*-of-N`` into ``recipe_dir``; every shard must be complete."""
+    """Merge ``recipe_dir/shards/*-of-N`` into ``recipe_dir``; every shard must be complete, and
+    ``recipe_dir`` must not hold an unsharded run's results (they would be replaced)."""
+    with run_lock(recipe_dir, f"advrobust merge {recipe_dir}"):
+        _refuse_unsharded_results(recipe_dir)
+        return _merge_recipe(recipe_dir)
+
+
+def _refuse_unsharded_results(recipe_dir: Path) -> None:
+    """Results in ``recipe_dir`` itself that an earlier merge did not write come from an unsharded run."""
+    if not ((recipe_dir / "results.jsonl").exists() or (recipe_dir / "run.json").exists()):
+        return
+    summary = res.read_json(recipe_dir / "summary.json", "summary") if (recipe_dir / "summary.json").is_file() else {}
+    if "shards" in (summary.get("execution") or {}):
+        return  # written by a merge: merging again rewrites the same rows
+    state = "finished" if summary else "started"
+    raise UserError(f"{recipe_dir} holds the results of a {state} unsharded run; merging its shards would replace "
+                    f"them: move its results.jsonl, run.json and summary.json (or the shards/) elsewhere first")
+
+
+def _merge_recipe(recipe_dir: Path) -> dict[str, Any]:
     shard_dirs = sorted((recipe_dir / "shards").glob("*-of-*"))
     if not shard_dirs:
         raise UserError(f"{recipe_dir}: no shards to merge (expected shards/<i>-of-<n>/ from --shard i/n)")

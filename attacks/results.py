@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,10 +138,29 @@ def read_rows(path: Path, repair: bool = False) -> list[dict]:
         raise UserError(f"{path}: line {line}: not UTF-8; {_DAMAGED}") from None
     rows = [_parse_row(path, number, line) for number, line in enumerate(text.splitlines(), start=1)
             if line.strip()]
-    if repair and end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
+    rows, repeated = _first_per_index(rows)
+    if repeated:
+        shown = ", ".join(map(str, repeated[:5])) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        print(f"advrobust: warning: {path}: example(s) {shown} have more than one row (two runs appended to one "
+              f"file?); each example is counted once, by its first row" + ("; the others are removed" if repair
+                                                                          else ""), file=sys.stderr, flush=True)
+    if repair and (end < len(data) or repeated):
+        write_rows(path, rows)  # without a torn last line or repeated examples
     return rows
+
+
+def _first_per_index(rows: list[dict]) -> tuple[list[dict], list[int]]:
+    """``rows`` with only the first row of each example index, and the indices that had several."""
+    seen: set[int] = set()
+    kept, repeated = [], []
+    for row in rows:
+        if row["index"] in seen:
+            if row["index"] not in repeated:
+                repeated.append(row["index"])
+            continue
+        seen.add(row["index"])
+        kept.append(row)
+    return kept, sorted(repeated)
 
 
 _DAMAGED = "the file was left untouched: remove or fix that line (it is attacked again), or rerun with --overwrite"

@@ -23,6 +23,7 @@ import torch
 from asa_plugin.attacks import results as res
 
 from asa_plugin.errors import UserError
+from asa_plugin.locks import run_lock
 
 KILL_AFTER_ENV = "ADVROBUST_ATTACK_KILL_AFTER"
 """Test hook: SIGKILL this process after writing that many rows (simulates ``kill -9``)."""
@@ -83,7 +84,33 @@ class AttackJob:
                 "model": self.model_path, "data": self.data, "selection_size": len(self.texts),
                 "query_budget": cfg.query_budget, "max_length": self.max_length,
                 "modify_columns": list(cfg.modify_columns) if self.text_pairs else None,
-                "shard": None if self.shard is None else [self.shard.index, self.shard.count]}
+                "shard": None if self.shard is None else [self.shard.index, self.shard.count],
+                "model_sha256": weights_sha256(self.model_path)}
+
+
+_HASHES: dict[tuple, str | None] = {}
+
+
+def weights_sha256(model_path: str) -> str | None:
+    """SHA-256 over a local model's weight files (by name, in name order), so a resume can tell that
+    the weights at ``model_path`` were replaced; None for a hub name. Cached per file size and mtime."""
+    import hashlib
+
+    root = Path(model_path)
+    if not root.is_dir():
+        return None
+    files = sorted(p for p in root.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin")
+                                                                  or p.name.endswith(".index.json")))
+    key = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files) + (str(root.resolve()),)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        for p in files:
+            digest.update(p.name.encode() + b"\0")
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+        _HASHES[key] = digest.hexdigest() if files else None
+    return _HASHES[key]
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -111,6 +138,13 @@ def _prepare_out_dir(job: AttackJob) -> list[dict]:
                             f"to start again")
         else:
             old = res.read_json(manifest_path, "attack manifest") if manifest_path.exists() else {}
+            if "model_sha256" not in old:  # recorded since issue 21: an older run.json lacks it
+                old["model_sha256"] = manifest["model_sha256"]
+            if old["model_sha256"] != manifest["model_sha256"]:
+                raise UserError(f"--resume: the model's weights in {job.model_path} changed since {out} was "
+                                f"started (sha256 {str(old['model_sha256'])[:12]}... -> "
+                                f"{str(manifest['model_sha256'])[:12]}...): its rows and new ones would mix two "
+                                f"models; restore those weights, or start again with --overwrite")
             changed = sorted(k for k in manifest if old.get(k) != manifest[k])
             if changed:
                 raise UserError(f"--resume: {out} was started with different settings ({', '.join(changed)}); "
@@ -145,14 +179,21 @@ def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
 
     The examples still to do are spread over ``attack.workers`` processes (see
     :mod:`asa_plugin.attacks.workers`); a preloaded ``wrapper`` runs them all in this process.
+    The output directory is locked meanwhile: a second attack of the same recipe (and shard) is refused.
     """
-    from asa_plugin.attacks import workers as pool
-
     if pm is None:
         from asa_plugin.plugins import get_plugin_manager
 
         pm = get_plugin_manager(load_external=job.load_external, block=job.block)
     pm.recipes.get(job.recipe)  # an unknown name fails before any work
+    with run_lock(job.out_dir, f"advrobust attack, recipe {job.recipe}"
+                  + (f", shard {job.shard.index}/{job.shard.count}" if job.shard else "")):
+        return _run_attack(job, pm, wrapper)
+
+
+def _run_attack(job: AttackJob, pm, wrapper) -> dict[str, Any]:
+    from asa_plugin.attacks import workers as pool
+
     indices = list(range(len(job.texts)))
     if job.shard is not None:
         indices = job.shard.select(indices)

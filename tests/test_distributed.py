@@ -3,7 +3,8 @@
 Each launch starts real processes through ``accelerate launch`` (``ACCELERATE_USE_CPU=1``), so
 these tests are few: one two-process launch trains every built-in defence in turn, one
 one-process launch trains each defence's single-process equivalent, and one run is killed and
-resumed. The tiny model has dropout off, so a step depends only on the weights and the data.
+resumed. The tiny model of the comparisons has dropout off, so a step depends only on the weights
+and the data; the resumed run has it on, so a resume must restore every process's RNG state.
 """
 
 from __future__ import annotations
@@ -57,16 +58,24 @@ def free_port() -> int:
 
 
 def launch(processes: int, *args: str, use_cpu: bool = True, **env: str) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``args`` on ``processes`` CPU processes (plain python for one)."""
-    command = [sys.executable]
-    if processes > 1:
-        command += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port())]
+    """``accelerate launch`` of ``args`` on ``processes`` CPU processes (plain python for one).
+
+    The free port is found before the launcher binds it, so another program (a concurrent test
+    session) can take it first: the launcher then fails before any process starts, with EADDRINUSE,
+    and only that failure is retried on a new port."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     if use_cpu:
         environment["ACCELERATE_USE_CPU"] = "1"
-    return subprocess.run([*command, *args], capture_output=True, text=True, env=environment, timeout=600)
+    for _ in range(3):
+        command = [sys.executable]
+        if processes > 1:
+            command += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(free_port())]
+        proc = subprocess.run([*command, *args], capture_output=True, text=True, env=environment, timeout=600)
+        if not (processes > 1 and proc.returncode != 0 and "EADDRINUSE" in proc.stderr):
+            break
+    return proc
 
 
 def failure(proc: subprocess.CompletedProcess) -> str:
@@ -156,22 +165,35 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(every_defenc
     assert losses_two == pytest.approx(losses_one, rel=LOSS_TOLERANCE)
 
 
+SLOW_RANK = {"ADVROBUST_TEST_SAVE_DELAY": "1:2"}
+"""Rank 1 starts writing each checkpoint 2 s after rank 0 (a loaded machine makes such a rank): the
+main process must wait for its RNG state before it renames the checkpoint into place."""
+
+
 @pytest.fixture(scope="module")
 def two_process_asa_runs(setup):
     """ASA on two processes, straight and killed -9 at step 3 then resumed. B = 11 makes 9 batches:
-    each epoch's last round is padded (Accelerate's even batches) and the resume skips mid-epoch."""
-    root, model, data = setup
+    each epoch's last round is padded (Accelerate's even batches) and the resume skips mid-epoch.
+    Dropout is on (each process draws its own masks, so a resume needs every process's RNG state)
+    and rank 1 is slow to save."""
+    root, _, data = setup
+    model = tiny_model_dir(root / "tiny-dropout", seed=3)  # BERT's default dropout, 0.1
     runs = {}
     for name in ("straight", "killed"):
         runs[name] = write_config(root / f"asa-{name}.toml", model, data, 'name = "asa"', root / f"asa-{name}",
                                   batch_size=11, epochs=3, lr=1e-2, checkpoint_every_steps=2)
-    straight = launch(2, "-m", "asa_plugin.cli", "train", str(runs["straight"]))
+    straight = launch(2, "-m", "asa_plugin.cli", "train", str(runs["straight"]), **SLOW_RANK)
     assert straight.returncode == 0, failure(straight)
-    killed = launch(2, "-m", "asa_plugin.cli", "train", str(runs["killed"]), ADVROBUST_TEST_KILL_AT_STEP="3")
-    assert killed.returncode != 0 and not (root / "asa-killed" / "metrics.json").exists()
-    assert (root / "asa-killed" / "checkpoint").is_dir()
+    killed = launch(2, "-m", "asa_plugin.cli", "train", str(runs["killed"]), ADVROBUST_TEST_KILL_AT_STEP="3",
+                    **SLOW_RANK)
+    # the launcher reports its workers' deaths by SIGKILL (torch elastic's summary), nothing else
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr, failure(killed)
+    assert not (root / "asa-killed" / "metrics.json").exists()
+    saved = root / "asa-killed" / "checkpoint"
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in saved.iterdir()}
+    assert not (root / "asa-killed" / "checkpoint.tmp").exists()  # no rank wrote after the swap
     shutil.copytree(root / "asa-killed", root / "asa-killed-copy")
-    resumed = launch(2, "-m", "asa_plugin.cli", "train", str(runs["killed"]), "--resume")
+    resumed = launch(2, "-m", "asa_plugin.cli", "train", str(runs["killed"]), "--resume", **SLOW_RANK)
     assert resumed.returncode == 0, failure(resumed)
     return root / "asa-straight", root / "asa-killed"
 

@@ -27,6 +27,7 @@ def run(args) -> int:
     from asa_plugin.bench.grid import run_grid, say
     from asa_plugin.bench.plan import load_plan
     from asa_plugin.bench.report import write_report
+    from asa_plugin.locks import run_lock
     from asa_plugin.plugins import get_plugin_manager
     from asa_plugin.preflight import check_bench
 
@@ -36,11 +37,12 @@ def run(args) -> int:
     only_defences = _names(args.only_defences, plan.labels, "--only-defences")
     only_recipes = _names(args.only_recipes, plan.recipes, "--only-recipes")
     only_seeds = _names(args.only_seeds, [str(s) for s in plan.seeds], "--only-seeds")
-    check_bench(plan, pm)  # settings, outputs, data and every recipe's assets, before any training
-    interrupts.set_rerun(f"rerun `advrobust bench {args.config}` to continue (finished cells are kept)")
-    run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences, only_recipes=only_recipes,
-             only_seeds=None if only_seeds is None else [int(s) for s in only_seeds])
-    report = write_report(plan.out_dir, pm)
+    with run_lock(plan.out_dir, f"advrobust bench {args.config}"):  # one bench per out_dir at a time
+        check_bench(plan, pm)  # settings, outputs, data and every recipe's assets, before any training
+        interrupts.set_rerun(f"rerun `advrobust bench {args.config}` to continue (finished cells are kept)")
+        run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences,
+                 only_recipes=only_recipes, only_seeds=None if only_seeds is None else [int(s) for s in only_seeds])
+        report = write_report(plan.out_dir, pm)
     say(f"report: {plan.out_dir / 'report.md'} ({len(report['missing'])} cells missing)")
     return 0
 

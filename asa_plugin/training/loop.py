@@ -23,6 +23,7 @@ from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import TrainingDiverged, UserError
+from asa_plugin.locks import run_lock
 from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.preflight import check_resume, describe_job
@@ -81,12 +82,39 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
                             f"or choose another with --set output.run_dir=...")
     if resume and (checkpoint.find(run_dir) is not None or (run_dir / "metrics.json").exists()):
         check_resume(cfg, run_dir)  # one line naming the changed keys; config.resolved.toml untouched
+        if (found := checkpoint.find(run_dir)) is not None:
+            checkpoint.check_complete(found)  # before the model loads
+    elif run_dir.exists():
+        _refuse_orphan_results(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
+RESULT_DIRS = ("model", "attack", "evaluate")
+"""What a finished run leaves besides metrics.json: a new training would make them stale."""
+
+
+def _refuse_orphan_results(run_dir: Path) -> None:
+    """A run directory whose metrics.json (and checkpoint) are gone but whose model or attack/evaluate
+    results remain: training into it would leave those results describing another model."""
+    found = [f"{name}/" for name in RESULT_DIRS if any(p.is_file() for p in (run_dir / name).rglob("*"))]
+    if found:
+        raise UserError(f"run directory {run_dir} holds {', '.join(found)} of an earlier run but no metrics.json "
+                        f"or checkpoint; training into it would leave them describing another model: move them "
+                        f"away, or choose another directory with --set output.run_dir=...")
+
+
 def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None) -> dict[str, Any]:
-    """Train ``cfg``'s defence; return the metrics also written to ``run_dir/metrics.json``."""
+    """Train ``cfg``'s defence; return the metrics also written to ``run_dir/metrics.json``.
+
+    The run directory is locked for the whole run (by the main process of a multi-process launch):
+    a second ``train`` (or an ``attack``) of it is refused, naming this one."""
+    main_process = os.environ.get("RANK", "0") == "0"  # set by accelerate launch / torchrun
+    with run_lock(cfg.run_dir(), f"advrobust train {cfg.source}", enabled=main_process):
+        return _train(cfg, resume, pm)
+
+
+def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, Any]:
     pm = pm or get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     run_dir = prepare_run_dir(cfg, resume)
     if resume and (run_dir / "metrics.json").exists() and checkpoint.find(run_dir) is None:
@@ -179,6 +207,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
                             f"{_kept(run_dir)}; lower train.lr or check the data")
                     if accelerator.sync_gradients and tc.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(adapter.model.parameters(), tc.max_grad_norm)
+                    step_lr = optimizer.param_groups[0]["lr"]  # the model's rate this step used
                     optimizer.step()
                     if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                         scheduler.step()
@@ -192,7 +221,8 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
                     micro_losses.clear()
                     progress.set_postfix(loss=f"{step_loss:.4f}")
                     if state["global_step"] % tc.log_every_steps == 0:
-                        logged = {"step": state["global_step"], "loss": step_loss, **defence.log_metrics()}
+                        logged = {"step": state["global_step"], "loss": step_loss, "lr": step_lr,
+                                  **defence.log_metrics()}
                         log.info("step %d: %s", state["global_step"], json.dumps(logged))
                         state["step_history"].append(logged)
                     if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
