@@ -303,3 +303,94 @@ def test_blocking_a_plugin_that_is_not_installed_warns(capsys, monkeypatch, fres
         "warning: ADVROBUST_DISABLE_PLUGINS / [plugins] block names 'garbage', which is no installed plugin "
         "(installed: acme); use entry-point names from `advrobust plugins`, or ADVROBUST_DISABLE_PLUGINS=1 to "
         "block all")
+
+
+# --- training labels: inference refuses what it would turn into a class (issue 21) ----------------
+def _inferring_config(tmp_path: Path, tiny: Path, train: Path, data: dict | None = None) -> Path:
+    """A run config on ``train`` with no model.num_labels, so the classes are inferred from the file."""
+    import tomli_w
+
+    config = {"model": {"backbone": str(tiny), "max_length": 32},
+              "data": {"train_file": str(train), "dev_file": str(train), **(data or {})},
+              "train": {"max_steps": 1, "batch_size": 4}, "output": {"run_dir": str(tmp_path / "run")}}
+    return write(tmp_path / "c.toml", tomli_w.dumps(config))
+
+
+def _tsv(labels: list, text: str = "good film") -> str:
+    return "text\tlabel\n" + "".join(f"{text} {i}\t{label}\n" for i, label in enumerate(labels))
+
+
+FIX = "fix that row, or name every label in data.label_names (or set model.num_labels) to keep it"
+LABEL_CASES = [
+    # (train file name, its text, [data] settings, the message after "{f}: ")
+    ("train.tsv", _tsv([0, 1, 0, 9, 1]), {},
+     f"row 4: label 9, but no row has label 2 (the others are 0, 1): inferred classes would include empty ones; "
+     f"{FIX}"),
+    ("train.tsv", _tsv([0, 1, "NaN", 1]), {}, f"row 3: label 'NaN' is not an integer like the others (0, 1); {FIX}"),
+    ("train.tsv", _tsv([0, 1, 1.5, 1]), {}, f"row 3: label 1.5 is not an integer like the others (0, 1); {FIX}"),
+    ("train.jsonl", "".join(json.dumps({"text": "a", "label": v}) + "\n" for v in [1, 0, "1x"]), {},
+     f"row 3: label '1x' is not an integer like the others (0, 1); {FIX}"),
+    ("train.tsv", _tsv(["pos"] * 10 + ["neg"] * 10 + ["postive"]), {},
+     f"row 21: label 'postive' is on this row only, while each other label (neg, pos) has 10 or more: a typo? "
+     f"{FIX}"),
+    ("train.tsv", _tsv([1, 2, 2, 1]), {},
+     "no row has label 0 (the labels are 1, 2): integer labels are class ids 0..N-1; name them in "
+     "data.label_names (e.g. label_names = ['1', '2']) or set model.num_labels"),
+    ("train.tsv", _tsv([1, 1, 1]), {},
+     "every row has label 1: a classifier needs examples of at least two classes; check data.label_column and "
+     "the file"),
+    ("train.tsv", _tsv([0, 0]), {},
+     "every row has label 0: a classifier needs examples of at least two classes; check data.label_column and "
+     "the file"),
+    ("train.tsv", _tsv(["neg", "pos", "neg"]), {"label_names": ["neg", "pos", "neutral"]},
+     "data.label_names lists neutral, which no training row has; remove it from data.label_names, or add such "
+     "examples"),
+    ("train.tsv", _tsv([0, 1, 0]), {"text_column": "label"},
+     "data.text_column 'label' is also data.label_column: the model would read its answer; set data.text_column "
+     "to a column of texts (columns are text)"),
+]
+
+
+@pytest.mark.parametrize("name,text,data,expected", LABEL_CASES)
+def test_label_inference_refuses_stray_values(capsys, tmp_path, tiny_bert_dir, name, text, data, expected):
+    train = write(tmp_path / name, text)
+    cfg = _inferring_config(tmp_path, tiny_bert_dir, train, data)
+    assert one_line(capsys, ["train", cfg]) == f"advrobust train: error: {train}: {expected}"
+    assert not (tmp_path / "run" / "model").exists()
+
+
+ROW_CASES = [
+    # (file name, text, the message after "{f}: "): every row is checked, not only the first
+    ("train.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"txt": "c", "label": 1}\n',
+     "row 3: no 'text' (its columns are txt, label); every row needs text, label"),
+    ("train.jsonl", '{"text": "a", "label": 0}\n{"text": "b"}\n',
+     "row 2: no 'label' (its columns are text); every row needs text, label"),
+    ("train.json", '[{"text": "a", "label": 0}, {"text": "b", "label": 1}, ["c", 1]]',
+     "row 3: expected a record (an object of columns), got list; fix that row"),
+    ("train.json", '{"sst2": [{"text": "a", "label": 0}, 7]}',
+     "row 2: expected a record (an object of columns), got int; fix that row"),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", ROW_CASES)
+def test_every_row_of_a_data_file_is_checked(capsys, run_config, tmp_path, name, text, expected):
+    data = write(tmp_path / name, text)
+    cfg = run_config(extra={"data": {"train_file": str(data)}})
+    assert one_line(capsys, ["train", cfg]) == f"advrobust train: error: {data}: {expected}"
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_data_root_that_is_no_directory_says_so(capsys, monkeypatch, tmp_path, tiny_bert_dir, kind):
+    import tomli_w
+
+    root = tmp_path / "data-root"
+    if kind == "file":
+        write(root, "not a folder")
+    monkeypatch.setenv("ADVROBUST_DATA_DIR", str(root))
+    config = {"model": {"backbone": str(tiny_bert_dir), "num_labels": 2}, "data": {"dataset": "sst2"},
+              "train": {"max_steps": 1}, "output": {"run_dir": str(tmp_path / "run")}}
+    cfg = write(tmp_path / "c.toml", tomli_w.dumps(config))
+    problem = "no such directory" if kind == "missing" else "is a file, not a directory"
+    assert one_line(capsys, ["train", cfg]) == (
+        f"advrobust train: error: ADVROBUST_DATA_DIR={root}: {problem}; point it at the folder holding "
+        f"sst2/train.tsv, or unset it")

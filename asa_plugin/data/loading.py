@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 
 from asa_plugin.data.files import find_in_data_root, read_rows
-from asa_plugin.data.labels import LabelMap
+from asa_plugin.data.labels import LabelMap, check_training_classes
 from asa_plugin.errors import DataError
 
 DATA_DIR_ENV = "ADVROBUST_DATA_DIR"
@@ -60,6 +60,9 @@ def read_split(data_cfg, split: str, registry=None) -> Split:
     loader = registry.get(name)
     names = getattr(loader, "label_names", None)
     root = os.environ.get(DATA_DIR_ENV)
+    if root and not os.path.isdir(root):
+        raise DataError(f"{DATA_DIR_ENV}={root}: " + ("is a file, not a directory" if os.path.exists(root) else
+                        "no such directory") + f"; point it at the folder holding {name}/{split}.tsv, or unset it")
     if root:
         found = find_in_data_root(root, name, split)
         if found is not None:
@@ -89,30 +92,48 @@ def _as_text(value) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
-def to_examples(split: Split, data_cfg, labels: LabelMap) -> list[Example]:
-    """Validated examples of ``split``: every problem is one line naming the file and the row."""
+def split_columns(split: Split, data_cfg) -> tuple[str, str | None, str]:
+    """(text, pair or None, label) columns of ``split``, each checked on every row: a row that is no
+    record or lacks one of them is one line naming the file and the row (1-based)."""
     rows, where = split.rows, split.where
     if not rows:
         raise DataError(f"{where}: the split is empty")
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: row {number}: expected a record (an object of columns), got "
+                            f"{type(row).__name__}; fix that row")
     text_col, pair_col = text_columns(rows[0], where, data_cfg.text_column,
                                       getattr(data_cfg, "text_pair_column", None))
-    if data_cfg.label_column not in rows[0]:
-        raise DataError(f"{where}: no label column '{data_cfg.label_column}'; columns are "
+    label_col = data_cfg.label_column
+    if label_col not in rows[0]:
+        raise DataError(f"{where}: no label column '{label_col}'; columns are "
                         f"{', '.join(map(str, rows[0]))}; set data.label_column")
-    return [Example(_as_text(row[text_col]), labels.encode(row[data_cfg.label_column], where, i + 1),
+    for key, column in (("text_column", text_col), ("text_pair_column", pair_col)):
+        if column == label_col:
+            raise DataError(f"{where}: data.{key} '{column}' is also data.label_column: the model would read "
+                            f"its answer; set data.{key} to a column of texts (columns are "
+                            f"{', '.join(c for c in map(str, rows[0]) if c != label_col)})")
+    needed = [c for c in (text_col, pair_col, label_col) if c is not None]
+    for number, row in enumerate(rows, start=1):
+        missing = [c for c in needed if c not in row]
+        if missing:
+            raise DataError(f"{where}: row {number}: no '{missing[0]}' (its columns are "
+                            f"{', '.join(map(str, row)) or 'none'}); every row needs {', '.join(needed)}")
+    return text_col, pair_col, label_col
+
+
+def to_examples(split: Split, data_cfg, labels: LabelMap) -> list[Example]:
+    """Validated examples of ``split``: every problem is one line naming the file and the row."""
+    text_col, pair_col, label_col = split_columns(split, data_cfg)
+    return [Example(_as_text(row[text_col]), labels.encode(row[label_col], split.where, i + 1),
                     None if pair_col is None else _as_text(row[pair_col]))
-            for i, row in enumerate(rows)]
+            for i, row in enumerate(split.rows)]
 
 
 def label_map(data_cfg, train: Split, num_labels: int | None = None) -> LabelMap:
     """The label map implied by the training split (and ``data.label_names``, ``model.num_labels``)."""
-    if not train.rows:
-        raise DataError(f"{train.where}: the split is empty")
-    text_columns(train.rows[0], train.where, data_cfg.text_column, getattr(data_cfg, "text_pair_column", None))
-    if data_cfg.label_column not in train.rows[0]:
-        raise DataError(f"{train.where}: no label column '{data_cfg.label_column}'; columns are "
-                        f"{', '.join(map(str, train.rows[0]))}; set data.label_column")
-    raw = [row[data_cfg.label_column] for row in train.rows]
+    _, _, label_col = split_columns(train, data_cfg)
+    raw = [row[label_col] for row in train.rows]
     return LabelMap.from_training_labels(raw, train.where, getattr(data_cfg, "label_names", None), num_labels,
                                          train.label_names)
 
@@ -151,7 +172,10 @@ def load_training_data(data_cfg, num_labels: int | None, registry=None) -> Train
     """The label map and the train/eval examples of a run, validated before any model loads."""
     train = read_split(data_cfg, data_cfg.train_split, registry)
     labels = label_map(data_cfg, train, num_labels)
-    train_examples = subset(to_examples(train, data_cfg, labels), data_cfg.max_train_examples, data_cfg.subset_seed)
+    train_examples = to_examples(train, data_cfg, labels)
+    check_training_classes([e.label for e in train_examples], labels, train.where,
+                           getattr(data_cfg, "label_names", None))
+    train_examples = subset(train_examples, data_cfg.max_train_examples, data_cfg.subset_seed)
     evaluated = read_split(data_cfg, data_cfg.eval_split, registry)
     eval_examples = subset(to_examples(evaluated, data_cfg, labels), data_cfg.max_eval_examples,
                            data_cfg.subset_seed)
