@@ -238,7 +238,12 @@ def check_bench(plan, pm) -> None:
     check_bench_settings(plan)
     check_writable(plan.out_dir, "bench.out_dir", "choose another with --set bench.out_dir=...")
     from asa_plugin.attacks.results import read_json, read_rows
+    from asa_plugin.bench.static import parse, task_hint
+    from asa_plugin.data.files import read_rows as read_data_rows
 
+    for spec in plan.bench.static_sets:  # a bad static set is found now, not after the training
+        file, task, _ = parse(spec)
+        read_data_rows(file, task, task_hint(spec))
     for cell in plan.cells:
         check_data_files(cell.cfg.data, plan.source)
         if (cell.run_dir / "metrics.json").is_file():  # finished cells are reused: they must be readable

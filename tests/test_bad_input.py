@@ -394,3 +394,106 @@ def test_a_data_root_that_is_no_directory_says_so(capsys, monkeypatch, tmp_path,
     assert one_line(capsys, ["train", cfg]) == (
         f"advrobust train: error: ADVROBUST_DATA_DIR={root}: {problem}; point it at the folder holding "
         f"sst2/train.tsv, or unset it")
+
+
+# --- seeds and thread counts out of range, found before any work ------------------------------------
+RANGE_CASES = [
+    (["train.seed=-1"], "--set 'train.seed=-1': train.seed must be >= 0, got -1 (numpy seeds are 0..2**32-1)"),
+    (["train.seed=4294967296"], "--set 'train.seed=4294967296': train.seed must be <= 4294967295, got 4294967296 "
+                                "(numpy seeds are 0..2**32-1)"),
+    (["train.threads=100000"], "--set 'train.threads=100000': train.threads must be <= 1024, got 100000 (threads "
+                               "beyond the CPU cores only slow torch down)"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", RANGE_CASES)
+def test_seeds_and_threads_out_of_range(capsys, run_config, overrides, expected):
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert one_line(capsys, ["train", run_config(), *sets]) == "advrobust train: error: " + expected
+
+
+def test_attack_threads_are_bounded(capsys, tmp_path, tiny_bert_dir, toy_data):
+    line = one_line(capsys, ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file",
+                             toy_data["dev"], "--out", tmp_path / "out", "--threads", "100000"])
+    assert line == ("advrobust attack: error: command line: attack.threads must be <= 1024, got 100000 (threads "
+                    "beyond the CPU cores only slow torch down)")
+
+
+def test_bench_seeds_out_of_numpy_range(capsys, tmp_path, tiny_bert_dir, toy_data):
+    cfg = write(tmp_path / "bench.toml", f"""[bench]
+defences = ["vanilla"]
+recipes = ["deepwordbug"]
+seeds = [42, 4294967296]
+out_dir = "{tmp_path / 'bench'}"
+[model]
+backbone = "{tiny_bert_dir}"
+[data]
+train_file = "{toy_data['train']}"
+dev_file = "{toy_data['dev']}"
+""")
+    assert one_line(capsys, ["bench", cfg]) == (
+        f"advrobust bench: error: {cfg}: [bench] bench.seeds: 4294967296 is not a seed (numpy seeds are 0..2**32-1)")
+    assert not (tmp_path / "bench").exists()
+
+
+# --- evaluate: damaged static sets, unfinished runs, unwritable outputs, hints that apply --------------
+def _sst2_run(root: Path, tiny: Path) -> Path:
+    """A finished run directory of a model trained on sst2 (so evaluate looks for the AdvGLUE task)."""
+    shutil.copytree(tiny, root / "run" / "model")
+    write(root / "run" / "config.resolved.toml", "[data]\ndataset = \"sst2\"\n")
+    return root / "run"
+
+
+MODEL_FIX = "the model's classes are fixed: fix the file, or use a model trained with these labels"
+EVALUATE_CASES = [
+    # (file name, its content, the message after "advrobust evaluate: error: {f}: ")
+    ("dev.json", '{"sst2": [{"sentence": "a", "label": 1}', "cannot parse: Expecting ',' delimiter: line 1 column "
+                                                            "40 (char 39)"),
+    ("dev.json", b'{"sst2": [{"sentence": "caf\xe9", "label": 1}]}', "line 1: bytes that are not UTF-8 (byte 27); "
+                                                                    "save the file as UTF-8"),
+    ("dev.json", '{"sst2": [{"sentence": "a", "label": 1}, {"label": 0}]}',
+     "row 2: no 'sentence' (its columns are label); every row needs sentence, label"),
+    ("dev.tsv", "sentence\tlabel\ngood\t1\nbad\t5\n", f"row 2: label 5 outside 0..1; {MODEL_FIX}"),
+    ("dev.tsv", "sentence\tlabel\ngood\tpos\n",
+     "row 1: label 'pos' is not an integer; the model's 2 classes have no names, so give their ids 0..1"),
+]
+
+
+@pytest.mark.parametrize("name,content,expected", EVALUATE_CASES)
+def test_evaluate_on_a_bad_static_set(capsys, tmp_path, tiny_bert_dir, name, content, expected):
+    run = _sst2_run(tmp_path, tiny_bert_dir)
+    data = write(tmp_path / name, content)
+    where = f"{data} [sst2]" if expected.startswith("row") and name.endswith(".json") else data
+    assert one_line(capsys, ["evaluate", run, "--data-file", data]) == f"advrobust evaluate: error: {where}: {expected}"
+    assert not (run / "evaluate").exists()
+
+
+def test_evaluate_on_an_unfinished_run_or_into_an_unwritable_out(capsys, tmp_path, tiny_bert_dir, toy_data):
+    unfinished = write(tmp_path / "unfinished" / "config.resolved.toml", "[train]\n").parent
+    assert one_line(capsys, ["evaluate", unfinished, "--data-file", toy_data["dev"]]) == (
+        f"advrobust evaluate: error: RUN {unfinished} is a run directory with no trained model (no model/): its "
+        f"training has not finished; finish it with `advrobust train CONFIG --resume`")
+    blocker = write(tmp_path / "blocker", "a file")
+    run = _sst2_run(tmp_path, tiny_bert_dir)
+    assert one_line(capsys, ["evaluate", run, "--data-file", toy_data["dev"], "--out", blocker / "out"]) == (
+        f"advrobust evaluate: error: evaluate output {blocker / 'out'}: {blocker} is a file, not a directory; "
+        f"choose another with --out DIR")
+
+
+def test_a_bench_static_set_hint_names_the_bench_setting(capsys, tmp_path, tiny_bert_dir, toy_data):
+    advglue = write(tmp_path / "dev.json", json.dumps({"sst2": [], "qqp": []}))
+    cfg = write(tmp_path / "bench.toml", f"""[bench]
+defences = ["vanilla"]
+recipes = ["deepwordbug"]
+static_sets = ["{advglue}"]
+out_dir = "{tmp_path / 'bench'}"
+[model]
+backbone = "{tiny_bert_dir}"
+[data]
+train_file = "{toy_data['train']}"
+dev_file = "{toy_data['dev']}"
+""")
+    assert one_line(capsys, ["bench", cfg]) == (
+        f"advrobust bench: error: {advglue}: holds several tasks; tasks: sst2, qqp; name it in bench.static_sets as "
+        f"FILE#TASK, e.g. '{advglue}#<task>'")
+    assert not (tmp_path / "bench" / "runs").exists()

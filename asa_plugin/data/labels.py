@@ -55,6 +55,9 @@ class LabelMap:
 
     num_labels: int
     names: tuple[str, ...] | None = None
+    from_model: bool = False
+    """Read from a trained model's config (attack, evaluate): its classes are fixed, so a label the
+    data has and the model lacks is fixed in the data or by another model, not in data.label_names."""
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -100,8 +103,8 @@ class LabelMap:
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
         names = tuple(id2label.get(i, f"LABEL_{i}") for i in range(n))
         if all(DEFAULT_NAME.match(name) for name in names):
-            return cls(n)
-        return cls(n, names)
+            return cls(n, from_model=True)
+        return cls(n, names, from_model=True)
 
     # --- use ------------------------------------------------------------------------------
     def encode(self, raw, where: str, row: int) -> int:
@@ -110,15 +113,19 @@ class LabelMap:
         name = str(value) if value is not None else str(raw)
         if self.names and name in self.names:
             return self.names.index(name)
+        model = "the model's classes are fixed: fix the file, or use a model trained with these labels"
         if value is None and self.names:
+            fix = model if self.from_model else "fix the file or list every label in data.label_names"
             raise DataError(f"{where}: row {row}: label {raw!r} was not seen in training (labels: "
-                            f"{', '.join(self.names)}); fix the file or list every label in data.label_names")
+                            f"{', '.join(self.names)}); {fix}")
         if value is None:
-            raise DataError(f"{where}: row {row}: label {raw!r} is not an integer; name the labels in "
-                            f"data.label_names, or use integer labels")
+            fix = (f"the model's {self.num_labels} classes have no names, so give their ids 0.."
+                   f"{self.num_labels - 1}" if self.from_model else
+                   "name the labels in data.label_names, or use integer labels")
+            raise DataError(f"{where}: row {row}: label {raw!r} is not an integer; {fix}")
         if not 0 <= value < self.num_labels:
-            raise DataError(f"{where}: row {row}: label {value} outside 0..{self.num_labels - 1}; "
-                            f"check model.num_labels or data.label_names")
+            fix = model if self.from_model else "check model.num_labels or data.label_names"
+            raise DataError(f"{where}: row {row}: label {value} outside 0..{self.num_labels - 1}; {fix}")
         return value
 
     def id2label(self) -> dict[int, str]:
