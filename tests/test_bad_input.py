@@ -497,3 +497,23 @@ dev_file = "{toy_data['dev']}"
         f"advrobust bench: error: {advglue}: holds several tasks; tasks: sst2, qqp; name it in bench.static_sets as "
         f"FILE#TASK, e.g. '{advglue}#<task>'")
     assert not (tmp_path / "bench" / "runs").exists()
+
+
+# --- texts with nothing to perturb are counted apart, not as failed attacks ----------------------------
+def test_texts_with_no_word_to_perturb_are_unperturbable(capsys, tmp_path, tiny_bert_dir):
+    texts = ["", "   ", "\U0001F600 \U0001F389", "the film was good", "bad awful plot"]
+    data = write(tmp_path / "dev.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(texts)))
+    assert main([str(a) for a in ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file", data,
+                                  "--out", tmp_path / "out", "--no-progress"]]) == 0
+    out = tmp_path / "out" / "attack" / "deepwordbug"
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["outcome"] == "unperturbable" for r in rows] == [True, True, True, False, False]
+    summary = json.loads((out / "summary.json").read_text())
+    attacked = rows[3:]
+    decided = [r for r in attacked if r["outcome"] in ("successful", "failed")]
+    assert (summary["num_examples"], summary["unperturbable"]) == (5, 3)
+    assert summary["clean_accuracy"] == sum(r["outcome"] != "skipped" for r in attacked) / 2
+    assert summary["accuracy_under_attack"] == sum(r["outcome"] in ("failed", "maximized") for r in attacked) / 2
+    assert summary["attack_success_rate"] == (sum(r["outcome"] == "successful" for r in decided) / len(decided)
+                                              if decided else None)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["unperturbable"] == 3

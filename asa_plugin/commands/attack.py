@@ -191,7 +191,7 @@ def run(args) -> int:
         pm.recipes.get(job.recipe)  # unknown names fail before any work
     for job in jobs:
         summary = run_attack(job, pm)
-        keys = ("recipe", "profile", "num_examples", "clean_accuracy", "accuracy_under_attack",
+        keys = ("recipe", "profile", "num_examples", "unperturbable", "clean_accuracy", "accuracy_under_attack",
                 "attack_success_rate", "avg_words_perturbed_pct", "avg_queries", "seconds")
         print(json.dumps({"out": str(job.out_dir), **{k: summary[k] for k in keys}}))
     return 0
