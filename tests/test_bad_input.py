@@ -517,3 +517,45 @@ def test_texts_with_no_word_to_perturb_are_unperturbable(capsys, tmp_path, tiny_
     assert summary["attack_success_rate"] == (sum(r["outcome"] == "successful" for r in decided) / len(decided)
                                               if decided else None)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["unperturbable"] == 3
+
+
+# --- words beyond max_length are not attacked nor counted -------------------------------------------
+def test_a_text_longer_than_max_length_is_attacked_up_to_what_the_model_sees(capsys, tmp_path, tiny_bert_dir):
+    from tiny import WORDS
+    from transformers import AutoTokenizer
+
+    from asa_plugin.cli import build_parser
+    from asa_plugin.commands.attack import build_jobs
+
+    long_text = " ".join(WORDS[i % len(WORDS)] for i in range(0, 120, 3))  # 40 words, each one token
+    data = write(tmp_path / "dev.tsv", f"sentence\tlabel\n{long_text}\t1\nthe film was good\t0\n")
+    argv = ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file", data, "--out",
+            tmp_path / "out", "--set", "model.max_length=16", "--seed", "0"]
+    _, (job,) = build_jobs(build_parser().parse_args([str(a) for a in argv]))
+    assert capsys.readouterr().err.strip() == (
+        "advrobust attack: note: 1 of 2 examples are longer than max_length = 16 tokens; each is attacked (and its "
+        "words counted) up to the last word the model sees")
+    (cut,) = [t for t in job.texts if t != "the film was good"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    seen = tokenizer(long_text, truncation=True, max_length=16)["input_ids"]
+    assert long_text.startswith(cut) and tokenizer(cut)["input_ids"] == seen  # exactly what the model sees
+    assert len(cut.split()) == 14  # 16 tokens less [CLS] and [SEP]: what words-perturbed counts
+    assert "the film was good" in job.texts
+
+
+def test_a_long_text_pair_is_cut_where_the_model_cuts_it(tiny_bert_dir):
+    from tiny import WORDS
+    from transformers import AutoTokenizer
+
+    from asa_plugin.attacks.visible import visible_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    short, long = "the film", " ".join(WORDS[:30])
+    texts, pairs, cut = visible_texts(tokenizer, [short, long], [long, short], 16)
+    assert cut == 2
+    for (first, second), (full_first, full_second) in zip(zip(texts, pairs), [(short, long), (long, short)]):
+        assert full_first.startswith(first) and full_second.startswith(second)
+        assert tokenizer(first, second)["input_ids"] == tokenizer(full_first, full_second, truncation=True,
+                                                                  max_length=16)["input_ids"]
+    assert (texts[0], pairs[1]) == (short, short)  # the shorter text of a pair is never cut
+    assert visible_texts(tokenizer, [short], None, 16) == ([short], None, 0)
