@@ -559,3 +559,42 @@ def test_a_long_text_pair_is_cut_where_the_model_cuts_it(tiny_bert_dir):
                                                                   max_length=16)["input_ids"]
     assert (texts[0], pairs[1]) == (short, short)  # the shorter text of a pair is never cut
     assert visible_texts(tokenizer, [short], None, 16) == ([short], None, 0)
+
+
+# --- a model trained on text pairs is not attacked or evaluated on single texts (nor the reverse) -------
+PAIRS = "premise\thypothesis\tlabel\nthe film\tit was good\t1\nthe plot\tit was bad\t0\n"
+SINGLE = "sentence\tlabel\nthe film was good\t1\nthe plot was bad\t0\n"
+INPUT_CASES = [
+    # (what the run trained on: [data] of config.resolved.toml, or a file's text), command, data given, message
+    (PAIRS, "evaluate", SINGLE, "{data} holds single texts, but the model of {run} was trained on text pairs "
+     "({train}): its predictions would mean nothing; give data with both texts (data.text_pair_column names the "
+     "second), or evaluate another model"),
+    (PAIRS, "attack", SINGLE, "{data}:dev holds single texts, but the model of {run} was trained on text pairs "
+     "({train}): its predictions would mean nothing; give data with both texts (data.text_pair_column names the "
+     "second), or attack another model"),
+    (SINGLE, "evaluate", PAIRS, "{data} holds text pairs, but the model of {run} was trained on single texts "
+     "({train}): its predictions would mean nothing; give data with one text column (set data.text_column), or a "
+     "model trained on pairs, or evaluate another model"),
+    ({"dataset": "mnli"}, "evaluate", SINGLE, "{data} holds single texts, but the model of {run} was trained on "
+     "text pairs (dataset 'mnli'): its predictions would mean nothing; give data with both texts "
+     "(data.text_pair_column names the second), or evaluate another model"),
+]
+
+
+@pytest.mark.parametrize("trained,command,given,expected", INPUT_CASES)
+def test_pairs_and_single_texts_match_what_the_model_was_trained_on(capsys, tmp_path, tiny_bert_dir, trained,
+                                                                     command, given, expected):
+    import tomli_w
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bert_dir, run / "model")
+    if isinstance(trained, str):
+        train = write(tmp_path / "train.tsv", trained)
+        trained = {"train_file": str(train), "dataset": "none"}
+    else:
+        train = f"dataset '{trained['dataset']}'"
+    write(run / "config.resolved.toml", tomli_w.dumps({"data": trained}))
+    data = write(tmp_path / "given.tsv", given)
+    argv = (["evaluate", run, "--data-file", data] if command == "evaluate" else
+            ["attack", "--model", run, "--recipe", "deepwordbug", "--data-file", data, "--out", tmp_path / "out"])
+    assert one_line(capsys, argv) == f"advrobust {command}: error: " + fill(expected, data=data, run=run, train=train)

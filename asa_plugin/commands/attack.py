@@ -156,11 +156,13 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
     from asa_plugin.attacks.visible import visible_texts
     from asa_plugin.data import load_split
     from asa_plugin.data.labels import checkpoint_labels
+    from asa_plugin.data.loading import check_same_inputs
 
     data = cfg.data
     examples = load_split(data, cfg.attack.split, checkpoint_labels(checkpoint),
                           limit=cfg.attack.examples_for_profile(), seed=cfg.attack.seed)
     source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
+    check_same_inputs(examples, f"{source}:{cfg.attack.split}", resolve_model(checkpoint)[1], "attack")
     max_length = cfg.attack.max_length or cfg.model.max_length
     pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
     texts, pairs, cut = visible_texts(AutoTokenizer.from_pretrained(resolve_backbone(checkpoint)),

@@ -103,10 +103,12 @@ def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, d
     """Evaluate ``checkpoint`` on one static set; write ``out_root/evaluate/<name>/``; (summary, that dir)."""
     from asa_plugin.attacks import results as res
     from asa_plugin.data.labels import checkpoint_labels
+    from asa_plugin.data.loading import check_same_inputs
 
     settings = _run_settings(run_dir)
     labels = checkpoint_labels(checkpoint)
     examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
+    check_same_inputs(examples, where, run_dir, "evaluate")
     max_length = settings.get("model", {}).get("max_length", 512)
     summary, rows = evaluate(checkpoint, examples, max_length, batch_size)
     out = out_root / "evaluate" / (name or default_name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from asa_plugin.data.files import find_in_data_root, read_rows
 from asa_plugin.data.labels import LabelMap, check_training_classes
@@ -185,3 +186,44 @@ def load_training_data(data_cfg, num_labels: int | None, registry=None) -> Train
         raise DataError(f"{evaluated.where}: holds {kinds[1]} but {train.where} holds {kinds[0]}; set "
                         f"data.text_column and data.text_pair_column so both splits have the same columns")
     return TrainingData(labels, train_examples, eval_examples)
+
+
+def trained_on_pairs(run_dir: Path | None) -> tuple[bool, str] | None:
+    """(whether the run's model was trained on text pairs, its training data) from the run's
+    ``config.resolved.toml``; None when that cannot be told cheaply (no run dir, a plugin dataset,
+    a training file since moved)."""
+    from asa_plugin.config import DataConfig, read_file
+    from asa_plugin.errors import UserError
+    from asa_plugin.schema import build
+
+    resolved = Path(run_dir) / "config.resolved.toml" if run_dir is not None else None
+    if resolved is None or not resolved.is_file():
+        return None
+    try:
+        data = build(DataConfig, read_file(resolved).get("data", {}), section="data", source=str(resolved))
+        if data.text_pair_column:
+            return True, f"data.text_pair_column = {data.text_pair_column!r}"
+        if data.train_file:
+            rows = read_rows(data.train_file)
+            if not rows or not isinstance(rows[0], dict):
+                return None
+            return text_columns(rows[0], data.train_file, data.text_column, None)[1] is not None, data.train_file
+    except (UserError, OSError):
+        return None
+    from asa_plugin.data.builtin import HUB
+
+    if data.dataset in HUB:
+        return isinstance(HUB[data.dataset][2], tuple), f"dataset '{data.dataset}'"
+    return None
+
+
+def check_same_inputs(examples: list[Example], where: str, run_dir: Path | None, command: str) -> None:
+    """Refuse single texts for a model trained on text pairs, and the reverse (when the run tells)."""
+    trained = trained_on_pairs(run_dir)
+    if trained is None or not examples or trained[0] == (examples[0].text_pair is not None):
+        return
+    kinds = ("text pairs", "single texts") if trained[0] else ("single texts", "text pairs")
+    fix = ("give data with both texts (data.text_pair_column names the second)" if trained[0] else
+           "give data with one text column (set data.text_column), or a model trained on pairs")
+    raise DataError(f"{where} holds {kinds[1]}, but the model of {run_dir} was trained on {kinds[0]} "
+                    f"({trained[1]}): its predictions would mean nothing; {fix}, or {command} another model")
