@@ -16,6 +16,7 @@ from typing import Any, Literal
 from asa_plugin.attacks.config import AttackConfig
 from asa_plugin.errors import ConfigError
 from asa_plugin.schema import build, option, toml_values
+from asa_plugin.threads import MAX_THREADS, SEED_MAX, SEED_WHY, THREADS_WHY
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,7 +66,7 @@ class TrainConfig:
     warmup_ratio: float = option(0.06, ge=0, le=1, help="fraction of steps with linear warmup")
     weight_decay: float = option(0.01, ge=0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, ge=0, help="gradient clipping norm; 0 = off")
-    seed: int = option(42, help="seed of weights init, data order, dropout")
+    seed: int = option(42, ge=0, le=SEED_MAX, why=SEED_WHY, help="seed of weights init, data order, dropout")
     mixed_precision: Literal["no", "fp16", "bf16"] = option(
         "no", help="autocast: bf16 on CPU or GPU; fp16 on GPU only (with a loss scaler)")
     gradient_accumulation_steps: int = option(1, ge=1, help="micro-batches per optimizer step")
@@ -74,8 +75,9 @@ class TrainConfig:
         200, ge=0, help="also checkpoint every N steps (an interruption loses at most N steps); 0 = each epoch only")
     log_every_steps: int = option(50, ge=1, help="log the running loss every N steps")
     threads: int | None = option(
-        None, ge=1, help="torch CPU threads; default: $OMP_NUM_THREADS, else a count set with "
-                         "torch.set_num_threads, else 1 (measured: benchmarks/README.md)")
+        None, ge=1, le=MAX_THREADS, why=THREADS_WHY,
+        help="torch CPU threads; default: $OMP_NUM_THREADS, else a count set with "
+             "torch.set_num_threads, else 1 (measured: benchmarks/README.md)")
 
 
 @dataclass

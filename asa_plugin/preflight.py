@@ -246,7 +246,12 @@ def check_bench(plan, pm) -> None:
     check_writable(plan.out_dir, "bench.out_dir", "choose another with --set bench.out_dir=...")
     from asa_plugin.attacks.results import read_json, read_rows
     from asa_plugin.bench.grid import check_seed
+    from asa_plugin.bench.static import parse, task_hint
+    from asa_plugin.data.files import read_rows as read_data_rows
 
+    for spec in plan.bench.static_sets:  # a bad static set is found now, not after the training
+        file, task, _ = parse(spec)
+        read_data_rows(file, task, task_hint(spec))
     for cell in plan.cells:
         check_seed(cell)  # a run trained with another seed (bench.seeds changed): before bench.json is rewritten
         check_data_files(cell.cfg.data, plan.source)

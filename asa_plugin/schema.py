@@ -1,7 +1,8 @@
 """Typed validation of config sections into dataclasses.
 
-Each field may carry metadata: ``help`` (one line), ``ge``/``gt``/``le``/``lt`` bounds and
-``choices``. Errors name the file and the ``section.key`` and say what is allowed.
+Each field may carry metadata: ``help`` (one line), ``ge``/``gt``/``le``/``lt`` bounds (``why``:
+the reason for them, shown with a value out of bounds) and ``choices``. Errors name the file and the
+``section.key`` and say what is allowed.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def build(cls: type, data: typing.Mapping[str, Any], *, section: str, source: st
             raise ConfigError(f"{source}: {section}.{name} must be {_type_name(tp)}, got {value!r}") from None
         problem = _check_range(kwargs[name], fields[name].metadata)
         if problem:
-            raise ConfigError(f"{source}: {section}.{name} {problem}, got {value!r}")
+            why = fields[name].metadata.get("why")
+            raise ConfigError(f"{source}: {section}.{name} {problem}, got {value!r}" + (f" ({why})" if why else ""))
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:

@@ -17,6 +17,12 @@ import os
 from dataclasses import asdict, dataclass
 
 THREAD_ENVS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+MAX_THREADS = 1024
+"""The most threads a config may ask for: more than any CPU node has cores (``--threads 100000`` made
+torch allocate per-thread state until a MemoryError); threads beyond the cores only slow it down."""
+THREADS_WHY = "threads beyond the CPU cores only slow torch down"
+SEED_MAX = 2**32 - 1
+SEED_WHY = "numpy seeds are 0..2**32-1"
 TRAIN_DEFAULT_THREADS = 1
 """Measured on the shared 2-core machines (benchmarks/train_threads.py, benchmarks/README.md)."""
 

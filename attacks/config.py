@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from asa_plugin.schema import option
+from asa_plugin.threads import MAX_THREADS, THREADS_WHY
 
 PROFILE_NUM_EXAMPLES = {"stock": 100, "textdefender": 1000}
 """Examples attacked when ``num_examples`` is not set: TextDefender (Li et al. 2021) uses 1,000."""
@@ -35,8 +36,9 @@ class AttackConfig:
         None, ge=1, help="worker processes, each with its own model copy; default: one per visible GPU on "
                          "GPU, else CPU cores / attack.threads")
     threads: int | None = option(
-        None, ge=1, help="torch CPU threads per worker; default: $OMP_NUM_THREADS, else a count set with "
-                         "torch.set_num_threads, else 1")
+        None, ge=1, le=MAX_THREADS, why=THREADS_WHY,
+        help="torch CPU threads per worker; default: $OMP_NUM_THREADS, else a count set with "
+             "torch.set_num_threads, else 1")
     cache_dir: str | None = option(None, help="TextAttack's cache and derived assets; default: $TA_CACHE_DIR, "
                                               "else RUN/attack/.cache")
     download: bool = option(True, help="fetch missing assets online (never when ADVROBUST_OFFLINE or "

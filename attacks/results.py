@@ -17,7 +17,10 @@ from typing import Any
 from asa_plugin.errors import UserError
 from asa_plugin.outputs import portable_text
 
-OUTCOMES = ("successful", "failed", "skipped", "maximized")
+OUTCOMES = ("successful", "failed", "skipped", "maximized", "unperturbable")
+"""TextAttack's four outcomes, and ours for a text with no word an attack may change (empty, whitespace,
+emoji only): nothing was attacked, so, as TextAttack leaves skipped examples out of the success rate,
+these are left out of every rate (and counted apart) rather than counted as attacks that failed."""
 TIMING_KEYS = ("seconds", "timing", "time_breakdown", "execution")
 """Fields that measure time: they differ between any two runs and are left out of comparisons."""
 
@@ -50,7 +53,7 @@ def result_row(index: int, gold: int, result, seconds: float, query_budget: floa
     perturbed = result.perturbed_result.attacked_text
     num_words = modifiable_words(original, modify_columns)
     changed = len(original.all_words_diff(perturbed)) if original.text != perturbed.text else 0
-    outcome = outcome_name(result)
+    outcome = outcome_name(result) if num_words else "unperturbable"
     texts = {"original_text": original.text, "perturbed_text": perturbed.text}
     if len(original.column_labels) > 1:
         (first, second), (first_out, second_out) = original.tokenizer_input, perturbed.tokenizer_input
@@ -80,9 +83,11 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict],
 
     from asa_plugin.training.degenerate import judge_rows
 
-    n = len(rows)
-    verdict = judge_rows(rows)
+    verdict = judge_rows(rows)  # every example the model predicted, unperturbable ones included
     counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
+    every = rows
+    rows = [r for r in rows if r["outcome"] != "unperturbable"]  # nothing to attack: out of every rate
+    n = len(rows)
     attacked = [r for r in rows if r["outcome"] != "skipped"]
     successful = [r for r in rows if r["outcome"] == "successful"]
     decided = counts["successful"] + counts["failed"]
@@ -93,14 +98,15 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict],
     return {
         "recipe": manifest["recipe"],
         "profile": manifest["profile"],
-        "num_examples": n,
+        "num_examples": len(every),
+        "unperturbable": counts["unperturbable"],
         "clean_accuracy": (n - counts["skipped"]) / n if n else None,
         "accuracy_under_attack": (counts["failed"] + counts["maximized"]) / n if n else None,
         "attack_success_rate": counts["successful"] / decided if decided else None,
         "avg_words_perturbed_pct": mean([r["words_perturbed_pct"] for r in successful]),
         "avg_queries": mean([r["queries"] for r in attacked]),
-        "seconds": round(sum(r["seconds"] for r in rows), 3),
-        "time_breakdown": breakdown(rows),
+        "seconds": round(sum(r["seconds"] for r in every), 3),
+        "time_breakdown": breakdown(every),
         "execution": execution,
         "outcomes": counts,
         # judged from these rows' gold labels and original predictions (training/degenerate.py)

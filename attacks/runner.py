@@ -310,7 +310,7 @@ class _RowSink:
 
 
 def _running(rows: list[dict]) -> dict[str, str]:
-    n = len(rows)
+    n = sum(r["outcome"] != "unperturbable" for r in rows)
     held = sum(r["outcome"] in ("failed", "maximized") for r in rows)
     won = sum(r["outcome"] == "successful" for r in rows)
     decided = won + sum(r["outcome"] == "failed" for r in rows)

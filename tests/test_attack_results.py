@@ -22,6 +22,11 @@ CASES = [
      (0.75, 0.25, 2 / 3, 15.0, 30.0)),
     ([row(0, "skipped", 0, 1), row(1, "skipped", 0, 1)], (0.0, 0.0, None, None, None)),
     ([row(0, "failed", 0, 7), row(1, "failed", 0, 9)], (1.0, 1.0, 0.0, None, 8.0)),
+    # texts with no word to perturb are left out of every rate (not counted as failed attacks)
+    ([row(0, "unperturbable", 0, 1), row(1, "successful", 50, 20), row(2, "failed", 0, 40)],
+     (1.0, 0.5, 0.5, 50.0, 30.0)),
+    ([row(0, "unperturbable", 0, 1), row(1, "skipped", 0, 1), row(2, "unperturbable", 0, 1), row(3, "failed", 0, 5)],
+     (0.5, 0.5, 0.0, None, 5.0)),
 ]
 
 
@@ -31,6 +36,12 @@ def test_summary_values(rows, expected):
     got = (s["clean_accuracy"], s["accuracy_under_attack"], s["attack_success_rate"],
            s["avg_words_perturbed_pct"], s["avg_queries"])
     assert got == pytest.approx(expected) if None not in expected else got == expected
+
+
+def test_unperturbable_texts_are_counted_apart():
+    s = summarize(CASES[4][0], MANIFEST, [])
+    assert (s["num_examples"], s["unperturbable"], s["outcomes"]["unperturbable"], s["outcomes"]["failed"]) == (
+        4, 2, 2, 1)
 
 
 def test_summary_does_not_depend_on_row_order_or_timing():

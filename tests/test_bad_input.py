@@ -303,3 +303,298 @@ def test_blocking_a_plugin_that_is_not_installed_warns(capsys, monkeypatch, fres
         "warning: ADVROBUST_DISABLE_PLUGINS / [plugins] block names 'garbage', which is no installed plugin "
         "(installed: acme); use entry-point names from `advrobust plugins`, or ADVROBUST_DISABLE_PLUGINS=1 to "
         "block all")
+
+
+# --- training labels: inference refuses what it would turn into a class (issue 21) ----------------
+def _inferring_config(tmp_path: Path, tiny: Path, train: Path, data: dict | None = None) -> Path:
+    """A run config on ``train`` with no model.num_labels, so the classes are inferred from the file."""
+    import tomli_w
+
+    config = {"model": {"backbone": str(tiny), "max_length": 32},
+              "data": {"train_file": str(train), "dev_file": str(train), **(data or {})},
+              "train": {"max_steps": 1, "batch_size": 4}, "output": {"run_dir": str(tmp_path / "run")}}
+    return write(tmp_path / "c.toml", tomli_w.dumps(config))
+
+
+def _tsv(labels: list, text: str = "good film") -> str:
+    return "text\tlabel\n" + "".join(f"{text} {i}\t{label}\n" for i, label in enumerate(labels))
+
+
+FIX = "fix that row, or name every label in data.label_names (or set model.num_labels) to keep it"
+LABEL_CASES = [
+    # (train file name, its text, [data] settings, the message after "{f}: ")
+    ("train.tsv", _tsv([0, 1, 0, 9, 1]), {},
+     f"row 4: label 9, but no row has label 2 (the others are 0, 1): inferred classes would include empty ones; "
+     f"{FIX}"),
+    ("train.tsv", _tsv([0, 1, "NaN", 1]), {}, f"row 3: label 'NaN' is not an integer like the others (0, 1); {FIX}"),
+    ("train.tsv", _tsv([0, 1, 1.5, 1]), {}, f"row 3: label 1.5 is not an integer like the others (0, 1); {FIX}"),
+    ("train.jsonl", "".join(json.dumps({"text": "a", "label": v}) + "\n" for v in [1, 0, "1x"]), {},
+     f"row 3: label '1x' is not an integer like the others (0, 1); {FIX}"),
+    ("train.tsv", _tsv(["pos"] * 10 + ["neg"] * 10 + ["postive"]), {},
+     f"row 21: label 'postive' is on this row only, while each other label (neg, pos) has 10 or more: a typo? "
+     f"{FIX}"),
+    ("train.tsv", _tsv([1, 2, 2, 1]), {},
+     "no row has label 0 (the labels are 1, 2): integer labels are class ids 0..N-1; name them in "
+     "data.label_names (e.g. label_names = ['1', '2']) or set model.num_labels"),
+    ("train.tsv", _tsv([1, 1, 1]), {},
+     "every row has label 1: a classifier needs examples of at least two classes; check data.label_column and "
+     "the file"),
+    ("train.tsv", _tsv([0, 0]), {},
+     "every row has label 0: a classifier needs examples of at least two classes; check data.label_column and "
+     "the file"),
+    ("train.tsv", _tsv(["neg", "pos", "neg"]), {"label_names": ["neg", "pos", "neutral"]},
+     "data.label_names lists neutral, which no training row has; remove it from data.label_names, or add such "
+     "examples"),
+    ("train.tsv", _tsv([0, 1, 0]), {"text_column": "label"},
+     "data.text_column 'label' is also data.label_column: the model would read its answer; set data.text_column "
+     "to a column of texts (columns are text)"),
+]
+
+
+@pytest.mark.parametrize("name,text,data,expected", LABEL_CASES)
+def test_label_inference_refuses_stray_values(capsys, tmp_path, tiny_bert_dir, name, text, data, expected):
+    train = write(tmp_path / name, text)
+    cfg = _inferring_config(tmp_path, tiny_bert_dir, train, data)
+    assert one_line(capsys, ["train", cfg]) == f"advrobust train: error: {train}: {expected}"
+    assert not (tmp_path / "run" / "model").exists()
+
+
+ROW_CASES = [
+    # (file name, text, the message after "{f}: "): every row is checked, not only the first
+    ("train.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"txt": "c", "label": 1}\n',
+     "row 3: no 'text' (its columns are txt, label); every row needs text, label"),
+    ("train.jsonl", '{"text": "a", "label": 0}\n{"text": "b"}\n',
+     "row 2: no 'label' (its columns are text); every row needs text, label"),
+    ("train.json", '[{"text": "a", "label": 0}, {"text": "b", "label": 1}, ["c", 1]]',
+     "row 3: expected a record (an object of columns), got list; fix that row"),
+    ("train.json", '{"sst2": [{"text": "a", "label": 0}, 7]}',
+     "row 2: expected a record (an object of columns), got int; fix that row"),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", ROW_CASES)
+def test_every_row_of_a_data_file_is_checked(capsys, run_config, tmp_path, name, text, expected):
+    data = write(tmp_path / name, text)
+    cfg = run_config(extra={"data": {"train_file": str(data)}})
+    assert one_line(capsys, ["train", cfg]) == f"advrobust train: error: {data}: {expected}"
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_data_root_that_is_no_directory_says_so(capsys, monkeypatch, tmp_path, tiny_bert_dir, kind):
+    import tomli_w
+
+    root = tmp_path / "data-root"
+    if kind == "file":
+        write(root, "not a folder")
+    monkeypatch.setenv("ADVROBUST_DATA_DIR", str(root))
+    config = {"model": {"backbone": str(tiny_bert_dir), "num_labels": 2}, "data": {"dataset": "sst2"},
+              "train": {"max_steps": 1}, "output": {"run_dir": str(tmp_path / "run")}}
+    cfg = write(tmp_path / "c.toml", tomli_w.dumps(config))
+    problem = "no such directory" if kind == "missing" else "is a file, not a directory"
+    assert one_line(capsys, ["train", cfg]) == (
+        f"advrobust train: error: ADVROBUST_DATA_DIR={root}: {problem}; point it at the folder holding "
+        f"sst2/train.tsv, or unset it")
+
+
+# --- seeds and thread counts out of range, found before any work ------------------------------------
+RANGE_CASES = [
+    (["train.seed=-1"], "--set 'train.seed=-1': train.seed must be >= 0, got -1 (numpy seeds are 0..2**32-1)"),
+    (["train.seed=4294967296"], "--set 'train.seed=4294967296': train.seed must be <= 4294967295, got 4294967296 "
+                                "(numpy seeds are 0..2**32-1)"),
+    (["train.threads=100000"], "--set 'train.threads=100000': train.threads must be <= 1024, got 100000 (threads "
+                               "beyond the CPU cores only slow torch down)"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", RANGE_CASES)
+def test_seeds_and_threads_out_of_range(capsys, run_config, overrides, expected):
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert one_line(capsys, ["train", run_config(), *sets]) == "advrobust train: error: " + expected
+
+
+def test_attack_threads_are_bounded(capsys, tmp_path, tiny_bert_dir, toy_data):
+    line = one_line(capsys, ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file",
+                             toy_data["dev"], "--out", tmp_path / "out", "--threads", "100000"])
+    assert line == ("advrobust attack: error: command line: attack.threads must be <= 1024, got 100000 (threads "
+                    "beyond the CPU cores only slow torch down)")
+
+
+def test_bench_seeds_out_of_numpy_range(capsys, tmp_path, tiny_bert_dir, toy_data):
+    cfg = write(tmp_path / "bench.toml", f"""[bench]
+defences = ["vanilla"]
+recipes = ["deepwordbug"]
+seeds = [42, 4294967296]
+out_dir = "{tmp_path / 'bench'}"
+[model]
+backbone = "{tiny_bert_dir}"
+[data]
+train_file = "{toy_data['train']}"
+dev_file = "{toy_data['dev']}"
+""")
+    assert one_line(capsys, ["bench", cfg]) == (
+        f"advrobust bench: error: {cfg}: [bench] bench.seeds: 4294967296 is not a seed (numpy seeds are 0..2**32-1)")
+    assert not (tmp_path / "bench").exists()
+
+
+# --- evaluate: damaged static sets, unfinished runs, unwritable outputs, hints that apply --------------
+def _sst2_run(root: Path, tiny: Path) -> Path:
+    """A finished run directory of a model trained on sst2 (so evaluate looks for the AdvGLUE task)."""
+    shutil.copytree(tiny, root / "run" / "model")
+    write(root / "run" / "config.resolved.toml", "[data]\ndataset = \"sst2\"\n")
+    return root / "run"
+
+
+MODEL_FIX = "the model's classes are fixed: fix the file, or use a model trained with these labels"
+EVALUATE_CASES = [
+    # (file name, its content, the message after "advrobust evaluate: error: {f}: ")
+    ("dev.json", '{"sst2": [{"sentence": "a", "label": 1}', "cannot parse: Expecting ',' delimiter: line 1 column "
+                                                            "40 (char 39)"),
+    ("dev.json", b'{"sst2": [{"sentence": "caf\xe9", "label": 1}]}', "line 1: bytes that are not UTF-8 (byte 27); "
+                                                                    "save the file as UTF-8"),
+    ("dev.json", '{"sst2": [{"sentence": "a", "label": 1}, {"label": 0}]}',
+     "row 2: no 'sentence' (its columns are label); every row needs sentence, label"),
+    ("dev.tsv", "sentence\tlabel\ngood\t1\nbad\t5\n", f"row 2: label 5 outside 0..1; {MODEL_FIX}"),
+    ("dev.tsv", "sentence\tlabel\ngood\tpos\n",
+     "row 1: label 'pos' is not an integer; the model's 2 classes have no names, so give their ids 0..1"),
+]
+
+
+@pytest.mark.parametrize("name,content,expected", EVALUATE_CASES)
+def test_evaluate_on_a_bad_static_set(capsys, tmp_path, tiny_bert_dir, name, content, expected):
+    run = _sst2_run(tmp_path, tiny_bert_dir)
+    data = write(tmp_path / name, content)
+    where = f"{data} [sst2]" if expected.startswith("row") and name.endswith(".json") else data
+    assert one_line(capsys, ["evaluate", run, "--data-file", data]) == f"advrobust evaluate: error: {where}: {expected}"
+    assert not (run / "evaluate").exists()
+
+
+def test_evaluate_on_an_unfinished_run_or_into_an_unwritable_out(capsys, tmp_path, tiny_bert_dir, toy_data):
+    unfinished = write(tmp_path / "unfinished" / "config.resolved.toml", "[train]\n").parent
+    assert one_line(capsys, ["evaluate", unfinished, "--data-file", toy_data["dev"]]) == (
+        f"advrobust evaluate: error: RUN {unfinished} is a run directory with no trained model (no model/): its "
+        f"training has not finished; finish it with `advrobust train CONFIG --resume`")
+    blocker = write(tmp_path / "blocker", "a file")
+    run = _sst2_run(tmp_path, tiny_bert_dir)
+    assert one_line(capsys, ["evaluate", run, "--data-file", toy_data["dev"], "--out", blocker / "out"]) == (
+        f"advrobust evaluate: error: evaluate output {blocker / 'out'}: {blocker} is a file, not a directory; "
+        f"choose another with --out DIR")
+
+
+def test_a_bench_static_set_hint_names_the_bench_setting(capsys, tmp_path, tiny_bert_dir, toy_data):
+    advglue = write(tmp_path / "dev.json", json.dumps({"sst2": [], "qqp": []}))
+    cfg = write(tmp_path / "bench.toml", f"""[bench]
+defences = ["vanilla"]
+recipes = ["deepwordbug"]
+static_sets = ["{advglue}"]
+out_dir = "{tmp_path / 'bench'}"
+[model]
+backbone = "{tiny_bert_dir}"
+[data]
+train_file = "{toy_data['train']}"
+dev_file = "{toy_data['dev']}"
+""")
+    assert one_line(capsys, ["bench", cfg]) == (
+        f"advrobust bench: error: {advglue}: holds several tasks; tasks: sst2, qqp; name it in bench.static_sets as "
+        f"FILE#TASK, e.g. '{advglue}#<task>'")
+    assert not (tmp_path / "bench" / "runs").exists()
+
+
+# --- texts with nothing to perturb are counted apart, not as failed attacks ----------------------------
+def test_texts_with_no_word_to_perturb_are_unperturbable(capsys, tmp_path, tiny_bert_dir):
+    texts = ["", "   ", "\U0001F600 \U0001F389", "the film was good", "bad awful plot"]
+    data = write(tmp_path / "dev.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(texts)))
+    assert main([str(a) for a in ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file", data,
+                                  "--out", tmp_path / "out", "--no-progress"]]) == 0
+    out = tmp_path / "out" / "attack" / "deepwordbug"
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["outcome"] == "unperturbable" for r in rows] == [True, True, True, False, False]
+    summary = json.loads((out / "summary.json").read_text())
+    attacked = rows[3:]
+    decided = [r for r in attacked if r["outcome"] in ("successful", "failed")]
+    assert (summary["num_examples"], summary["unperturbable"]) == (5, 3)
+    assert summary["clean_accuracy"] == sum(r["outcome"] != "skipped" for r in attacked) / 2
+    assert summary["accuracy_under_attack"] == sum(r["outcome"] in ("failed", "maximized") for r in attacked) / 2
+    assert summary["attack_success_rate"] == (sum(r["outcome"] == "successful" for r in decided) / len(decided)
+                                              if decided else None)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["unperturbable"] == 3
+
+
+# --- words beyond max_length are not attacked nor counted -------------------------------------------
+def test_a_text_longer_than_max_length_is_attacked_up_to_what_the_model_sees(capsys, tmp_path, tiny_bert_dir):
+    from tiny import WORDS
+    from transformers import AutoTokenizer
+
+    from asa_plugin.cli import build_parser
+    from asa_plugin.commands.attack import build_jobs
+
+    long_text = " ".join(WORDS[i % len(WORDS)] for i in range(0, 120, 3))  # 40 words, each one token
+    data = write(tmp_path / "dev.tsv", f"sentence\tlabel\n{long_text}\t1\nthe film was good\t0\n")
+    argv = ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file", data, "--out",
+            tmp_path / "out", "--set", "model.max_length=16", "--seed", "0"]
+    _, (job,) = build_jobs(build_parser().parse_args([str(a) for a in argv]))
+    assert capsys.readouterr().err.strip() == (
+        "advrobust attack: note: 1 of 2 examples are longer than max_length = 16 tokens; each is attacked (and its "
+        "words counted) up to the last word the model sees")
+    (cut,) = [t for t in job.texts if t != "the film was good"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    seen = tokenizer(long_text, truncation=True, max_length=16)["input_ids"]
+    assert long_text.startswith(cut) and tokenizer(cut)["input_ids"] == seen  # exactly what the model sees
+    assert len(cut.split()) == 14  # 16 tokens less [CLS] and [SEP]: what words-perturbed counts
+    assert "the film was good" in job.texts
+
+
+def test_a_long_text_pair_is_cut_where_the_model_cuts_it(tiny_bert_dir):
+    from tiny import WORDS
+    from transformers import AutoTokenizer
+
+    from asa_plugin.attacks.visible import visible_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    short, long = "the film", " ".join(WORDS[:30])
+    texts, pairs, cut = visible_texts(tokenizer, [short, long], [long, short], 16)
+    assert cut == 2
+    for (first, second), (full_first, full_second) in zip(zip(texts, pairs), [(short, long), (long, short)]):
+        assert full_first.startswith(first) and full_second.startswith(second)
+        assert tokenizer(first, second)["input_ids"] == tokenizer(full_first, full_second, truncation=True,
+                                                                  max_length=16)["input_ids"]
+    assert (texts[0], pairs[1]) == (short, short)  # the shorter text of a pair is never cut
+    assert visible_texts(tokenizer, [short], None, 16) == ([short], None, 0)
+
+
+# --- a model trained on text pairs is not attacked or evaluated on single texts (nor the reverse) -------
+PAIRS = "premise\thypothesis\tlabel\nthe film\tit was good\t1\nthe plot\tit was bad\t0\n"
+SINGLE = "sentence\tlabel\nthe film was good\t1\nthe plot was bad\t0\n"
+INPUT_CASES = [
+    # (what the run trained on: [data] of config.resolved.toml, or a file's text), command, data given, message
+    (PAIRS, "evaluate", SINGLE, "{data} holds single texts, but the model of {run} was trained on text pairs "
+     "({train}): its predictions would mean nothing; give data with both texts (data.text_pair_column names the "
+     "second), or evaluate another model"),
+    (PAIRS, "attack", SINGLE, "{data}:dev holds single texts, but the model of {run} was trained on text pairs "
+     "({train}): its predictions would mean nothing; give data with both texts (data.text_pair_column names the "
+     "second), or attack another model"),
+    (SINGLE, "evaluate", PAIRS, "{data} holds text pairs, but the model of {run} was trained on single texts "
+     "({train}): its predictions would mean nothing; give data with one text column (set data.text_column), or a "
+     "model trained on pairs, or evaluate another model"),
+    ({"dataset": "mnli"}, "evaluate", SINGLE, "{data} holds single texts, but the model of {run} was trained on "
+     "text pairs (dataset 'mnli'): its predictions would mean nothing; give data with both texts "
+     "(data.text_pair_column names the second), or evaluate another model"),
+]
+
+
+@pytest.mark.parametrize("trained,command,given,expected", INPUT_CASES)
+def test_pairs_and_single_texts_match_what_the_model_was_trained_on(capsys, tmp_path, tiny_bert_dir, trained,
+                                                                     command, given, expected):
+    import tomli_w
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bert_dir, run / "model")
+    if isinstance(trained, str):
+        train = write(tmp_path / "train.tsv", trained)
+        trained = {"train_file": str(train), "dataset": "none"}
+    else:
+        train = f"dataset '{trained['dataset']}'"
+    write(run / "config.resolved.toml", tomli_w.dumps({"data": trained}))
+    data = write(tmp_path / "given.tsv", given)
+    argv = (["evaluate", run, "--data-file", data] if command == "evaluate" else
+            ["attack", "--model", run, "--recipe", "deepwordbug", "--data-file", data, "--out", tmp_path / "out"])
+    assert one_line(capsys, argv) == f"advrobust {command}: error: " + fill(expected, data=data, run=run, train=train)

@@ -34,13 +34,16 @@ def test_each_outcome_maps_to_clean_and_robust_correctness(outcome, clean, robus
     assert (bool(found.clean[0]), bool(found.robust[0])) == (clean, robust)
 
 
-def test_outcome_means_are_the_summary_accuracies():
-    mixed = rows(["skipped", "successful", "failed", "failed", "maximized", "successful", "skipped", "failed"])
+@pytest.mark.parametrize("extra", [[], ["unperturbable"], ["unperturbable", "unperturbable"]])
+def test_outcome_means_are_the_summary_accuracies(extra):
+    mixed = rows(["skipped", "successful", "failed", *extra, "failed", "maximized", "successful", "skipped",
+                  "failed"])
     summary = summarize(mixed, {"recipe": "r", "profile": "p", "seed": 0, "split": "dev", "model": "m",
                                 "data": "d", "selection_size": len(mixed)}, [])
     found = stats.Outcomes.from_rows(mixed)
     assert found.robust.mean() == summary["accuracy_under_attack"]
     assert found.clean.mean() == summary["clean_accuracy"]
+    assert found.index.size == len(mixed) - len(extra) == len(mixed) - summary["unperturbable"]
 
 
 def test_identical_pair_has_delta_zero_an_interval_of_zero_and_p_one():

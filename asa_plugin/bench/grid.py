@@ -105,7 +105,8 @@ def attack_cells(cell: Cell, recipes: list[str], pm, progress: bool = True, log:
             todo.append(recipe)
     if not todo:
         return
-    jobs = recipe_jobs(cell.cfg, str(cell.run_dir / "model"), cell.run_dir, todo, resume=True, progress=progress)
+    jobs = recipe_jobs(cell.cfg, str(cell.run_dir / "model"), cell.run_dir, todo, resume=True, progress=progress,
+                       note=lambda message: log(f"attack {cell.name}: {message}"))
     for job in jobs:
         done = len(res.read_rows(job.out_dir / "results.jsonl"))
         log(f"attack {cell.name}/{job.recipe}: " + (f"resuming after {done} of {len(job.texts)} examples"

@@ -89,7 +89,8 @@ def judged(cell: dict) -> str:
 
 def cell_row(cell: dict, baseline: str | None) -> list[str]:
     trained = "eval_accuracy" in cell
-    head = [cell["defence"], cell["recipe"], _seeds(cell), _num(cell.get("num_examples"), 0),
+    unperturbable = f" ({cell['unperturbable']:.0f} unperturbable)" if cell.get("unperturbable") else ""
+    head = [cell["defence"], cell["recipe"], _seeds(cell), _num(cell.get("num_examples"), 0) + unperturbable,
             _spread(cell, "eval_accuracy") if trained else "missing"]
     tail = ([_spread(cell, "train_seconds", _num), _num(cell.get("seconds_per_step_vs_vanilla"), 2, "x")]
             if trained else ["missing", "missing"])

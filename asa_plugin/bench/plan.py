@@ -19,6 +19,7 @@ from typing import Any
 from asa_plugin.config import RunConfig, apply_overrides, load_config, read_file
 from asa_plugin.errors import ConfigError, UserError
 from asa_plugin.schema import build, option
+from asa_plugin.threads import SEED_MAX, SEED_WHY
 
 BENCH_FILE = "bench.json"
 """Written into OUT by ``advrobust bench``: what the grid is, so ``advrobust report`` can rebuild it."""
@@ -52,6 +53,9 @@ class BenchSection:
             raise ValueError("bench.recipes is empty; list at least one recipe, e.g. [\"deepwordbug\"]")
         if self.seeds is not None and not self.seeds:
             raise ValueError("bench.seeds is empty; list at least one seed, e.g. [42, 43, 44]")
+        bad = [s for s in self.seeds or [] if not 0 <= s <= SEED_MAX]
+        if bad:
+            raise ValueError(f"bench.seeds: {bad[0]} is not a seed ({SEED_WHY})")
         unknown = [d for d in self.extra_seeds_defences or [] if d not in self.defences]
         if unknown:
             raise ValueError(f"bench.extra_seeds_defences: '{unknown[0]}' is not in bench.defences "

@@ -26,7 +26,7 @@ from asa_plugin.outputs import portable_path
 from asa_plugin.training import degenerate
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
-               "avg_queries", "num_examples", "seconds")
+               "avg_queries", "num_examples", "unperturbable", "seconds")
 TRAINING_KEYS = ("eval_accuracy", "train_seconds", "seconds_per_step_vs_vanilla")
 SETTINGS = {"model": ("backbone", "max_length"), "data": ("dataset", "train_file", "dev_file", "max_train_examples",
                                                           "subset_seed", "eval_split"),

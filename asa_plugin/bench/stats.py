@@ -54,7 +54,9 @@ class Outcomes:
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> Outcomes:
-        rows = sorted(rows, key=lambda r: r["index"])
+        """Outcomes of the attacked rows: an unperturbable text (nothing to attack) is left out, as in
+        summary.json's rates; it is unperturbable under every model, so pairing is unchanged."""
+        rows = sorted((r for r in rows if r["outcome"] != "unperturbable"), key=lambda r: r["index"])
         return cls(index=np.array([r["index"] for r in rows], dtype=int), text=[r["original_text"] for r in rows],
                    clean=np.array([CLEAN_CORRECT[r["outcome"]] for r in rows], dtype=bool),
                    robust=np.array([ROBUST_CORRECT[r["outcome"]] for r in rows], dtype=bool))

@@ -136,21 +136,42 @@ def build_jobs(args):
     return cfg, jobs
 
 
+def _stderr_note(message: str) -> None:
+    import sys
+
+    print(f"advrobust attack: note: {message}", file=sys.stderr, flush=True)
+
+
 def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None, resume: bool = False,
-                overwrite: bool = False, progress: bool = True):
+                overwrite: bool = False, progress: bool = True, note=_stderr_note):
     """One AttackJob per recipe on ``cfg``'s attack split, writing ``out/attack/<recipe>/``
-    (shared with ``advrobust bench``, so both produce the same manifests)."""
+    (shared with ``advrobust bench``, so both produce the same manifests).
+
+    Texts longer than the model's max_length are cut to the words it sees
+    (:mod:`asa_plugin.attacks.visible`), said once through ``note``."""
+    from transformers import AutoTokenizer
+
+    from asa_plugin.adapters.loading import resolve_backbone
     from asa_plugin.attacks.runner import AttackJob
+    from asa_plugin.attacks.visible import visible_texts
     from asa_plugin.data import load_split
     from asa_plugin.data.labels import checkpoint_labels
+    from asa_plugin.data.loading import check_same_inputs
 
     data = cfg.data
     examples = load_split(data, cfg.attack.split, checkpoint_labels(checkpoint),
                           limit=cfg.attack.examples_for_profile(), seed=cfg.attack.seed)
     source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
-    return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=[e.text for e in examples],
-                      labels=[e.label for e in examples], recipe_dir=out / "attack" / name,
-                      text_pairs=[e.text_pair for e in examples] if examples[0].text_pair is not None else None,
+    check_same_inputs(examples, f"{source}:{cfg.attack.split}", resolve_model(checkpoint)[1], "attack")
+    max_length = cfg.attack.max_length or cfg.model.max_length
+    pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
+    texts, pairs, cut = visible_texts(AutoTokenizer.from_pretrained(resolve_backbone(checkpoint)),
+                                      [e.text for e in examples], pairs, max_length)
+    if cut:
+        note(f"{cut} of {len(examples)} examples are longer than max_length = {max_length} tokens; each is "
+             f"attacked (and its words counted) up to the last word the model sees")
+    return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=texts,
+                      labels=[e.label for e in examples], recipe_dir=out / "attack" / name, text_pairs=pairs,
                       data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
                       resume=resume, overwrite=overwrite, progress=progress,
                       load_external=cfg.plugins.external, block=tuple(cfg.plugins.block))
@@ -191,7 +212,7 @@ def run(args) -> int:
         pm.recipes.get(job.recipe)  # unknown names fail before any work
     for job in jobs:
         summary = run_attack(job, pm)
-        keys = ("recipe", "profile", "num_examples", "clean_accuracy", "accuracy_under_attack",
+        keys = ("recipe", "profile", "num_examples", "unperturbable", "clean_accuracy", "accuracy_under_attack",
                 "attack_success_rate", "avg_words_perturbed_pct", "avg_queries", "seconds")
         print(json.dumps({"out": str(job.out_dir), **{k: summary[k] for k in keys}}))
         if summary.get("degenerate"):

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from asa_plugin.data.files import TASK_HINT
+
 ADVGLUE_TASKS = {"sst2": "sst2", "qqp": "qqp", "mnli": "mnli", "qnli": "qnli", "rte": "rte"}
 """A run's dataset -> its AdvGLUE key, used when --task is not given (mnli-mm needs --task)."""
 
@@ -40,21 +42,23 @@ def _run_settings(run_dir: Path | None) -> dict[str, Any]:
 
 
 def static_set(data_file: str | None, task: str | None, dataset: str | None, split: str,
-               settings: dict[str, Any], labels) -> tuple[list, str, str]:
-    """(examples, where they come from, default output name) of the set to evaluate."""
+               settings: dict[str, Any], labels, task_hint: str = TASK_HINT) -> tuple[list, str, str]:
+    """(examples, where they come from, default output name) of the set to evaluate; ``task_hint`` says
+    how to pick a task of a per-task JSON file (``--task``; a bench's ``FILE#TASK``)."""
     from asa_plugin.config import DataConfig
-    from asa_plugin.data.files import read_rows
+    from asa_plugin.data.files import read_json_file, read_rows
     from asa_plugin.data.loading import Split, read_split, to_examples
     from asa_plugin.errors import UserError
 
     data = settings.get("data", {})
     columns = {k: data[k] for k in ("text_column", "text_pair_column", "label_column") if data.get(k)}
     if data_file:
-        if task is None and Path(data_file).suffix == ".json":
+        if task is None and Path(data_file).suffix == ".json" and Path(data_file).is_file():
             task = ADVGLUE_TASKS.get(str(data.get("dataset")))
-            if task is not None and task not in json.loads(Path(data_file).read_text(encoding="utf-8")):
+            content = read_json_file(Path(data_file))
+            if task is not None and not (isinstance(content, dict) and task in content):
                 task = None
-        rows = read_rows(data_file, task)
+        rows = read_rows(data_file, task, task_hint)
         if rows and any(columns.get(k) not in rows[0] for k in ("text_column", "text_pair_column") if k in columns):
             columns = {k: v for k, v in columns.items() if k == "label_column"}  # a file with its own columns
         cfg = DataConfig(dataset=None, train_file=data_file, **columns)
@@ -94,14 +98,17 @@ def evaluate(model_path: str, examples: list, max_length: int, batch_size: int =
 
 def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, data_file: str | None = None,
                         task: str | None = None, dataset: str | None = None, split: str = "dev",
-                        name: str | None = None, batch_size: int = 64) -> tuple[dict, Path]:
+                        name: str | None = None, batch_size: int = 64,
+                        task_hint: str = TASK_HINT) -> tuple[dict, Path]:
     """Evaluate ``checkpoint`` on one static set; write ``out_root/evaluate/<name>/``; (summary, that dir)."""
     from asa_plugin.attacks import results as res
     from asa_plugin.data.labels import checkpoint_labels
+    from asa_plugin.data.loading import check_same_inputs
 
     settings = _run_settings(run_dir)
     labels = checkpoint_labels(checkpoint)
-    examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels)
+    examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
+    check_same_inputs(examples, where, run_dir, "evaluate")
     max_length = settings.get("model", {}).get("max_length", 512)
     summary, rows = evaluate(checkpoint, examples, max_length, batch_size)
     out = out_root / "evaluate" / (name or default_name)
@@ -118,8 +125,14 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from asa_plugin.preflight import check_model_dir, check_writable, looks_local
+
     checkpoint, run_dir = resolve_model(args.model)
+    if looks_local(checkpoint):
+        check_model_dir(checkpoint, "RUN")
     out_root = Path(args.out) if args.out else (run_dir or Path("runs") / f"evaluate-{Path(checkpoint).name}")
+    check_writable(out_root, "evaluate output", "choose another with --out DIR" if args.out else
+                   "give a writable directory with --out DIR")
     summary, out = evaluate_static_set(checkpoint, run_dir, out_root, args.data_file, args.task, args.dataset,
                                        args.split, args.name, args.batch_size)
     print(json.dumps({"out": str(out), **summary}))

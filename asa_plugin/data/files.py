@@ -10,17 +10,25 @@ from asa_plugin.errors import DataError
 EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet", ".json")
 
 
-def read_json_rows(p: Path, task: str | None = None) -> list[dict]:
-    """Rows of a ``.json`` file: a list of records, or AdvGLUE's layout (``{"task": [records]}``)
-    from which ``task`` picks one list (needed when there are several)."""
+TASK_HINT = "choose one with --task"
+"""How ``advrobust evaluate`` picks a task of a per-task JSON file; a bench says it its own way."""
+
+
+def read_json_file(p: Path):
+    """The parsed content of a ``.json`` file; undecodable bytes or bad JSON is one line naming it."""
     import json
 
+    _check_utf8(p)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: undecodable bytes at position {exc.start}; save the file as UTF-8") from None
+        return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: cannot parse: {exc}") from None
+
+
+def read_json_rows(p: Path, task: str | None = None, task_hint: str = TASK_HINT) -> list[dict]:
+    """Rows of a ``.json`` file: a list of records, or AdvGLUE's layout (``{"task": [records]}``)
+    from which ``task`` picks one list (needed when there are several); ``task_hint`` says how."""
+    data = read_json_file(p)
     if isinstance(data, list):
         return data
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
@@ -29,11 +37,11 @@ def read_json_rows(p: Path, task: str | None = None) -> list[dict]:
         task = next(iter(data))
     if task not in data:
         raise DataError(f"{p}: " + (f"no task '{task}'" if task else "holds several tasks") +
-                        f"; tasks: {', '.join(data)}; choose one with --task")
+                        f"; tasks: {', '.join(data)}; {task_hint}")
     return data[task]
 
 
-def read_rows(path: str | Path, task: str | None = None) -> list[dict]:
+def read_rows(path: str | Path, task: str | None = None, task_hint: str = TASK_HINT) -> list[dict]:
     """Rows of a local file; TSVs are read with quoting off (SST-2 sentences contain quotes).
 
     ``task``: the key of an AdvGLUE-layout ``.json`` file (``{"qqp": [...], "mnli": [...]}``).
@@ -50,7 +58,7 @@ def read_rows(path: str | Path, task: str | None = None) -> list[dict]:
     if p.suffix == ".jsonl":
         return _read_jsonl(p)
     if p.suffix == ".json":
-        return read_json_rows(p, task)
+        return read_json_rows(p, task, task_hint)
     try:
         if p.suffix == ".tsv":
             frame = pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, encoding="utf-8")

@@ -7,6 +7,13 @@ The classes and their names come from the training split:
   (named by a built-in dataset's own names when it has them);
 - otherwise (some training label is not an integer) the sorted set of training labels.
 
+Inference refuses what it would otherwise turn into a class of its own, naming the file, row and value:
+an integer label above a class no row has (``9`` among ``0``/``1``), a label that is not an integer
+among integers (``1.5``, ``NaN``, ``1x``), integers that do not start at 0, and a name on a single row
+while every other name has :data:`MIN_CLASS_ROWS` rows or more (a typo). ``data.label_names`` or
+``model.num_labels`` states the classes instead. Whatever the settings, the training labels must hold two
+classes or more, and every name listed in ``data.label_names``.
+
 A label is then encoded as the position of its text among the names (so star ratings ``1..5``
 with ``label_names = ["1", ..., "5"]`` become ids ``0..4``), else, when it is an integer, as
 that id.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +55,9 @@ class LabelMap:
 
     num_labels: int
     names: tuple[str, ...] | None = None
+    from_model: bool = False
+    """Read from a trained model's config (attack, evaluate): its classes are fixed, so a label the
+    data has and the model lacks is fixed in the data or by another model, not in data.label_names."""
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -67,10 +78,14 @@ class LabelMap:
             found = cls(len(names), names)
         elif all(as_int(raw) is not None for raw in labels):
             ids = [as_int(raw) for raw in labels]
+            if num_labels is None and not known_names:
+                _check_no_gap(ids, where)
             n = num_labels or max(len(known_names or ()), max(ids, default=0) + 1, 2)
             named = tuple(known_names) if known_names and len(known_names) == n else None
             found = cls(n, named)
         else:
+            _check_not_mixed(labels, where)
+            _check_no_stray_name(labels, where)
             names = tuple(sorted({str(r) for r in labels}))
             found = cls(len(names), names)
         if num_labels is not None and found.names and num_labels != found.num_labels:
@@ -88,8 +103,8 @@ class LabelMap:
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
         names = tuple(id2label.get(i, f"LABEL_{i}") for i in range(n))
         if all(DEFAULT_NAME.match(name) for name in names):
-            return cls(n)
-        return cls(n, names)
+            return cls(n, from_model=True)
+        return cls(n, names, from_model=True)
 
     # --- use ------------------------------------------------------------------------------
     def encode(self, raw, where: str, row: int) -> int:
@@ -98,15 +113,19 @@ class LabelMap:
         name = str(value) if value is not None else str(raw)
         if self.names and name in self.names:
             return self.names.index(name)
+        model = "the model's classes are fixed: fix the file, or use a model trained with these labels"
         if value is None and self.names:
+            fix = model if self.from_model else "fix the file or list every label in data.label_names"
             raise DataError(f"{where}: row {row}: label {raw!r} was not seen in training (labels: "
-                            f"{', '.join(self.names)}); fix the file or list every label in data.label_names")
+                            f"{', '.join(self.names)}); {fix}")
         if value is None:
-            raise DataError(f"{where}: row {row}: label {raw!r} is not an integer; name the labels in "
-                            f"data.label_names, or use integer labels")
+            fix = (f"the model's {self.num_labels} classes have no names, so give their ids 0.."
+                   f"{self.num_labels - 1}" if self.from_model else
+                   "name the labels in data.label_names, or use integer labels")
+            raise DataError(f"{where}: row {row}: label {raw!r} is not an integer; {fix}")
         if not 0 <= value < self.num_labels:
-            raise DataError(f"{where}: row {row}: label {value} outside 0..{self.num_labels - 1}; "
-                            f"check model.num_labels or data.label_names")
+            fix = model if self.from_model else "check model.num_labels or data.label_names"
+            raise DataError(f"{where}: row {row}: label {value} outside 0..{self.num_labels - 1}; {fix}")
         return value
 
     def id2label(self) -> dict[int, str]:
@@ -124,6 +143,68 @@ class LabelMap:
         """For metrics.json: the names, or the number of unnamed classes."""
         return list(self.names) if self.names else self.num_labels
 
+
+MIN_CLASS_ROWS = 10
+"""Without ``data.label_names``, a label on one row while every other label is on at least this many
+rows is taken for a typo (a stray class would train a model that can never predict it)."""
+FIX = "fix that row, or name every label in data.label_names (or set model.num_labels) to keep it"
+
+
+def _check_no_gap(ids: list[int], where: str) -> None:
+    """Inferred integer classes are ``0..max``: a label above a class no row has is a stray value."""
+    seen = set(ids)
+    if len(seen) < 2:  # one class: check_training_classes says so
+        return
+    missing = next(i for i in range(max(ids) + 2) if i not in seen)
+    if missing == 0:
+        raise DataError(f"{where}: no row has label 0 (the labels are {_few(sorted(seen))}): integer labels are "
+                        f"class ids 0..N-1; name them in data.label_names (e.g. label_names = "
+                        f"{[str(v) for v in sorted(seen)][:6]}) or set model.num_labels")
+    stray = next((row for row, value in enumerate(ids, start=1) if value > missing), None)
+    if stray is not None:
+        above = sorted(v for v in seen if v < missing)
+        raise DataError(f"{where}: row {stray}: label {ids[stray - 1]}, but no row has label {missing} (the "
+                        f"others are {_few(above)}): inferred classes would include empty ones; {FIX}")
+
+
+def _check_not_mixed(labels: Sequence, where: str) -> None:
+    """Integer labels with one that is not (``1.5``, ``NaN``, a typo) are refused, naming that row."""
+    integers = sorted({as_int(raw) for raw in labels} - {None})
+    if not integers:
+        return
+    row = next(i for i, raw in enumerate(labels, start=1) if as_int(raw) is None)
+    raise DataError(f"{where}: row {row}: label {labels[row - 1]!r} is not an integer like the others "
+                    f"({_few(integers)}); {FIX}")
+
+
+def _check_no_stray_name(labels: Sequence, where: str) -> None:
+    """A name on a single row, when every other name has :data:`MIN_CLASS_ROWS` rows, is a typo."""
+    counts = Counter(str(raw) for raw in labels)
+    single = [name for name, count in counts.items() if count == 1]
+    rest = [count for name, count in counts.items() if name not in single]
+    if len(single) == 1 and len(rest) >= 2 and min(rest) >= MIN_CLASS_ROWS:
+        row = next(i for i, raw in enumerate(labels, start=1) if str(raw) == single[0])
+        others = sorted(n for n in counts if n != single[0])
+        raise DataError(f"{where}: row {row}: label {single[0]!r} is on this row only, while each other label "
+                        f"({_few(others)}) has {MIN_CLASS_ROWS} or more: a typo? {FIX}")
+
+
+def _few(values: Sequence) -> str:
+    shown = ", ".join(map(str, values[:6]))
+    return shown + (f" and {len(values) - 6} more" if len(values) > 6 else "")
+
+
+def check_training_classes(ids: Sequence[int], labels: LabelMap, where: str, label_names: Sequence | None) -> None:
+    """The encoded training labels hold two classes or more, and every name of ``data.label_names``."""
+    seen = set(ids)
+    if len(seen) < 2:
+        only = next(iter(seen))
+        raise DataError(f"{where}: every row has label {labels.names[only] if labels.names else only}: a "
+                        f"classifier needs examples of at least two classes; check data.label_column and the file")
+    unseen = [labels.name(i) for i in range(labels.num_labels) if i not in seen]
+    if label_names and unseen:
+        raise DataError(f"{where}: data.label_names lists {_few(unseen)}, which no training row has; remove "
+                        f"{'it' if len(unseen) == 1 else 'them'} from data.label_names, or add such examples")
 
 
 def checkpoint_labels(path: str) -> LabelMap:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from asa_plugin.data.files import find_in_data_root, read_rows
-from asa_plugin.data.labels import LabelMap
+from asa_plugin.data.labels import LabelMap, check_training_classes
 from asa_plugin.errors import DataError
 
 DATA_DIR_ENV = "ADVROBUST_DATA_DIR"
@@ -60,6 +61,9 @@ def read_split(data_cfg, split: str, registry=None) -> Split:
     loader = registry.get(name)
     names = getattr(loader, "label_names", None)
     root = os.environ.get(DATA_DIR_ENV)
+    if root and not os.path.isdir(root):
+        raise DataError(f"{DATA_DIR_ENV}={root}: " + ("is a file, not a directory" if os.path.exists(root) else
+                        "no such directory") + f"; point it at the folder holding {name}/{split}.tsv, or unset it")
     if root:
         found = find_in_data_root(root, name, split)
         if found is not None:
@@ -89,30 +93,48 @@ def _as_text(value) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
-def to_examples(split: Split, data_cfg, labels: LabelMap) -> list[Example]:
-    """Validated examples of ``split``: every problem is one line naming the file and the row."""
+def split_columns(split: Split, data_cfg) -> tuple[str, str | None, str]:
+    """(text, pair or None, label) columns of ``split``, each checked on every row: a row that is no
+    record or lacks one of them is one line naming the file and the row (1-based)."""
     rows, where = split.rows, split.where
     if not rows:
         raise DataError(f"{where}: the split is empty")
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: row {number}: expected a record (an object of columns), got "
+                            f"{type(row).__name__}; fix that row")
     text_col, pair_col = text_columns(rows[0], where, data_cfg.text_column,
                                       getattr(data_cfg, "text_pair_column", None))
-    if data_cfg.label_column not in rows[0]:
-        raise DataError(f"{where}: no label column '{data_cfg.label_column}'; columns are "
+    label_col = data_cfg.label_column
+    if label_col not in rows[0]:
+        raise DataError(f"{where}: no label column '{label_col}'; columns are "
                         f"{', '.join(map(str, rows[0]))}; set data.label_column")
-    return [Example(_as_text(row[text_col]), labels.encode(row[data_cfg.label_column], where, i + 1),
+    for key, column in (("text_column", text_col), ("text_pair_column", pair_col)):
+        if column == label_col:
+            raise DataError(f"{where}: data.{key} '{column}' is also data.label_column: the model would read "
+                            f"its answer; set data.{key} to a column of texts (columns are "
+                            f"{', '.join(c for c in map(str, rows[0]) if c != label_col)})")
+    needed = [c for c in (text_col, pair_col, label_col) if c is not None]
+    for number, row in enumerate(rows, start=1):
+        missing = [c for c in needed if c not in row]
+        if missing:
+            raise DataError(f"{where}: row {number}: no '{missing[0]}' (its columns are "
+                            f"{', '.join(map(str, row)) or 'none'}); every row needs {', '.join(needed)}")
+    return text_col, pair_col, label_col
+
+
+def to_examples(split: Split, data_cfg, labels: LabelMap) -> list[Example]:
+    """Validated examples of ``split``: every problem is one line naming the file and the row."""
+    text_col, pair_col, label_col = split_columns(split, data_cfg)
+    return [Example(_as_text(row[text_col]), labels.encode(row[label_col], split.where, i + 1),
                     None if pair_col is None else _as_text(row[pair_col]))
-            for i, row in enumerate(rows)]
+            for i, row in enumerate(split.rows)]
 
 
 def label_map(data_cfg, train: Split, num_labels: int | None = None) -> LabelMap:
     """The label map implied by the training split (and ``data.label_names``, ``model.num_labels``)."""
-    if not train.rows:
-        raise DataError(f"{train.where}: the split is empty")
-    text_columns(train.rows[0], train.where, data_cfg.text_column, getattr(data_cfg, "text_pair_column", None))
-    if data_cfg.label_column not in train.rows[0]:
-        raise DataError(f"{train.where}: no label column '{data_cfg.label_column}'; columns are "
-                        f"{', '.join(map(str, train.rows[0]))}; set data.label_column")
-    raw = [row[data_cfg.label_column] for row in train.rows]
+    _, _, label_col = split_columns(train, data_cfg)
+    raw = [row[label_col] for row in train.rows]
     return LabelMap.from_training_labels(raw, train.where, getattr(data_cfg, "label_names", None), num_labels,
                                          train.label_names)
 
@@ -151,7 +173,10 @@ def load_training_data(data_cfg, num_labels: int | None, registry=None) -> Train
     """The label map and the train/eval examples of a run, validated before any model loads."""
     train = read_split(data_cfg, data_cfg.train_split, registry)
     labels = label_map(data_cfg, train, num_labels)
-    train_examples = subset(to_examples(train, data_cfg, labels), data_cfg.max_train_examples, data_cfg.subset_seed)
+    train_examples = to_examples(train, data_cfg, labels)
+    check_training_classes([e.label for e in train_examples], labels, train.where,
+                           getattr(data_cfg, "label_names", None))
+    train_examples = subset(train_examples, data_cfg.max_train_examples, data_cfg.subset_seed)
     evaluated = read_split(data_cfg, data_cfg.eval_split, registry)
     eval_examples = subset(to_examples(evaluated, data_cfg, labels), data_cfg.max_eval_examples,
                            data_cfg.subset_seed)
@@ -161,3 +186,44 @@ def load_training_data(data_cfg, num_labels: int | None, registry=None) -> Train
         raise DataError(f"{evaluated.where}: holds {kinds[1]} but {train.where} holds {kinds[0]}; set "
                         f"data.text_column and data.text_pair_column so both splits have the same columns")
     return TrainingData(labels, train_examples, eval_examples)
+
+
+def trained_on_pairs(run_dir: Path | None) -> tuple[bool, str] | None:
+    """(whether the run's model was trained on text pairs, its training data) from the run's
+    ``config.resolved.toml``; None when that cannot be told cheaply (no run dir, a plugin dataset,
+    a training file since moved)."""
+    from asa_plugin.config import DataConfig, read_file
+    from asa_plugin.errors import UserError
+    from asa_plugin.schema import build
+
+    resolved = Path(run_dir) / "config.resolved.toml" if run_dir is not None else None
+    if resolved is None or not resolved.is_file():
+        return None
+    try:
+        data = build(DataConfig, read_file(resolved).get("data", {}), section="data", source=str(resolved))
+        if data.text_pair_column:
+            return True, f"data.text_pair_column = {data.text_pair_column!r}"
+        if data.train_file:
+            rows = read_rows(data.train_file)
+            if not rows or not isinstance(rows[0], dict):
+                return None
+            return text_columns(rows[0], data.train_file, data.text_column, None)[1] is not None, data.train_file
+    except (UserError, OSError):
+        return None
+    from asa_plugin.data.builtin import HUB
+
+    if data.dataset in HUB:
+        return isinstance(HUB[data.dataset][2], tuple), f"dataset '{data.dataset}'"
+    return None
+
+
+def check_same_inputs(examples: list[Example], where: str, run_dir: Path | None, command: str) -> None:
+    """Refuse single texts for a model trained on text pairs, and the reverse (when the run tells)."""
+    trained = trained_on_pairs(run_dir)
+    if trained is None or not examples or trained[0] == (examples[0].text_pair is not None):
+        return
+    kinds = ("text pairs", "single texts") if trained[0] else ("single texts", "text pairs")
+    fix = ("give data with both texts (data.text_pair_column names the second)" if trained[0] else
+           "give data with one text column (set data.text_column), or a model trained on pairs")
+    raise DataError(f"{where} holds {kinds[1]}, but the model of {run_dir} was trained on {kinds[0]} "
+                    f"({trained[1]}): its predictions would mean nothing; {fix}, or {command} another model")
