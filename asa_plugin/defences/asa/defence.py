@@ -107,7 +107,7 @@ class ASADefence(Defence):
             adv = self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
         ce = F.cross_entropy(clean, labels)
         divergence = asa_f.symmetric_kl(clean, adv)
-        kept = torch.stack([asa_f.kept_units(m) for m in masks]).sum(0).mean()  # units per example
+        kept = torch.stack([asa_f.kept_units(m) for m in masks]).sum(0).mean()  # float32: units per example
         # What the model descends; the tau term only moves the adversaries.
         model_loss = ce + self.params.divergence_weight * divergence
         if self.params.adversarial_ce:
