@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import convert_outputs_to_fp32
 from asa_plugin.adapters.loading import load_adapter
 from tiny import tiny_model_dir
@@ -226,3 +228,53 @@ def test_one_step_at_512_tokens_under_autocast_matches_float32(deep_dir, float32
         assert half.kept_units == round(half.kept_units) > 2048
     distance = ((half.update - full.update).norm() / full.update.norm()).item()
     assert distance < TOLERANCE[dtype], f"{'+'.join(names)} {dtype}: update {distance:.3g} away from float32's"
+
+
+# --- the training loop's fp16 path, end to end -----------------------------------------------------------------
+class CPUFloat16Accelerator(Accelerator):
+    """Accelerate's fp16 path as on a GPU (forward under fp16 autocast, a ``GradScaler`` over backward, clipping
+    and step), on CPU: Accelerate itself runs fp16 on CPU as plain float32, which is why the loop refuses it."""
+
+    dtypes: list[torch.dtype] = []  # output dtypes of the model's first Linear layer
+
+    def __init__(self, *args, **kwargs):
+        AcceleratorState._reset_state(True)
+        super().__init__(*args, **kwargs)
+        assert self.mixed_precision == "fp16" and self.scaler is None
+        self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu")
+
+    def prepare(self, *args, **kwargs):
+        prepared = super().prepare(*args, **kwargs)
+        first = next(m for m in prepared[0].modules() if isinstance(m, torch.nn.Linear))
+        first.register_forward_hook(lambda module, inputs, out: self.dtypes.append(out.dtype))
+        return prepared
+
+
+@pytest.mark.parametrize("defence", ['name = ["asa", "freelb"]', 'name = "pgd"', 'name = "scal"'],
+                         ids=["asa+freelb", "pgd", "scal"])
+def test_a_run_config_trains_end_to_end_under_fp16(run_config, monkeypatch, defence):
+    from asa_plugin.config import load_config
+    from asa_plugin.training import loop
+
+    monkeypatch.setattr(loop, "Accelerator", CPUFloat16Accelerator)
+    monkeypatch.setattr(loop, "check_mixed_precision", lambda *args: None)
+    monkeypatch.setattr(CPUFloat16Accelerator, "dtypes", [])
+    scales: list[float] = []
+    real_input_grad = perturbation.input_grad
+
+    def spy(loss, inputs, retain_graph=False):
+        scales.append(float(perturbation._scalers[-1].get_scale()))  # the loop registered its scaler
+        return real_input_grad(loss, inputs, retain_graph)
+
+    monkeypatch.setattr(perturbation, "input_grad", spy)
+    monkeypatch.setattr(scal, "input_grad", spy)
+    config = run_config(defence, train='mixed_precision = "fp16"\nmax_steps = 3\nepochs = 1')
+    try:
+        metrics = loop.train(load_config(config))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert set(CPUFloat16Accelerator.dtypes) == {FP16}  # every forward of the model ran in fp16
+    assert metrics["steps"] == 3
+    assert all(math.isfinite(s["loss"]) for s in metrics["step_history"])
+    if "pgd" in defence or "scal" in defence:
+        assert scales

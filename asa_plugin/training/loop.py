@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from asa_plugin import interrupts
 from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
 from asa_plugin.defences.base import Defence, build_defence
+from asa_plugin.defences.perturbation import loss_scaler
 from asa_plugin.errors import TrainingDiverged, UserError
 from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
@@ -154,6 +156,8 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
         print(f"[train {defence.name}] {plan}", file=sys.stderr, flush=True)
 
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+    scaling = ExitStack()  # fp16: the defences' input gradients are taken at the loss scaler's scale
+    scaling.enter_context(loss_scaler(accelerator.scaler))
     defence.attach()
     progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {defence.name}",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -220,6 +224,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     finally:
         progress.close()
         defence.detach()
+        scaling.close()
 
     metrics = _final_metrics(cfg, defence, state)
     metrics["threads"] = threads.to_dict()
