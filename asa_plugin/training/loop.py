@@ -30,7 +30,7 @@ from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.preflight import check_resume, describe_job
 from asa_plugin.threads import TRAIN_DEFAULT_THREADS, apply_threads
 from asa_plugin.training import checkpoint, degenerate
-from asa_plugin.training.batching import EncodedDataset, make_loader
+from asa_plugin.training.batching import EncodedDataset, make_loader, truncation_note
 from asa_plugin.training.distributed import (
     TrainedModules,
     check_mixed_precision,
@@ -116,6 +116,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     data.labels.apply_to(adapter.model.config)  # id2label/label2id travel with the exported checkpoint
     train_set = EncodedDataset(data.train, adapter.tokenizer, cfg.model.max_length)
     eval_set = EncodedDataset(data.eval, adapter.tokenizer, cfg.model.max_length)
+    truncation = truncation_note(cfg.model.max_length, training=train_set, dev=eval_set)  # said once per run
     # train.batch_size is per process: an optimizer step sees batch_size x processes x accumulation.
     train_loader, batches = make_loader(train_set, adapter.tokenizer, tc.batch_size, tc.seed, shuffle=True,
                                         group_by_length=tc.group_by_length,
@@ -152,8 +153,12 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
     state.setdefault("step_history", [])
     plan = describe_job(len(data.train), steps_per_epoch, total_steps, epochs, tc)
     log.info(plan)
+    if truncation:
+        log.info(truncation)
     if accelerator.is_local_main_process:
         print(f"[train {defence.name}] {plan}", file=sys.stderr, flush=True)
+        if truncation:
+            print(f"[train {defence.name}] {truncation}", file=sys.stderr, flush=True)
 
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
     scaling = ExitStack()  # fp16: the defences' input gradients are taken at the loss scaler's scale
