@@ -90,6 +90,24 @@ def trained(tmp_path_factory, long_model, long_data):
     return get
 
 
+def test_attack_at_the_default_length_says_once_that_long_reviews_are_cut_to_128_tokens(trained, capfd, long_data):
+    """``advrobust attack --model`` reads at ``model.max_length`` (default 128), not at the length the model was
+    trained at: the note names it once, before any example is attacked."""
+    from types import SimpleNamespace
+
+    from asa_plugin.commands.attack import truncation_note
+    from asa_plugin.config import load_config
+    from asa_plugin.data.files import read_rows
+
+    run_dir, _ = trained(["vanilla"], capfd)
+    texts = [r["sentence"] for r in read_rows(long_data["dev"])]
+    job = SimpleNamespace(model_path=str(run_dir / "model"), cfg=load_config(data={}).attack, max_length=128,
+                          texts=texts, text_pairs=None)
+    assert truncation_note(job) == ("4 of 4 examples are longer than 128 tokens and are truncated when the model "
+                                    "reads them (set model.max_length or attack.max_length to change it)")
+    assert truncation_note(SimpleNamespace(**{**vars(job), "texts": ["a short review"]})) is None
+
+
 @pytest.mark.parametrize("names", CASES, ids=["+".join(c) for c in CASES])
 def test_every_defence_trains_at_512_tokens_and_says_truncation_once(trained, capfd, long_model, long_data, names):
     run_dir, stderr = trained(names, capfd)
@@ -104,11 +122,13 @@ def test_every_defence_trains_at_512_tokens_and_says_truncation_once(trained, ca
     assert expected in notes[0] and f"model.max_length = {LENGTH}" in notes[0]
 
 
+@pytest.mark.slow  # minutes: a word-level attack of a 400-word review queries the model thousands of times
 @pytest.mark.parametrize("recipe", ["pwws", "textfooler"])
 def test_a_model_trained_at_512_tokens_is_attacked_and_truncation_said_once(trained, capfd, tmp_path, long_model,
                                                                           long_data, attack_cache, recipe):
     run_dir, _ = trained(["asa"], capfd)
-    argv = attack_args(run_dir / "model", long_data["dev"], tmp_path, attack_cache, recipe, num_examples=2)
+    argv = attack_args(run_dir / "model", long_data["dev"], tmp_path, attack_cache, recipe,
+                       "--set", f"model.max_length={LENGTH}", num_examples=2)
     capfd.readouterr()
     assert main(argv) == 0
     stderr = capfd.readouterr().err.splitlines()
