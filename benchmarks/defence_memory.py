@@ -49,6 +49,7 @@ def measure(model: str, names: list[str], batch_size: int, length: int, steps: i
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from asa_plugin.adapters.loading import load_adapter
+
     from asa_plugin.config import TrainConfig
     from asa_plugin.defences.base import build_defence
     from asa_plugin.plugins import get_plugin_manager
