@@ -26,7 +26,11 @@ from pathlib import Path
 
 CASES: dict[str, list[str]] = {"vanilla": ["vanilla"], "asa": ["asa"], "fgm": ["fgm"], "pgd": ["pgd"],
                                "freelb": ["freelb"], "scal": ["scal"], "uscal": ["uscal"],
-                               "asa+freelb": ["asa", "freelb"]}
+                               "asa+freelb": ["asa", "freelb"], "asa-recompute": ["asa"],
+                               "asa-recompute+freelb": ["asa", "freelb"]}
+OVERRIDES: dict[str, dict[str, dict]] = {"asa-recompute": {"asa": {"recompute_clean": True}},
+                                         "asa-recompute+freelb": {"asa": {"recompute_clean": True}}}
+"""Parameters away from the defaults, per case and defence (all else at its defaults)."""
 
 
 def default_model() -> str:
@@ -42,7 +46,7 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def measure(model: str, names: list[str], batch_size: int, length: int, steps: int, device: str,
+def measure(model: str, case: str, batch_size: int, length: int, steps: int, device: str,
             dtype: str = "no") -> dict:
     """One process's measurement (the child side): MiB at the peak and above the pre-step baseline."""
     import torch
@@ -60,7 +64,10 @@ def measure(model: str, names: list[str], batch_size: int, length: int, steps: i
     adapter = load_adapter(model, num_labels=2)
     adapter.model.to(device).train()
     registry = get_plugin_manager().defences
-    defence = build_defence(names, {n: registry.get(n).Params() for n in names}, adapter, registry)
+    names = CASES[case]
+    params = {n: build(registry.get(n).Params, OVERRIDES.get(case, {}).get(n, {}), section="defence",
+                       source="benchmark") for n in names}
+    defence = build_defence(names, params, adapter, registry)
     for module in defence.trainable_modules():
         module.to(device)
     optimizer = _optimizer(adapter.model, defence, build(TrainConfig, {}, section="train", source="benchmark"))
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = args.model or default_model()
     shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes]
     if args.child:
-        print(json.dumps(measure(model, CASES[args.child], *shapes[0], args.steps, args.device, args.dtype)))
+        print(json.dumps(measure(model, args.child, *shapes[0], args.steps, args.device, args.dtype)))
         return {}
     rows = []
     for shape in shapes:
