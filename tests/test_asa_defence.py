@@ -13,7 +13,7 @@ from asa_plugin.defences.asa import ASADefence, ASAParams
 from asa_plugin.defences.asa import functional as asa_f
 from asa_plugin.defences.base import Defence, StepResult, build_defence
 from asa_plugin.errors import ConfigError
-from asa_plugin.plugins import Registry
+from asa_plugin.plugins import Registry, get_plugin_manager
 from asa_plugin.schema import option
 
 TEXTS = ["the movie was good and really fun", "bad boring plot", "i love it", "a very awful film"]
@@ -243,3 +243,23 @@ def test_composes_with_a_procedure_defence_every_pass_uses_asa(adapter):
                if p.dim() == 2)
     assert all(0 < r < 1 for r in composed.epoch_metrics()["asa_mask_ratio_per_layer"])
     assert hooks_left(adapter.model) == 0
+
+
+@pytest.mark.parametrize("names", [["asa"], ["asa", "freelb"]], ids=["asa", "asa+freelb"])
+def test_recomputing_the_clean_pass_gives_the_same_gradients(tiny_bert_dir, names):
+    """``recompute_clean`` (activation checkpointing of the clean pass, dropout on) changes memory, not maths."""
+    registry = get_plugin_manager().defences
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        adapter = load_adapter(str(tiny_bert_dir), num_labels=2)
+        adapter.model.train()  # dropout on: the recomputed pass must replay it
+        params = {n: registry.get(n).Params() for n in names}
+        params["asa"] = ASAParams(recompute_clean=recompute)
+        defence = build_defence(names, params, adapter, registry)
+        torch.manual_seed(1)
+        defence.training_step(make_batch(adapter), lambda loss: loss.backward())
+        modules = [adapter.model, *defence.trainable_modules()]
+        grads.append(torch.cat([p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)

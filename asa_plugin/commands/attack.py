@@ -178,6 +178,24 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
             for name in recipes]
 
 
+def truncation_note(job) -> str | None:
+    """How many of the job's examples are longer than the model's input length (None if none): the model
+    sees only their first tokens, whatever the attack perturbs beyond them."""
+    from transformers import AutoTokenizer
+
+    from asa_plugin.training.batching import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
+    max_length = job.cfg.max_length or job.max_length or min(int(tokenizer.model_max_length), 512)
+    pairs = job.text_pairs or [None] * len(job.texts)
+    enc = encode(tokenizer, job.texts, pairs, max_length)
+    cut = sum(bool(e.overflowing) for e in (enc.encodings or []))
+    if not cut:
+        return None
+    return (f"{cut} of {len(job.texts)} examples are longer than {max_length} tokens and are truncated when the "
+            f"model reads them (set model.max_length or attack.max_length to change it)")
+
+
 def degenerate_warning(checkpoint: str) -> str | None:
     """The warning for a model whose training run flagged it degenerate (None otherwise)."""
     _, run_dir = resolve_model(checkpoint)
@@ -207,6 +225,9 @@ def run(args) -> int:
     warning = degenerate_warning(jobs[0].model_path) if jobs else None
     if warning:
         print(f"advrobust attack: {warning}", file=sys.stderr, flush=True)
+    note = truncation_note(jobs[0]) if jobs else None
+    if note:  # once per run, not per example or per recipe
+        print(f"advrobust attack: note: {note}", file=sys.stderr, flush=True)
     pm = get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     for job in jobs:
         pm.recipes.get(job.recipe)  # unknown names fail before any work

@@ -5,13 +5,19 @@ A perturbation ``delta`` has the shape of the word embeddings, (B, L, E). It is 
 as ``inputs_embeds``: token ids and the embedding weight itself are never modified, so nothing is
 left behind after a step. Norms are taken per example over all its (L, E) entries, and padding
 positions (``attention_mask == 0``) always hold zero.
+
+Under fp16 the backward runs in float16, whose smallest positive value is 6e-8: the gradient of an
+unscaled loss with respect to the embeddings underflows to zero for confidently classified examples,
+which would silently remove their perturbation. :func:`input_grad` therefore scales the loss as the
+loss scaler of mixed precision does (by the training loop's ``GradScaler`` scale, registered with
+:func:`loss_scaler`, else 2^16), unscales in float32, and backs off when the scaled gradient overflows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -22,6 +28,13 @@ if TYPE_CHECKING:
 Norm = Literal["l2", "linf"]
 TINY = 1e-12
 """Floor of a norm before dividing by it (an all-zero gradient stays zero)."""
+INITIAL_LOSS_SCALE = 2.0 ** 16
+"""The loss scale of input gradients under fp16 when no loss scaler is registered (torch's
+``GradScaler`` starts at the same value)."""
+BACKOFF, MAX_BACKOFFS = 2.0 ** -4, 4
+"""On overflow the scale shrinks by ``BACKOFF`` and the gradient is taken again, at most ``MAX_BACKOFFS``
+times (down to 2^0 from 2^16)."""
+_scalers: list[Any] = []
 
 
 # --- pure maths ----------------------------------------------------------------------------
@@ -114,10 +127,52 @@ def without_gradient_sync(adapter: BackboneAdapter) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def loss_scaler(scaler: Any) -> Iterator[None]:
+    """Inside the block, input gradients are taken at ``scaler.get_scale()`` (a ``torch.amp.GradScaler``;
+    ``None``, as Accelerate's scaler is without fp16, registers nothing)."""
+    if scaler is None:
+        yield
+        return
+    _scalers.append(scaler)
+    try:
+        yield
+    finally:
+        _scalers.remove(scaler)
+
+
+def _half_precision(loss: torch.Tensor, inputs: torch.Tensor) -> bool:
+    """Whether the backward of ``loss`` may run in float16 (so an unscaled gradient may underflow)."""
+    device = loss.device.type
+    autocast_fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+    return bool(_scalers) or autocast_fp16 or inputs.dtype == torch.float16
+
+
+def input_grad(loss: torch.Tensor, inputs: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+    """d loss / d inputs in float32, taken without parameter ``.grad`` side effects.
+
+    Full precision and bf16: one plain ``autograd.grad``. fp16: ``autograd.grad(loss * scale)`` / scale,
+    so that small gradients do not underflow; an overflowing (non-finite) result is taken again at a
+    smaller scale. Entries still non-finite at the smallest scale are returned as they are
+    (:func:`ascent_direction` counts them as zero).
+    """
+    if not _half_precision(loss, inputs):
+        (grad,) = torch.autograd.grad(loss, inputs, retain_graph=retain_graph)
+        return grad.float()
+    scale = float(_scalers[-1].get_scale()) if _scalers else INITIAL_LOSS_SCALE
+    for _ in range(MAX_BACKOFFS):
+        (grad,) = torch.autograd.grad(loss * scale, inputs, retain_graph=True)
+        grad = grad.float() / scale  # (same shape as inputs), float32
+        if torch.isfinite(grad).all():
+            return grad
+        scale *= BACKOFF
+    (grad,) = torch.autograd.grad(loss * scale, inputs, retain_graph=retain_graph)
+    return grad.float() / scale
+
+
 def input_gradient(defence: Defence, batch: Batch, delta: torch.Tensor) -> torch.Tensor:
-    """d objective / d delta at ``delta``, leaving every parameter's ``.grad`` untouched."""
+    """d objective / d delta at ``delta`` (float32), leaving every parameter's ``.grad`` untouched."""
     with without_gradient_sync(defence.adapter):
         delta = delta.detach().requires_grad_()
         loss = perturbed_loss(defence, batch, delta)
-        (grad,) = torch.autograd.grad(loss, delta)
-    return grad
+        return input_grad(loss, delta)

@@ -26,7 +26,7 @@ from asa_plugin.defences.contrastive import (
     Representations,
     info_nce,
 )
-from asa_plugin.defences.perturbation import fgm_delta, token_mask, zero_delta
+from asa_plugin.defences.perturbation import fgm_delta, input_grad, token_mask, zero_delta
 from asa_plugin.schema import option
 
 
@@ -63,7 +63,7 @@ class SCALDefence(Defence):
         probe = zero_delta(self.adapter, batch)  # (B, L, E)
         clean_loss, clean = reps.objective_and_representation(batch, embed(batch["input_ids"]) + probe,
                                                               mask_positions)
-        (grad,) = torch.autograd.grad(clean_loss, probe, retain_graph=True)
+        grad = input_grad(clean_loss, probe, retain_graph=True)  # (B, L, E), float32
         delta = fgm_delta(grad, token_mask(batch), self.params.epsilon)  # (B, L, E)
         adv_loss, adversarial = reps.objective_and_representation(batch, embed(batch["input_ids"]) + delta,
                                                                   mask_positions)

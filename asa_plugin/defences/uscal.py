@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
 from asa_plugin.defences.contrastive import (
     ContrastiveOptions,
     Representations,
     info_nce,
 )
-from asa_plugin.defences.perturbation import fgm_delta, token_mask, zero_delta
+from asa_plugin.defences.perturbation import fgm_delta, input_grad, token_mask, zero_delta
 from asa_plugin.schema import option
 
 
@@ -58,7 +56,7 @@ class USCALDefence(Defence):
         second = reps.representation(view, None, positions)  # another dropout mask
         # The perturbation ascends the contrastive loss of view 1 against view 2.
         ascent = info_nce(first, second.detach(), p.temperature)
-        (grad,) = torch.autograd.grad(ascent, probe, retain_graph=True)
+        grad = input_grad(ascent, probe, retain_graph=True)  # (B, L, E), float32
         delta = fgm_delta(grad, token_mask(view), p.epsilon)  # (B, L, E)
         adversarial = reps.representation(view, embed(view["input_ids"]) + delta, positions)
         contrastive = (info_nce(first, adversarial, p.temperature)

@@ -23,6 +23,24 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequ
     return tokenizer(list(texts), truncation=True, max_length=max_length)
 
 
+def truncated_count(enc) -> int | None:
+    """How many of a batch encoding's texts lost tokens to ``max_length`` (None: a slow tokenizer, which
+    does not keep the overflow)."""
+    encodings = getattr(enc, "encodings", None)
+    if not encodings:
+        return None
+    return sum(bool(e.overflowing) for e in encodings)
+
+
+def truncation_note(max_length: int, **splits: EncodedDataset) -> str | None:
+    """One line for the whole run naming how many examples of each split ``max_length`` cut, or None."""
+    cut = {name: ds for name, ds in splits.items() if ds.truncated}
+    if not cut:
+        return None
+    counts = ", ".join(f"{ds.truncated} of {len(ds)} {name}" for name, ds in cut.items())
+    return f"{counts} examples are longer than model.max_length = {max_length} tokens and were truncated"
+
+
 class EncodedDataset(Dataset):
     """Examples tokenized once (no padding); items are dicts of token lists plus ``labels``."""
 
@@ -31,6 +49,7 @@ class EncodedDataset(Dataset):
         self.features = [{k: enc[k][i] for k in enc.keys()} | {"labels": e.label}
                          for i, e in enumerate(examples)]
         self.lengths = [len(f["input_ids"]) for f in self.features]
+        self.truncated = truncated_count(enc)
 
     def __len__(self) -> int:
         return len(self.features)

@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from asa_plugin import interrupts
 from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
 from asa_plugin.defences.base import Defence, build_defence
+from asa_plugin.defences.perturbation import loss_scaler
 from asa_plugin.errors import TrainingDiverged, UserError
 from asa_plugin.locks import run_lock
 from asa_plugin.outputs import match_umask
@@ -29,7 +31,7 @@ from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.preflight import check_resume, describe_job
 from asa_plugin.threads import TRAIN_DEFAULT_THREADS, apply_threads
 from asa_plugin.training import checkpoint, degenerate
-from asa_plugin.training.batching import EncodedDataset, make_loader
+from asa_plugin.training.batching import EncodedDataset, make_loader, truncation_note
 from asa_plugin.training.distributed import (
     TrainedModules,
     check_mixed_precision,
@@ -142,6 +144,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
     data.labels.apply_to(adapter.model.config)  # id2label/label2id travel with the exported checkpoint
     train_set = EncodedDataset(data.train, adapter.tokenizer, cfg.model.max_length)
     eval_set = EncodedDataset(data.eval, adapter.tokenizer, cfg.model.max_length)
+    truncation = truncation_note(cfg.model.max_length, training=train_set, dev=eval_set)  # said once per run
     # train.batch_size is per process: an optimizer step sees batch_size x processes x accumulation.
     train_loader, batches = make_loader(train_set, adapter.tokenizer, tc.batch_size, tc.seed, shuffle=True,
                                         group_by_length=tc.group_by_length,
@@ -178,10 +181,16 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
     state.setdefault("step_history", [])
     plan = describe_job(len(data.train), steps_per_epoch, total_steps, epochs, tc)
     log.info(plan)
+    if truncation:
+        log.info(truncation)
     if accelerator.is_local_main_process:
         print(f"[train {defence.name}] {plan}", file=sys.stderr, flush=True)
+        if truncation:
+            print(f"[train {defence.name}] {truncation}", file=sys.stderr, flush=True)
 
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+    scaling = ExitStack()  # fp16: the defences' input gradients are taken at the loss scaler's scale
+    scaling.enter_context(loss_scaler(accelerator.scaler))
     defence.attach()
     progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {defence.name}",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -250,6 +259,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
     finally:
         progress.close()
         defence.detach()
+        scaling.close()
 
     metrics = _final_metrics(cfg, defence, state)
     metrics["threads"] = threads.to_dict()

@@ -36,10 +36,13 @@ class LayerAdversary(nn.Module):
                 nn.init.zeros_(linear.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden = hidden_states.detach()  # (B, L, H): gradient stopped into the model
-        q = self.query(hidden)  # (B, L, d)
-        k = self.key(hidden)  # (B, L, d)
-        return q @ k.transpose(-1, -2) * self.scale  # (B, L, L)
+        """In the adversary's own dtype (float32), also under autocast: the tau term's gradient sums
+        over all L^2 units of a layer, and in fp16 it overflows at any useful loss scale."""
+        hidden = hidden_states.detach().to(self.query.weight.dtype)  # (B, L, H): gradient stopped into the model
+        with torch.autocast(hidden.device.type, enabled=False):
+            q = self.query(hidden)  # (B, L, d)
+            k = self.key(hidden)  # (B, L, d)
+            return q @ k.transpose(-1, -2) * self.scale  # (B, L, L)
 
 
 class ASAAdversary(nn.Module):

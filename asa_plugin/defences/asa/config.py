@@ -25,6 +25,10 @@ class ASAParams:
     divergence_weight: float = option(
         0.5, gt=0, help="weight of the two KL directions between clean and masked predictions; 0.5 = their "
                         "average, as the official code; 1.0 = their sum")
+    recompute_clean: bool = option(
+        False, help="keep only the clean pass's inputs and recompute its activations in the backward "
+                    "(activation checkpointing, dropout replayed): the same gradients for one more forward, and "
+                    "a peak of about one pass plus the masks instead of two passes")
     adversary_lr: float | None = option(
         None, gt=0, help="learning rate of the adversaries; none (the official setting) = train.lr, in the "
                          "model's optimizer with its weight-decay rule")

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from asa_plugin.defences.asa import functional as asa_f
 from asa_plugin.defences.asa.adversary import ASAAdversary
@@ -102,12 +103,15 @@ class ASADefence(Defence):
     def asa_objective(self, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """One pass of ASA's loss on ``batch`` (optionally on given input embeddings)."""
         labels = batch["labels"]
-        clean = self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
+        if self.params.recompute_clean:  # its activations are recomputed when the backward reaches them
+            clean = checkpoint(self._logits, batch, inputs_embeds, use_reentrant=False)  # (B, C)
+        else:
+            clean = self._logits(batch, inputs_embeds)  # (B, C)
         with self.adversarial_attention(batch) as masks:
             adv = self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
         ce = F.cross_entropy(clean, labels)
         divergence = asa_f.symmetric_kl(clean, adv)
-        kept = torch.stack([asa_f.kept_units(m) for m in masks]).sum(0).mean()  # units per example
+        kept = torch.stack([asa_f.kept_units(m) for m in masks]).sum(0).mean()  # float32: units per example
         # What the model descends; the tau term only moves the adversaries.
         model_loss = ce + self.params.divergence_weight * divergence
         if self.params.adversarial_ce:
@@ -115,6 +119,9 @@ class ASADefence(Defence):
         self._last = {"asa_model_loss": model_loss.item(), "asa_ce": ce.item(),
                       "asa_symmetric_kl": divergence.item(), "asa_kept_units": kept.item()}
         return model_loss + self.params.tau ** 2 * kept
+
+    def _logits(self, batch: Batch, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        return self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         loss = self.objective(batch, None)

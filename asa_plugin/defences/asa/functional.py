@@ -85,5 +85,11 @@ def mask_to_bias(mask: torch.Tensor) -> torch.Tensor:
 
 
 def kept_units(mask: torch.Tensor) -> torch.Tensor:
-    """Number of kept attention units of each example: (B, L, L) -> (B,)."""
-    return mask.sum(dim=(1, 2))  # (B,)
+    """Number of kept attention units of each example, counted in float32: (B, L, L) -> (B,).
+
+    Float32 whatever the mask's dtype: under fp16 autocast the masks are float16, which holds
+    integers exactly only up to 2,048 and overflows at 65,504, while one layer of 512 tokens has
+    262,144 units (the official code's counts are float32, from the fp32 extended attention mask).
+    Exact up to 2^24 units per example.
+    """
+    return mask.sum(dim=(1, 2), dtype=torch.float32)  # (B,)
