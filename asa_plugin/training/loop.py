@@ -37,6 +37,7 @@ from asa_plugin.training.distributed import (
     mean_across_processes,
 )
 from asa_plugin.training.evaluate import evaluate
+from asa_plugin.training.optim import build_optimizer
 
 log = logging.getLogger("advrobust.train")
 KILL_AT_STEP_ENV = "ADVROBUST_TEST_KILL_AT_STEP"
@@ -51,26 +52,9 @@ def _setup_logging(run_dir: Path) -> None:
     root.setLevel(logging.INFO)
 
 
-def _decay_split(module: torch.nn.Module) -> tuple[list, list]:
-    """(parameters with weight decay, without): no decay on biases and normalisation weights."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    return decay, no_decay
-
-
 def _optimizer(model: torch.nn.Module, defence: Defence, cfg) -> torch.optim.AdamW:
-    """One AdamW over the model and the defence's own modules, with the same weight-decay rule for
-    both; a defence module trains at ``train.lr`` unless it carries its own ``lr``."""
-    decay, no_decay = _decay_split(model)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    for module in defence.trainable_modules():
-        lr = getattr(module, "lr", None) or cfg.lr
-        extra_decay, extra_no_decay = _decay_split(module)
-        groups += [{"params": extra_decay, "weight_decay": cfg.weight_decay, "lr": lr},
-                   {"params": extra_no_decay, "weight_decay": 0.0, "lr": lr}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    """The shared optimizer (:func:`asa_plugin.training.optim.build_optimizer`) at ``cfg``'s lr and weight decay."""
+    return build_optimizer(model, defence.trainable_modules(), cfg.lr, cfg.weight_decay)
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
