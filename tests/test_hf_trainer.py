@@ -11,14 +11,18 @@ rounds the warmup steps up (``ceil``) where the loop rounds down (``int``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainerCallback, \
-    TrainingArguments, set_seed
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from asa_plugin.adapters.loading import load_adapter
 from asa_plugin.cli import main
@@ -124,3 +128,129 @@ def test_gradient_accumulation_matches_the_loop(tmp_path, run_config):
     assert_same_weights(tmp_path / "run" / "model" / "model.safetensors", tmp_path / "hf-model" / "model.safetensors")
     assert_same_weights(tmp_path / "run" / "asa_adversary.safetensors",
                         tmp_path / "hf-model" / "asa_adversary.safetensors")
+
+
+def plain_trainer(out: Path, backbone: Path, train_file: Path, defence, callbacks=(), plugin_manager=None,
+                  **extra_args) -> DefenceTrainer:
+    """A DefenceTrainer as a user's script builds one: Trainer's own sampler, scheduler and seeding."""
+    adapter = load_adapter(str(backbone), 2)
+    cfg = load_config(None, [f"data.train_file='{train_file}'", f"data.dev_file='{train_file}'"])
+    data = load_training_data(cfg.data, 2, get_plugin_manager().datasets)
+    train_set = EncodedDataset(data.train, adapter.tokenizer, 32)
+    args = TrainingArguments(str(out), per_device_train_batch_size=16, learning_rate=5e-3, seed=7, report_to=[],
+                             use_cpu=True, disable_tqdm=True, **({"num_train_epochs": 2, "save_strategy": "no",
+                                                                  "logging_steps": 2} | extra_args))
+    return DefenceTrainer(model=adapter.model, args=args, train_dataset=train_set, defence=defence,
+                          data_collator=DataCollatorWithPadding(adapter.tokenizer), processing_class=adapter.tokenizer,
+                          callbacks=list(callbacks), plugin_manager=plugin_manager)
+
+
+RESUME_CASES = [
+    pytest.param({"name": "asa", "tau": 0.1}, ["model.safetensors", "asa_adversary.safetensors"], id="asa"),
+    pytest.param({"name": ["asa", "freelb"], "asa": {"tau": 0.5}, "freelb": {"adv_steps": 2}},
+                 ["model.safetensors", "asa_adversary.safetensors"], id="asa+freelb"),
+]
+
+
+@pytest.mark.parametrize("defence,weights", RESUME_CASES)
+def test_resume_from_checkpoint_continues_exactly(tmp_path, tiny_bert_dir, toy_data, defence, weights):
+    """Checkpoints every 4 steps; resuming the one at step 8 (mid-epoch 2, 6 steps an epoch) ends
+    where the uninterrupted run ends: weights, adversaries, and the defence metrics logged after it
+    (logging every 3 steps, so the checkpoint falls inside a logging window). Trainer's own ``loss``
+    is left out: stock Trainer restarts its running loss at the checkpoint, so its first log after a
+    resume averages only the steps since then."""
+    every = {"save_strategy": "steps", "save_steps": 4, "logging_steps": 3}
+    straight = plain_trainer(tmp_path / "straight", tiny_bert_dir, toy_data["train"], defence, **every)
+    straight.train()
+    straight.save_model(str(tmp_path / "straight-model"))
+    checkpoint = tmp_path / "straight" / "checkpoint-8"
+    assert (checkpoint / "defence_modules.safetensors").is_file() and (checkpoint / "defence_state.json").is_file()
+
+    resumed = plain_trainer(tmp_path / "resumed", tiny_bert_dir, toy_data["train"], defence, **every)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    resumed.save_model(str(tmp_path / "resumed-model"))
+    for name in weights:
+        assert_same_weights(tmp_path / "straight-model" / name, tmp_path / "resumed-model" / name)
+
+    def logged_after_8(trainer):
+        keep = [{k: v for k, v in h.items() if "asa" in k or k == "adversarial_loss"} for h in trainer.state.log_history
+                if h.get("step", 0) > 8 and "loss" in h]
+        assert keep and all("asa_mask_ratio_per_layer/layer_0" in h for h in keep)
+        return keep
+
+    assert logged_after_8(resumed) == logged_after_8(straight)
+
+
+def test_saved_model_loads_with_stock_transformers_without_adversary_weights(tmp_path, tiny_bert_dir, toy_data):
+    trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], "asa", num_train_epochs=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "model"))
+    model, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model", output_loading_info=True)
+    assert not any(info.values())  # no missing, unexpected or mismatched keys
+    saved = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert saved.keys() == load_file(str(tiny_bert_dir / "model.safetensors")).keys()
+    assert (tmp_path / "model" / "asa_adversary.safetensors").is_file()  # beside the model, as advrobust train
+    # The defence's hooks are gone after training: the trainer's model is the plain model.
+    batch = {k: torch.tensor([[2, 10, 11, 3]]) for k in ("input_ids",)}
+    torch.testing.assert_close(trainer.model.cpu().eval()(**batch).logits, model.eval()(**batch).logits)
+
+
+class Recorder(TrainerCallback):
+    """What a reporting callback (TensorBoard, W&B, MLflow) receives in ``on_log``."""
+
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def test_defence_metrics_reach_the_log_history_and_callbacks(tmp_path, tiny_bert_dir, toy_data):
+    recorder = Recorder()
+    trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], {"name": "asa", "tau": 0.5},
+                            callbacks=[recorder], num_train_epochs=1, logging_steps=3)
+    trainer.train()
+    training_logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in training_logs] == [3, 6]
+    for entry in training_logs:
+        ratios = [entry[f"asa_mask_ratio_per_layer/layer_{i}"] for i in range(2)]  # the tiny model's 2 layers
+        assert all(0.0 <= r <= 1.0 for r in ratios)
+        assert entry["asa_symmetric_kl"] >= 0.0 and entry["asa_kept_units"] > 0
+        # The logged loss is the mean of the window's step losses, which for ASA are the model's loss.
+        assert entry["loss"] == pytest.approx(entry["asa_model_loss"], abs=1e-4)
+    assert [r for r in recorder.logs if "loss" in r] == [{k: v for k, v in h.items() if k != "step"}
+                                                        for h in training_logs]
+
+
+def test_a_third_party_defence_trains_by_name(install_plugin, tmp_path, tiny_bert_dir, toy_data):
+    from test_third_party_plugin import PLUGIN_SOURCE
+
+    install_plugin("advrobust_smooth", PLUGIN_SOURCE)
+    trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], {"name": "smooth", "smoothing": 0.2},
+                            num_train_epochs=1)
+    assert trainer.defence.name == "smooth" and trainer.defence.params.smoothing == 0.2
+    trainer.train()
+    assert trainer.state.global_step == 6
+
+
+BAD_SPECS = [  # (defence=, what the one-line error says)
+    ("nonesuch", "unknown defence 'nonesuch'; available:"),
+    ({"name": "asa", "tau": -1}, "defence.tau"),
+    ({"name": "asa", "tua": 0.3}, "tua"),
+    (["asa", "vanilla"], "cannot compose"),
+    (["asa", "freelb", "fgm"], "cannot compose"),
+    (3, "defence must be a name, a list of names or a dict"),
+]
+
+
+@pytest.mark.parametrize("spec,message", BAD_SPECS)
+def test_a_bad_defence_is_one_clear_error_before_training(spec, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as caught:
+        defence_config(spec, get_plugin_manager().defences)
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("DefenceTrainer(defence=...)")
+
+
+def test_specs_give_the_configs_a_defence_table_gives(run_config):
+    table = load_config(run_config(defence='name = ["asa", "freelb"]\n[asa]\ntau = 0.3')).defence
+    spec = defence_config({"name": ["asa", "freelb"], "asa": {"tau": 0.3}}, get_plugin_manager().defences)
+    assert spec.names == table.names and spec.params == table.params
