@@ -43,6 +43,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from asa_plugin.config import DefenceConfig, _build_defence
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import ConfigError
+from asa_plugin.modelcard import CardFacts, write_card
 from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.training.optim import build_optimizer
 
@@ -85,6 +86,19 @@ def _flatten(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _backbone_name(name_or_path: str) -> str:
+    """A backbone alias (``minilm``) when ``name_or_path`` is the directory its offline package ships."""
+    from asa_plugin.adapters.loading import ALIASES, resolve_backbone
+
+    for alias in ALIASES:
+        try:
+            if Path(resolve_backbone(alias)) == Path(name_or_path):
+                return alias
+        except Exception:  # the offline package is not installed: not that alias  # noqa: BLE001
+            continue
+    return name_or_path
+
+
 class DefenceTrainer(Trainer):
     """``transformers.Trainer`` whose training steps run an advrobust defence.
 
@@ -93,18 +107,23 @@ class DefenceTrainer(Trainer):
             ``name`` and the defence's parameters (the keys of its ``[defence]`` table).
         plugin_manager: the registries to look the defence and the adapter up in (default: the
             process-wide one, with third-party plugins of entry-point group ``advrobust``).
+        model_card: fields of :class:`asa_plugin.modelcard.CardFacts` the trainer cannot know, e.g.
+            ``{"datasets": ["sst2"], "data_description": "SST-2 train, 4000 examples"}``.
 
     Not supported: ``model_init`` (hyper-parameter search), ``compute_loss_func`` (the defence
     supplies the loss) and an optimizer of one's own when the defence has trainable modules.
     """
 
     def __init__(self, model: nn.Module | None = None, args=None, *trainer_args, defence: DefenceSpec = "vanilla",
-                 plugin_manager: PluginManager | None = None, **trainer_kwargs):
+                 plugin_manager: PluginManager | None = None, model_card: Mapping[str, Any] | None = None,
+                 **trainer_kwargs):
         if model is None or trainer_kwargs.get("model_init") is not None:
             raise ValueError("DefenceTrainer needs a model (model_init is not supported)")
         if trainer_kwargs.get("compute_loss_func") is not None:
             raise ValueError("DefenceTrainer: the defence supplies the training loss; drop compute_loss_func")
         pm = plugin_manager or get_plugin_manager()
+        self.model_card = dict(model_card or {})
+        self._backbone = _backbone_name(getattr(model.config, "_name_or_path", "") or model.config.model_type)
         self.defence_config = defence_config(defence, pm.defences)
         tokenizer = trainer_kwargs.get("processing_class")
         from asa_plugin.adapters.loading import adapter_class_for
@@ -202,7 +221,31 @@ class DefenceTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The plain model (the defence's modules are not part of it), then the defence's artifacts beside it."""
         super()._save(output_dir, state_dict)
-        self.defence.save_extras(Path(output_dir or self.args.output_dir))
+        folder = Path(output_dir or self.args.output_dir)
+        self.defence.save_extras(folder)
+        write_card(folder, self.card_facts())
+
+    def card_facts(self) -> CardFacts:
+        """What the model card of a model saved now states (training budget and clean accuracy so far)."""
+        args, state = self.args, self.state
+        history = state.log_history
+        accuracy = next((h["eval_accuracy"] for h in reversed(history) if "eval_accuracy" in h), None)
+        runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        training = {"steps": state.global_step, "epochs": round(state.epoch or 0.0, 4),
+                    "train_examples": state.global_step * per_step,
+                    "batch_size": args.per_device_train_batch_size,
+                    "gradient_accumulation_steps": args.gradient_accumulation_steps, "processes": args.world_size,
+                    "lr": args.learning_rate, "seed": args.seed,
+                    "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+                    "train_seconds": runtime, "trainer": "asa_plugin.hf.DefenceTrainer"}
+        params = {k: v for k, v in self.defence_config.to_dict().items() if k != "name"}
+        facts = CardFacts(defence=self.defence.name, defence_params=params, backbone=self._backbone,
+                          training={k: v for k, v in training.items() if v is not None},
+                          clean_accuracy=accuracy, eval_split="eval")
+        for key, value in self.model_card.items():
+            setattr(facts, key, value)
+        return facts
 
     def _save_checkpoint(self, model, trial) -> None:
         """Trainer's checkpoint plus the defence's modules and running state (written first: Trainer's

@@ -131,8 +131,9 @@ def test_gradient_accumulation_matches_the_loop(tmp_path, run_config):
 
 
 def plain_trainer(out: Path, backbone: Path, train_file: Path, defence, callbacks=(), plugin_manager=None,
-                  **extra_args) -> DefenceTrainer:
-    """A DefenceTrainer as a user's script builds one: Trainer's own sampler, scheduler and seeding."""
+                  trainer_kwargs: dict | None = None, **extra_args) -> DefenceTrainer:
+    """A DefenceTrainer as a user's script builds one: Trainer's own sampler, scheduler and seeding;
+    ``extra_args`` go to TrainingArguments, ``trainer_kwargs`` to the trainer."""
     adapter = load_adapter(str(backbone), 2)
     cfg = load_config(None, [f"data.train_file='{train_file}'", f"data.dev_file='{train_file}'"])
     data = load_training_data(cfg.data, 2, get_plugin_manager().datasets)
@@ -140,9 +141,10 @@ def plain_trainer(out: Path, backbone: Path, train_file: Path, defence, callback
     args = TrainingArguments(str(out), per_device_train_batch_size=16, learning_rate=5e-3, seed=7, report_to=[],
                              use_cpu=True, disable_tqdm=True, **({"num_train_epochs": 2, "save_strategy": "no",
                                                                   "logging_steps": 2} | extra_args))
-    return DefenceTrainer(model=adapter.model, args=args, train_dataset=train_set, defence=defence,
+    return DefenceTrainer(model=adapter.model, args=args, train_dataset=train_set, eval_dataset=train_set,
+                          defence=defence,
                           data_collator=DataCollatorWithPadding(adapter.tokenizer), processing_class=adapter.tokenizer,
-                          callbacks=list(callbacks), plugin_manager=plugin_manager)
+                          callbacks=list(callbacks), plugin_manager=plugin_manager, **(trainer_kwargs or {}))
 
 
 RESUME_CASES = [

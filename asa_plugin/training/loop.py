@@ -23,6 +23,7 @@ from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.errors import TrainingDiverged, UserError
+from asa_plugin.modelcard import write_model_card
 from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.preflight import check_resume, describe_job
@@ -219,6 +220,7 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None)
         match_umask(run_dir / "model")  # safetensors are written 0600; give them the other outputs' mode
         defence.save_extras(run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(run_dir)  # run_dir/model/README.md; advrobust bench rewrites it after the attacks
         shutil.rmtree(run_dir / checkpoint.CHECKPOINT, ignore_errors=True)
         interrupts.record(True, f"training finished; the model is in {run_dir / 'model'}")
     accelerator.wait_for_everyone()
