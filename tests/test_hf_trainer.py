@@ -11,6 +11,7 @@ rounds the warmup steps up (``ceil``) where the loop rounds down (``int``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -133,14 +134,16 @@ def test_gradient_accumulation_matches_the_loop(tmp_path, run_config):
 def plain_trainer(out: Path, backbone: Path, train_file: Path, defence, callbacks=(), plugin_manager=None,
                   trainer_kwargs: dict | None = None, **extra_args) -> DefenceTrainer:
     """A DefenceTrainer as a user's script builds one: Trainer's own sampler, scheduler and seeding;
-    ``extra_args`` go to TrainingArguments, ``trainer_kwargs`` to the trainer."""
+    ``extra_args`` go to TrainingArguments, ``trainer_kwargs`` to the trainer. Seeded before the model
+    loads, as transformers' own example scripts do: the adversaries' initial weights come next."""
+    set_seed(7)
     adapter = load_adapter(str(backbone), 2)
     cfg = load_config(None, [f"data.train_file='{train_file}'", f"data.dev_file='{train_file}'"])
     data = load_training_data(cfg.data, 2, get_plugin_manager().datasets)
     train_set = EncodedDataset(data.train, adapter.tokenizer, 32)
-    args = TrainingArguments(str(out), per_device_train_batch_size=16, learning_rate=5e-3, seed=7, report_to=[],
-                             use_cpu=True, disable_tqdm=True, **({"num_train_epochs": 2, "save_strategy": "no",
-                                                                  "logging_steps": 2} | extra_args))
+    defaults = {"per_device_train_batch_size": 16, "num_train_epochs": 2, "save_strategy": "no", "logging_steps": 2}
+    args = TrainingArguments(str(out), learning_rate=5e-3, seed=7, report_to=[], use_cpu=True, disable_tqdm=True,
+                             **(defaults | extra_args))
     return DefenceTrainer(model=adapter.model, args=args, train_dataset=train_set, eval_dataset=train_set,
                           defence=defence,
                           data_collator=DataCollatorWithPadding(adapter.tokenizer), processing_class=adapter.tokenizer,
@@ -256,3 +259,30 @@ def test_specs_give_the_configs_a_defence_table_gives(run_config):
     table = load_config(run_config(defence='name = ["asa", "freelb"]\n[asa]\ntau = 0.3')).defence
     spec = defence_config({"name": ["asa", "freelb"], "asa": {"tau": 0.3}}, get_plugin_manager().defences)
     assert spec.names == table.names and spec.params == table.params
+
+
+def test_two_processes_train_as_one_process_with_the_double_batch(tmp_path):
+    """``accelerate launch`` on two CPU processes (gloo), batch 8 each, against one process with
+    batch 16 (the same 16 examples a step: Accelerate deals process i the i-th batch of 8): both
+    processes end with identical model and adversary weights, equal to the single process's.
+    Dropout is off, so a step depends only on the weights and the data."""
+    from test_distributed import WEIGHT_TOLERANCE, failure, launch
+    from tiny import tiny_model_dir, write_sentiment_tsv
+
+    model = tiny_model_dir(tmp_path / "tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    train_file = write_sentiment_tsv(tmp_path / "train.tsv", 96, seed=1)
+    probe = str(Path(__file__).with_name("hf_ddp_probe.py"))
+    for processes, batch in ((2, 8), (1, 16)):
+        spec = {"model": str(model), "train_file": str(train_file), "defence": "asa",
+                "batch_size": batch, "steps": 3, "out": str(tmp_path / f"p{processes}")}
+        (tmp_path / f"p{processes}.json").write_text(json.dumps(spec))
+        proc = launch(processes, probe, str(tmp_path / f"p{processes}.json"))
+        assert proc.returncode == 0, failure(proc)
+    rank0, rank1 = (load_file(str(tmp_path / "p2" / f"rank{r}.safetensors")) for r in (0, 1))
+    assert any(k.startswith("defence.") for k in rank0)
+    assert [k for k in rank0 if not torch.equal(rank0[k], rank1[k])] == []
+    single = load_file(str(tmp_path / "p1" / "rank0.safetensors"))
+    for key in single:
+        torch.testing.assert_close(rank0[key], single[key], atol=WEIGHT_TOLERANCE, rtol=0, msg=key)
+    history = json.loads((tmp_path / "p2" / "log_history.json").read_text())
+    assert all("asa_mask_ratio_per_layer/layer_0" in h for h in history if "loss" in h)
