@@ -286,3 +286,30 @@ def test_two_processes_train_as_one_process_with_the_double_batch(tmp_path):
         torch.testing.assert_close(rank0[key], single[key], atol=WEIGHT_TOLERANCE, rtol=0, msg=key)
     history = json.loads((tmp_path / "p2" / "log_history.json").read_text())
     assert all("asa_mask_ratio_per_layer/layer_0" in h for h in history if "loss" in h)
+
+
+@pytest.mark.slow
+def test_the_example_script_trains_minilm_on_local_sst2(tmp_path, sst2_data_root):
+    """examples/hf_trainer.py at a tiny size: offline, a plain model with its card and the adversary beside it."""
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    script = Path(__file__).parents[1] / "examples" / "hf_trainer.py"
+    proc = subprocess.run([sys.executable, str(script), "--defence", '{"name": "asa", "tau": 0.3}', "--max-steps", "4",
+                           "--max-train-examples", "64", "--max-eval-examples", "32", "--batch-size", "8",
+                           "--data-dir", str(sst2_data_root), "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["defence"] == "asa" and 0.0 <= result["eval_accuracy"] <= 1.0
+    model_dir = tmp_path / "out" / "model"
+    _, info = AutoModelForSequenceClassification.from_pretrained(model_dir, output_loading_info=True)
+    assert not any(info.values())
+    assert (model_dir / "asa_adversary.safetensors").is_file()
+    card = ModelCard.load(model_dir / "README.md")
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    (clean,) = [r.metric_value for r in card.data.eval_results if r.metric_name == "clean accuracy"]
+    assert clean == result["eval_accuracy"]
+    assert card.data.to_dict()["advrobust"]["defence_params"]["tau"] == 0.3
