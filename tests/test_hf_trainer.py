@@ -12,6 +12,7 @@ rounds the warmup steps up (``ceil``) where the loop rounds down (``int``).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -313,3 +314,20 @@ def test_the_example_script_trains_minilm_on_local_sst2(tmp_path, sst2_data_root
     (clean,) = [r.metric_value for r in card.data.eval_results if r.metric_name == "clean accuracy"]
     assert clean == result["eval_accuracy"]
     assert card.data.to_dict()["advrobust"]["defence_params"]["tau"] == 0.3
+
+
+def test_bf16_from_training_arguments_autocasts_the_model_and_the_adversary(tmp_path, tiny_bert_dir, toy_data):
+    """``bf16=True`` on CPU: Trainer's autocast covers the defence's passes (model and ASA adversary
+    Linear layers compute in bfloat16), the weights stay float32 and the losses are finite."""
+    trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], "asa", num_train_epochs=1,
+                            bf16=True)
+    seen: dict[str, set[str]] = {"model": set(), "adversary": set()}
+    for part, module in (("model", trainer.model), ("adversary", trainer.defence.trainable_modules()[0])):
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.register_forward_hook(lambda m, a, out, part=part: seen[part].add(str(out.dtype)))
+    trainer.train()
+    assert seen == {"model": {"torch.bfloat16"}, "adversary": {"torch.bfloat16"}}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(math.isfinite(v) for v in losses)
