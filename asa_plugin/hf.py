@@ -42,7 +42,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from asa_plugin.config import DefenceConfig, _build_defence
 from asa_plugin.defences.base import Defence, build_defence
-from asa_plugin.errors import ConfigError
+from asa_plugin.errors import ConfigError, UserError
 from asa_plugin.modelcard import CardFacts, write_card
 from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.training.optim import build_optimizer
@@ -94,7 +94,7 @@ def _backbone_name(name_or_path: str) -> str:
         try:
             if Path(resolve_backbone(alias)) == Path(name_or_path):
                 return alias
-        except Exception:  # the offline package is not installed: not that alias  # noqa: BLE001
+        except UserError:  # its offline package is not installed: not that alias
             continue
     return name_or_path
 
@@ -266,16 +266,26 @@ class DefenceTrainer(Trainer):
         if not (folder / STATE_FILE).is_file():
             raise ValueError(f"{folder} has no {STATE_FILE}: it was not written by a DefenceTrainer, so the "
                              f"defence's state cannot be restored")
-        if self.defence.trainable_modules():
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(folder / MODULES_FILE))
-            for i, module in enumerate(self.defence.trainable_modules()):
-                prefix = f"{i}."
-                module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        self._load_defence_modules(folder)
         state = json.loads((folder / STATE_FILE).read_text())
         self.defence.load_state_dict(state["defence"])
         self._window, self._window_steps = dict(state["window"]), int(state["window_steps"])
+
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the adversaries of the best checkpoint come back with its model."""
+        super()._load_best_model()
+        self._load_defence_modules(Path(self.state.best_model_checkpoint))
+
+    def _load_defence_modules(self, folder: Path) -> None:
+        if not self.defence.trainable_modules():
+            return
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(folder / MODULES_FILE))
+        for i, module in enumerate(self.defence.trainable_modules()):
+            prefix = f"{i}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 class _DefenceModulesCallback(TrainerCallback):

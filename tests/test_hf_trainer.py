@@ -331,3 +331,23 @@ def test_bf16_from_training_arguments_autocasts_the_model_and_the_adversary(tmp_
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_load_best_model_at_end_brings_back_the_best_checkpoints_adversary(tmp_path, tiny_bert_dir, toy_data):
+    evaluations = iter(range(100))
+
+    def earliest_is_best(prediction):  # a metric that makes the first evaluated checkpoint the best
+        return {"earliness": -next(evaluations)}
+
+    trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], {"name": "asa", "tau": 0.1},
+                            trainer_kwargs={"compute_metrics": earliest_is_best}, eval_strategy="steps",
+                            eval_steps=4, save_strategy="steps", save_steps=4, load_best_model_at_end=True,
+                            metric_for_best_model="earliness", greater_is_better=True)
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.name == "checkpoint-4" and trainer.state.global_step == 12
+    trainer.save_model(str(tmp_path / "model"))
+    assert_same_weights(best / "model.safetensors", tmp_path / "model" / "model.safetensors")
+    saved = load_file(str(best / "defence_modules.safetensors"))
+    now = trainer._defence_state_tensors()
+    assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)
