@@ -28,6 +28,7 @@ def run(args) -> int:
     from asa_plugin.bench.plan import load_plan
     from asa_plugin.bench.report import write_report
     from asa_plugin.locks import run_lock
+    from asa_plugin.modelcard import write_bench_cards
     from asa_plugin.plugins import get_plugin_manager
     from asa_plugin.preflight import check_bench
 
@@ -43,6 +44,7 @@ def run(args) -> int:
         run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences,
                  only_recipes=only_recipes, only_seeds=None if only_seeds is None else [int(s) for s in only_seeds])
         report = write_report(plan.out_dir, pm)
+        write_bench_cards(plan.out_dir, report)  # each run's model card gains its attacks and comparisons
     say(f"report: {plan.out_dir / 'report.md'} ({len(report['missing'])} cells missing)")
     return 0
 

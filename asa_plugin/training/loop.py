@@ -26,6 +26,7 @@ from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.defences.perturbation import loss_scaler
 from asa_plugin.errors import TrainingDiverged, UserError
 from asa_plugin.locks import run_lock
+from asa_plugin.modelcard import write_model_card
 from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.preflight import check_resume, describe_job
@@ -40,6 +41,7 @@ from asa_plugin.training.distributed import (
     mean_across_processes,
 )
 from asa_plugin.training.evaluate import evaluate
+from asa_plugin.training.optim import build_optimizer
 
 log = logging.getLogger("advrobust.train")
 KILL_AT_STEP_ENV = "ADVROBUST_TEST_KILL_AT_STEP"
@@ -54,26 +56,9 @@ def _setup_logging(run_dir: Path) -> None:
     root.setLevel(logging.INFO)
 
 
-def _decay_split(module: torch.nn.Module) -> tuple[list, list]:
-    """(parameters with weight decay, without): no decay on biases and normalisation weights."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    return decay, no_decay
-
-
 def _optimizer(model: torch.nn.Module, defence: Defence, cfg) -> torch.optim.AdamW:
-    """One AdamW over the model and the defence's own modules, with the same weight-decay rule for
-    both; a defence module trains at ``train.lr`` unless it carries its own ``lr``."""
-    decay, no_decay = _decay_split(model)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    for module in defence.trainable_modules():
-        lr = getattr(module, "lr", None) or cfg.lr
-        extra_decay, extra_no_decay = _decay_split(module)
-        groups += [{"params": extra_decay, "weight_decay": cfg.weight_decay, "lr": lr},
-                   {"params": extra_no_decay, "weight_decay": 0.0, "lr": lr}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    """The shared optimizer (:func:`asa_plugin.training.optim.build_optimizer`) at ``cfg``'s lr and weight decay."""
+    return build_optimizer(model, defence.trainable_modules(), cfg.lr, cfg.weight_decay)
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
@@ -275,6 +260,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
         match_umask(run_dir / "model")  # safetensors are written 0600; give them the other outputs' mode
         defence.save_extras(run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(run_dir)  # run_dir/model/README.md; advrobust bench rewrites it after the attacks
         shutil.rmtree(run_dir / checkpoint.CHECKPOINT, ignore_errors=True)
         interrupts.record(True, f"training finished; the model is in {run_dir / 'model'}")
     accelerator.wait_for_everyone()

@@ -1,0 +1,200 @@
+"""Model cards: a ``README.md`` with Hugging Face's metadata block beside every exported model.
+
+The metadata (YAML front matter, parsed by ``huggingface_hub.ModelCard.load``) holds:
+
+* ``base_model`` (a hub id: an alias such as ``minilm`` maps to the hub model its offline package
+  copies; a local directory is named in the text only), ``datasets``, ``tags``, ``metrics``;
+* ``model-index``: the clean accuracy on the evaluation split and, once attacked (``advrobust
+  bench``), the accuracy under each attack recipe;
+* ``advrobust``: the defence and its parameters, the training budget, and per recipe the attack
+  summary and the paired comparison with the bench's baseline (difference in accuracy under attack
+  with its interval, McNemar per seed; see :mod:`asa_plugin.bench.stats`).
+
+``advrobust train`` and :class:`asa_plugin.hf.DefenceTrainer` write the card when they export;
+``advrobust bench`` rewrites each run's card after its attacks with :func:`write_model_card`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+CARD_FILE = "README.md"
+BASE_MODEL_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+"""Backbone aliases (:data:`asa_plugin.adapters.loading.ALIASES`) -> the hub model their offline package ships."""
+TAGS = ["text-classification", "advrobust", "adversarial-robustness"]
+
+
+@dataclass
+class CardFacts:
+    """Everything a card states; each value comes from a run's files or a trainer's state."""
+
+    defence: str
+    defence_params: dict[str, Any]
+    backbone: str
+    datasets: list[str] = field(default_factory=list)
+    """Dataset names (a registry name such as ``sst2``); empty for local files."""
+    data_description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    clean_accuracy: float | None = None
+    eval_split: str | None = None
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """recipe -> its ``summary.json`` values (accuracy_under_attack, attack_success_rate, ...)."""
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """recipe -> the paired comparison with the baseline (``advrobust bench``'s report cell)."""
+
+    @property
+    def base_model(self) -> str | None:
+        if self.backbone in BASE_MODEL_IDS:
+            return BASE_MODEL_IDS[self.backbone]
+        return None if Path(self.backbone).exists() or self.backbone.startswith((".", "/")) else self.backbone
+
+
+ATTACK_KEYS = ("accuracy_under_attack", "clean_accuracy", "attack_success_rate", "avg_words_perturbed_pct",
+               "avg_queries", "num_examples", "profile", "split")
+
+
+def _eval_results(facts: CardFacts):
+    from huggingface_hub import EvalResult
+
+    dataset = facts.datasets[0] if facts.datasets else "local"
+    common = dict(task_type="text-classification", task_name="Text Classification", dataset_type=dataset,
+                  dataset_name=dataset)
+    out = []
+    if facts.clean_accuracy is not None:
+        out.append(EvalResult(**common, dataset_split=facts.eval_split, metric_type="accuracy",
+                              metric_value=facts.clean_accuracy, metric_name="clean accuracy"))
+    for recipe, summary in sorted(facts.attacks.items()):
+        if summary.get("accuracy_under_attack") is not None:
+            out.append(EvalResult(**common, dataset_split=summary.get("split"), metric_type="accuracy",
+                                  metric_value=summary["accuracy_under_attack"], metric_config=recipe,
+                                  metric_name=f"accuracy under {recipe}"))
+    return out
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _body(facts: CardFacts) -> str:
+    lines = [f"# {facts.defence} fine-tune of {facts.base_model or Path(facts.backbone).name}", "",
+             f"Trained with the advrobust defence `{facts.defence}` "
+             f"(parameters: `{json.dumps(facts.defence_params, sort_keys=True)}`) "
+             f"on {facts.data_description or 'local data'}.",
+             "It is a plain `AutoModelForSequenceClassification` checkpoint: the defence's own modules (e.g. ASA's "
+             "adversaries) are not part of it.", "", "## Training", ""]
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in facts.training.items()]
+    lines += ["", "## Evaluation", "", f"Clean accuracy ({facts.eval_split or 'eval'} split): "
+              f"{_pct(facts.clean_accuracy)}", ""]
+    if facts.attacks:
+        lines += ["| recipe | accuracy under attack | attack success rate | examples "
+                  "| vs baseline (difference, interval) |", "|---|---|---|---|---|"]
+        for recipe, summary in sorted(facts.attacks.items()):
+            comparison = facts.comparisons.get(recipe, {})
+            diff = comparison.get("accuracy_under_attack") or {}
+            versus = (f"{comparison['baseline']}: {100 * diff['delta']:+.1f} pts "
+                      f"[{100 * diff['ci'][0]:+.1f}, {100 * diff['ci'][1]:+.1f}]"
+                      if comparison.get("status") == "done" and "delta" in diff and diff.get("ci") else "n/a")
+            lines.append(f"| {recipe} | {_pct(summary.get('accuracy_under_attack'))} | "
+                         f"{_pct(summary.get('attack_success_rate'))} | {summary.get('num_examples')} | {versus} |")
+    else:
+        lines.append("Not attacked yet: `advrobust bench` adds the accuracy under each attack recipe.")
+    return "\n".join(lines) + "\n"
+
+
+def render(facts: CardFacts):
+    """The :class:`huggingface_hub.ModelCard` of ``facts``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    names = facts.defence.split("+")
+    advrobust: dict[str, Any] = {"defence": facts.defence, "defence_params": facts.defence_params,
+                                 "training": facts.training}
+    if facts.attacks:
+        advrobust["attacks"] = {r: {k: s.get(k) for k in ATTACK_KEYS if s.get(k) is not None}
+                                for r, s in sorted(facts.attacks.items())}
+    if facts.comparisons:
+        advrobust["comparison_with_baseline"] = facts.comparisons
+    results = _eval_results(facts)
+    data = ModelCardData(
+        base_model=facts.base_model, datasets=facts.datasets or None, library_name="transformers",
+        pipeline_tag="text-classification", tags=TAGS + [f"defence-{n}" for n in names],
+        metrics=["accuracy"], model_name=f"{facts.defence}-{Path(facts.backbone).name}" if results else None,
+        eval_results=results or None, advrobust=_plain(advrobust))
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(facts)}")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-compatible values only (YAML metadata): tuples to lists, numpy scalars to floats."""
+    return json.loads(json.dumps(value, default=float))
+
+
+def write_card(model_dir: str | Path, facts: CardFacts) -> Path:
+    """Write ``model_dir/README.md``; return its path."""
+    path = Path(model_dir) / CARD_FILE
+    render(facts).save(path)
+    return path
+
+
+# --- advrobust train / bench run directories --------------------------------------------------
+def facts_from_run(run_dir: str | Path) -> CardFacts:
+    """The facts of an ``advrobust train`` run: ``config.resolved.toml``, ``metrics.json`` and any
+    ``attack/<recipe>/summary.json``."""
+    run = Path(run_dir)
+    cfg = tomllib.loads((run / "config.resolved.toml").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    data, train = cfg.get("data", {}), cfg.get("train", {})
+    dataset = data.get("dataset") if not data.get("train_file") else None
+    described = dataset or ", ".join(Path(data[k]).name for k in ("train_file", "dev_file") if data.get(k))
+    if data.get("max_train_examples"):
+        described += f" ({data['max_train_examples']} training examples, subset seed {data.get('subset_seed', 0)})"
+    params = {k: v for k, v in cfg.get("defence", {}).items() if k != "name"}
+    training = {"steps": metrics.get("steps"), "epochs": metrics.get("epochs"),
+                "train_examples": metrics.get("train_examples"), "batch_size": train.get("batch_size"),
+                "gradient_accumulation_steps": train.get("gradient_accumulation_steps"), "lr": train.get("lr"),
+                "seed": train.get("seed"), "mixed_precision": train.get("mixed_precision"),
+                "max_length": cfg.get("model", {}).get("max_length"), "train_seconds": metrics.get("train_seconds")}
+    if metrics.get("degenerate"):
+        training["degenerate"] = metrics.get("degenerate_reason")
+    attacks = {}
+    for summary in sorted(run.glob("attack/*/summary.json")):
+        values = json.loads(summary.read_text())
+        attacks[values.get("recipe", summary.parent.name)] = values
+    return CardFacts(defence=metrics.get("defence", "+".join(_names(cfg))), defence_params=params,
+                     backbone=cfg.get("model", {}).get("backbone", metrics.get("backbone", "")),
+                     datasets=[dataset] if dataset else [], data_description=described,
+                     training={k: v for k, v in training.items() if v is not None},
+                     clean_accuracy=metrics.get("eval_accuracy"), eval_split=data.get("eval_split"), attacks=attacks)
+
+
+def _names(cfg: dict) -> list[str]:
+    name = cfg.get("defence", {}).get("name", "vanilla")
+    return [name] if isinstance(name, str) else list(name)
+
+
+def write_model_card(run_dir: str | Path, comparisons: dict[str, dict[str, Any]] | None = None) -> Path:
+    """(Re)write the card of the model exported by run ``run_dir`` (``run_dir/model/README.md``) from
+    the run's files, with ``comparisons`` (recipe -> paired comparison with the baseline) when given."""
+    facts = facts_from_run(run_dir)
+    facts.comparisons = comparisons or {}
+    return write_card(Path(run_dir) / "model", facts)
+
+
+def write_bench_cards(out_dir: str | Path, report: dict[str, Any]) -> list[Path]:
+    """After a bench's report: every trained run's card with its attacks and its comparisons."""
+    out = Path(out_dir)
+    written = []
+    for row in report.get("training", []):
+        run_dir = out / "runs" / row["run"]
+        if row.get("status") != "done" or not (run_dir / "model").is_dir():
+            continue
+        comparisons = {c["recipe"]: c["comparison"] for c in report.get("cells", [])
+                       if c["defence"] == row["defence"] and "comparison" in c}
+        written.append(write_model_card(run_dir, comparisons))
+    return written

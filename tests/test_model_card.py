@@ -1,0 +1,102 @@
+"""Model cards: every exported model has a README.md that stock ``huggingface_hub.ModelCard.load`` parses,
+with values equal to the run's own files (metrics.json, config, attack summaries, bench report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from test_bench import DEFENCES, RECIPE, bench, read, summary_path  # noqa: F401 (bench: the tiny grid fixture)
+
+from asa_plugin.cli import main
+from asa_plugin.modelcard import CardFacts
+
+
+def card(model_dir: Path) -> ModelCard:
+    return ModelCard.load(model_dir / "README.md")
+
+
+def metric(loaded: ModelCard, name: str) -> float:
+    (value,) = [r.metric_value for r in loaded.data.eval_results if r.metric_name == name]
+    return value
+
+
+CASES = [  # (defence table, its parameters as the card states them)
+    pytest.param('name = "vanilla"', {}, id="vanilla"),
+    pytest.param('name = "asa"\ntau = 0.5', {"tau": 0.5, "layers": "all", "gumbel_noise": False,
+                                             "adversarial_ce": False, "divergence_weight": 0.5}, id="asa"),
+    pytest.param('name = ["asa", "freelb"]\n[asa]\ntau = 0.3\n[freelb]\nadv_steps = 2', None, id="asa+freelb"),
+]
+
+
+@pytest.mark.parametrize("table,params", CASES)
+def test_advrobust_train_writes_a_card_with_the_runs_values(tmp_path, run_config, table, params):
+    assert main(["train", str(run_config(defence=table, train="epochs = 1"))]) == 0
+    run = tmp_path / "run"
+    metrics = read(run / "metrics.json")
+    loaded = card(run / "model")
+    meta = loaded.data.to_dict()["advrobust"]
+    assert meta["defence"] == metrics["defence"]
+    if params is not None:
+        assert meta["defence_params"] == params
+    else:  # a composition: one table per defence
+        assert meta["defence_params"]["freelb"]["adv_steps"] == 2 and meta["defence_params"]["asa"]["tau"] == 0.3
+    assert meta["training"]["steps"] == metrics["steps"] == 6
+    assert meta["training"]["train_examples"] == metrics["train_examples"]
+    assert metric(loaded, "clean accuracy") == metrics["eval_accuracy"]
+    assert f"defence-{metrics['defence'].split('+')[0]}" in loaded.data.tags
+    assert loaded.data.base_model is None  # a local directory is no hub id
+    assert str(tmp_path) not in loaded.content  # no machine paths
+
+
+def test_defence_trainer_writes_a_card_with_its_state(tmp_path, tiny_bert_dir, toy_data):
+    from test_hf_trainer import plain_trainer
+
+    def accuracy(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    extra = {"compute_metrics": accuracy, "model_card": {"datasets": ["toy"], "data_description": "the toy set"}}
+    trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], {"name": "asa", "tau": 0.3},
+                            trainer_kwargs=extra, num_train_epochs=1, eval_strategy="epoch")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "model"))
+    loaded = card(tmp_path / "model")
+    meta = loaded.data.to_dict()["advrobust"]
+    accuracy = [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h][-1]
+    assert metric(loaded, "clean accuracy") == accuracy
+    assert meta["defence"] == "asa" and meta["defence_params"]["tau"] == 0.3
+    assert meta["training"]["steps"] == trainer.state.global_step == 6 and meta["training"]["train_examples"] == 96
+    assert loaded.data.datasets == ["toy"] and "the toy set" in loaded.content
+
+
+BASE_MODELS = [  # (backbone as configured, base_model in the card)
+    ("minilm", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("bert-base-uncased", "bert-base-uncased"),
+    ("/models/local-bert", None),
+    ("./runs/x/model", None),
+]
+
+
+@pytest.mark.parametrize("backbone,expected", BASE_MODELS)
+def test_base_model_is_a_hub_id_or_absent(backbone, expected):
+    assert CardFacts(defence="vanilla", defence_params={}, backbone=backbone).base_model == expected
+
+
+def test_bench_adds_accuracy_under_attack_and_the_comparison_to_every_card(bench):  # noqa: F811
+    _, out = bench
+    report = read(out / "report.json")
+    cells = {c["defence"]: c for c in report["cells"]}
+    for label in DEFENCES:
+        summary = read(summary_path(out, label))
+        loaded = card(out / "runs" / label / "model")
+        meta = loaded.data.to_dict()["advrobust"]
+        assert metric(loaded, f"accuracy under {RECIPE}") == summary["accuracy_under_attack"]
+        assert metric(loaded, "clean accuracy") == read(out / "runs" / label / "metrics.json")["eval_accuracy"]
+        assert meta["attacks"][RECIPE]["attack_success_rate"] == summary["attack_success_rate"]
+        if label == "vanilla":  # the baseline is compared with nothing
+            assert "comparison_with_baseline" not in meta
+        else:
+            assert meta["comparison_with_baseline"][RECIPE] == json.loads(json.dumps(cells[label]["comparison"]))
+            assert f"| {RECIPE} |" in loaded.content and "vanilla:" in loaded.content
