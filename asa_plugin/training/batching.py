@@ -88,10 +88,14 @@ class LengthGroupedBatches:
 
 def make_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int,
                 shuffle: bool, group_by_length: bool = True,
-                short_batch_last: bool = False) -> tuple[DataLoader, LengthGroupedBatches]:
-    """A DataLoader with dynamic padding; its private generator keeps the global RNG untouched."""
+                short_batch_last: bool = False, collate_factory=None) -> tuple[DataLoader, LengthGroupedBatches]:
+    """A DataLoader with dynamic padding; its private generator keeps the global RNG untouched.
+
+    ``collate_factory(sampler) -> collate_fn`` replaces the padding collator (masked-LM pre-training
+    passes one whose random masking follows the sampler's epoch)."""
     sampler = LengthGroupedBatches(dataset.lengths, batch_size, seed, group_by_length, shuffle,
                                    short_batch_last=short_batch_last)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer),
+    collate = collate_factory(sampler) if collate_factory else DataCollatorWithPadding(tokenizer)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                         generator=torch.Generator().manual_seed(seed))
     return loader, sampler
