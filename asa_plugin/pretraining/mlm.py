@@ -67,9 +67,14 @@ class MLMCollator:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, cfg, seed: int, sampler=None):
-        self.base = DataCollatorForLanguageModeling(
-            tokenizer, mlm_probability=cfg.mlm_probability, mask_replace_prob=cfg.mask_replace_prob,
-            random_replace_prob=cfg.random_replace_prob, whole_word_mask=cfg.whole_word_mask)
+        # transformers 4.57 refuses whole words with random replacement through a broken warnings.warn call
+        # (data_collator.py: TypeError); its masking code handles them (per token, as BERT's
+        # create_pretraining_data.py does), so the replacement shares are set after construction.
+        self.base = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability,
+                                                    mask_replace_prob=1.0, random_replace_prob=0.0,
+                                                    whole_word_mask=cfg.whole_word_mask)
+        self.base.mask_replace_prob = float(cfg.mask_replace_prob)
+        self.base.random_replace_prob = float(cfg.random_replace_prob)
         self.tokenizer, self.seed, self.sampler = tokenizer, seed, sampler
 
     def generator(self, indices: list[int]) -> torch.Generator:
