@@ -295,3 +295,36 @@ def test_config_sections(tmp_path, pretrain_config, capsys):
     assert "the corpus is set in [pretrain]" in _one_error_line(capsys)
     assert pretrain_here(config, "--set", "pretrain.mlm_probability=2") == 2
     assert "--set 'pretrain.mlm_probability=2'" in _one_error_line(capsys)
+
+
+# --- the bench --------------------------------------------------------------------------------
+def _bench(tmp_path, toy_data, backbones: list[str], defences: list[str]) -> Path:
+    config = {"model": {"backbone": "minilm", "num_labels": 2},
+              "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},
+              "bench": {"defences": defences, "backbones": backbones, "recipes": ["pwws"],
+                        "out_dir": str(tmp_path / "bench")}}
+    path = tmp_path / "bench.toml"
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def test_a_bench_label_fine_tunes_a_named_pre_trained_backbone(tmp_path, toy_data):
+    from asa_plugin.bench.plan import load_plan
+
+    plan = load_plan(_bench(tmp_path, toy_data, ["asa-pre=runs/pretrain-asa/model", "naive=runs/pre-v/model"],
+                            ["vanilla", "vanilla@asa-pre", "vanilla@naive", "asa@naive"]))
+    backbones = {c.label: (c.cfg.model.backbone, c.cfg.defence.names, c.run_dir.name) for c in plan.cells}
+    assert backbones == {"vanilla": ("minilm", ["vanilla"], "vanilla"),
+                         "vanilla@asa-pre": ("runs/pretrain-asa/model", ["vanilla"], "vanilla@asa-pre"),
+                         "vanilla@naive": ("runs/pre-v/model", ["vanilla"], "vanilla@naive"),
+                         "asa@naive": ("runs/pre-v/model", ["asa"], "asa@naive")}
+
+
+@pytest.mark.parametrize("backbones,defences,words", [
+    (["x=/p"], ["vanilla@y"], "names backbone 'y', which bench.backbones does not define"),
+    (["x"], ["vanilla"], "'x' is not NAME=PATH"),
+    (["x=/nonexistent/model"], ["vanilla@x"], "bench.backbones ('vanilla@x'): /nonexistent/model: directory not found"),
+])
+def test_bench_backbone_mistakes_are_one_line(tmp_path, toy_data, capsys, backbones, defences, words):
+    assert main(["bench", str(_bench(tmp_path, toy_data, backbones, defences))]) == 2
+    assert words in capsys.readouterr().err
