@@ -328,3 +328,13 @@ def test_a_bench_label_fine_tunes_a_named_pre_trained_backbone(tmp_path, toy_dat
 def test_bench_backbone_mistakes_are_one_line(tmp_path, toy_data, capsys, backbones, defences, words):
     assert main(["bench", str(_bench(tmp_path, toy_data, backbones, defences))]) == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("defence", [
+    {"name": "vanilla"}, {"name": "fgm"}, {"name": "pgd", "adv_steps": 2}, {"name": "freelb", "adv_steps": 2},
+    {"name": ["asa", "freelb"], "freelb": {"adv_steps": 2}},
+], ids=lambda d: "+".join(d["name"]) if isinstance(d["name"], list) else d["name"])
+def test_every_listed_defence_pre_trains(tmp_path, pretrain_config, defence):
+    assert pretrain_here(pretrain_config(defence=defence, train={"max_steps": 2, "checkpoint_every_steps": 0})) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and math.isfinite(metrics["eval_mlm_loss"])
