@@ -338,3 +338,22 @@ def test_every_listed_defence_pre_trains(tmp_path, pretrain_config, defence):
     assert pretrain_here(pretrain_config(defence=defence, train={"max_steps": 2, "checkpoint_every_steps": 0})) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and math.isfinite(metrics["eval_mlm_loss"])
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert",
+                                        "deberta-v2"])
+def test_masked_lm_adapter_gives_the_selected_logits_of_every_architecture(tiny_backbone_dir, model_type):
+    from transformers import AutoModelForMaskedLM
+
+    from asa_plugin.adapters.loading import load_adapter
+    from asa_plugin.pretraining.mlm import MLMCollator, MLMDataset, masked_lm_adapter
+
+    adapter = masked_lm_adapter(load_adapter(str(tiny_backbone_dir(model_type)), model_class=AutoModelForMaskedLM))
+    adapter.model.eval()
+    data = MLMDataset(["the movie was good and fun", "bad plot really"] * 4, adapter.tokenizer, 16, packing=False)
+    batch = MLMCollator(adapter.tokenizer, PretrainConfig(corpus="x"), 0)(list(data))
+    with torch.no_grad():
+        selected = adapter.forward(batch).logits  # the head on the selected positions only
+        full = adapter.model(**adapter.model_inputs(batch)).logits  # (B, L, V)
+    assert selected.shape == (int(batch["mlm_positions"].sum()), full.shape[-1])
+    assert torch.allclose(selected, full[batch["mlm_positions"]], atol=1e-5)
