@@ -11,7 +11,7 @@ The ASA arm is compared with both naive arms.
 Everything resumes: a finished pre-training run or bench cell is reused, an interrupted one
 continues from its last checkpoint. Rerun the same command after an interruption.
 
-    python benchmarks/pretrain_compare.py --steps 300 --out benchmarks/results/pretrain_compare_cpu.json
+    python benchmarks/pretrain_compare.py --steps 400 --out benchmarks/results/pretrain_compare_cpu.json
 
 Needs ADVROBUST_DATA_DIR (sst2/train.tsv, dev.tsv) and the attack resources (NLTK_DATA), as the tests.
 """
@@ -84,7 +84,7 @@ def paired(bench_dir: Path, label: str, baseline: str, recipe: str = "pwws") -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="N: pre-training steps of the ASA and naive arms")
+    parser.add_argument("--steps", type=int, default=400, help="N: pre-training steps of the ASA and naive arms")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5, help="pre-training peak learning rate")
     parser.add_argument("--max-length", type=int, default=64)

@@ -357,3 +357,11 @@ def test_masked_lm_adapter_gives_the_selected_logits_of_every_architecture(tiny_
         full = adapter.model(**adapter.model_inputs(batch)).logits  # (B, L, V)
     assert selected.shape == (int(batch["mlm_positions"].sum()), full.shape[-1])
     assert torch.allclose(selected, full[batch["mlm_positions"]], atol=1e-5)
+
+
+def test_resume_with_other_masking_settings_is_refused(tmp_path, pretrain_config, capsys):
+    config = pretrain_config(train={"max_steps": 1})
+    assert pretrain_here(config) == 0
+    assert pretrain_here(config, "--resume", "--set", "pretrain.mlm_probability=0.3") == 2
+    assert "pretrain.mlm_probability (0.15 -> 0.3)" in _one_error_line(capsys)
+    assert pretrain_here(config, "--resume") == 0  # finished: its metrics, nothing retrained
