@@ -109,7 +109,11 @@ def test_whole_word_masking_selects_all_pieces_of_a_word(tmp_path):
     assert positions.any(0).sum() > 3  # and selection still varies over the words
 
 
-def test_masks_follow_seed_epoch_and_examples_not_the_global_rng(tmp_path):
+def test_masks_follow_seed_epoch_and_example_not_the_global_rng_or_the_batch(tmp_path):
+    from types import SimpleNamespace
+
+    from asa_plugin.pretraining.mlm import MLMCollator, MLMDataset
+
     tokenizer = _tokenizer(tmp_path)
     texts = ["the dog walked a cat jumping playing talked"] * 32
     first = _collate(tokenizer, texts)
@@ -117,6 +121,15 @@ def test_masks_follow_seed_epoch_and_examples_not_the_global_rng(tmp_path):
     assert torch.equal(first["input_ids"], _collate(tokenizer, texts)["input_ids"])
     assert not torch.equal(first["mlm_positions"], _collate(tokenizer, texts, epoch=1)["mlm_positions"])
     assert not torch.equal(first["mlm_positions"], _collate(tokenizer, texts, seed=1)["mlm_positions"])
+    # An example's masks do not depend on its batch: alone, or beside longer (padded) and repeated examples.
+    data = MLMDataset(texts[:3] + ["the dog walked the dog walked the cat cat jumping"], tokenizer, 64, packing=False)
+    collate = MLMCollator(tokenizer, PretrainConfig(corpus="x"), 0, SimpleNamespace(epoch=0))
+    alone = collate([data[0]])
+    mixed = collate([data[0], data[3], data[0], data[1]])
+    width = alone["input_ids"].shape[1]
+    assert torch.equal(mixed["input_ids"][0, :width], alone["input_ids"][0])
+    assert torch.equal(mixed["mlm_labels"][0, :width], alone["mlm_labels"][0])
+    assert torch.equal(mixed["input_ids"][2], mixed["input_ids"][0])
 
 
 def test_packing_cuts_the_concatenated_texts_into_blocks(tmp_path):
@@ -365,3 +378,18 @@ def test_resume_with_other_masking_settings_is_refused(tmp_path, pretrain_config
     assert pretrain_here(config, "--resume", "--set", "pretrain.mlm_probability=0.3") == 2
     assert "pretrain.mlm_probability (0.15 -> 0.3)" in _one_error_line(capsys)
     assert pretrain_here(config, "--resume") == 0  # finished: its metrics, nothing retrained
+
+
+def test_two_processes_pre_train_and_evaluate_every_held_out_block_once(tmp_path, pretrain_config):
+    from test_distributed import failure, launch
+
+    config = pretrain_config(train={"max_steps": 3, "batch_size": 4})
+    single = tmp_path / "single"
+    assert pretrain_here(config, "--set", f"output.run_dir='{single}'") == 0
+    double = tmp_path / "double"
+    proc = launch(2, "-m", "asa_plugin.cli", "pretrain", str(config), "--set", f"output.run_dir='{double}'")
+    assert proc.returncode == 0, failure(proc)
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, double))
+    assert two["eval_predicted_tokens"] == one["eval_predicted_tokens"]  # the same held-out masks, counted once
+    assert two["steps"] == 3 and math.isfinite(two["eval_mlm_loss"])
+    assert (double / "asa_adversary.safetensors").is_file()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 
 IGNORE = -100
 """Label of a position that is not predicted (transformers' convention)."""
@@ -54,16 +55,17 @@ class MLMDataset(Dataset):
 
 
 class MLMCollator:
-    """transformers' ``DataCollatorForLanguageModeling`` (selection rate, 80/10/10, whole words) with
-    masking drawn from a generator seeded by (seed, epoch, the batch's example indices).
+    """transformers' ``DataCollatorForLanguageModeling`` (selection rate, 80/10/10, whole words) applied
+    to each example with a generator seeded by (seed, epoch, the example's index), then padded.
 
-    The masks therefore do not depend on the global RNG, on how many batches were prefetched or
-    skipped on resume, or on the number of processes: a run resumed after kill -9 sees exactly
-    the masks of an uninterrupted one. The eval loader's sampler stays at epoch 0, so the held-out
-    masks are the same every epoch and in every run with the same seed.
+    An example's masks therefore depend on nothing else: not on the global RNG, the batch it lands in,
+    its padding, how many batches were prefetched or skipped on resume, or the number of processes
+    (Accelerate fills a short last batch with repeated examples on every process). A run resumed after
+    kill -9 sees exactly the masks of an uninterrupted one, and the eval loader's sampler stays at
+    epoch 0, so the held-out masks are the same every epoch and in every run with the same seed.
 
-    A batch in which no token was selected (possible for tiny batches) gets its first ordinary
-    token selected and replaced by the mask token, so its loss is defined.
+    A batch in which no token was selected (possible for tiny batches) gets its first ordinary token
+    selected and replaced by the mask token, so its loss is defined.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, cfg, seed: int, sampler=None):
@@ -77,15 +79,26 @@ class MLMCollator:
         self.base.random_replace_prob = float(cfg.random_replace_prob)
         self.tokenizer, self.seed, self.sampler = tokenizer, seed, sampler
 
-    def generator(self, indices: list[int]) -> torch.Generator:
-        epoch = getattr(self.sampler, "epoch", 0)
-        digest = hashlib.sha256(f"{self.seed}:{epoch}:{indices}".encode()).digest()
+    def generator(self, epoch: int, index: int) -> torch.Generator:
+        digest = hashlib.sha256(f"{self.seed}:{epoch}:{index}".encode()).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
+    def mask_one(self, feature: dict, epoch: int) -> tuple[dict, list[int]]:
+        """(the example's model inputs with its tokens masked, its labels), as lists."""
+        self.base.generator = self.generator(epoch, feature["idx"])
+        one = self.base([{k: v for k, v in feature.items() if k != "idx"}])  # (1, len) each
+        inputs = {k: feature[k] for k in feature if k not in ("idx", "special_tokens_mask", "offset_mapping")}
+        inputs["input_ids"] = one["input_ids"][0].tolist()
+        return inputs, one["labels"][0].tolist()
+
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        self.base.generator = self.generator([f["idx"] for f in features])
-        batch = self.base([{k: v for k, v in f.items() if k != "idx"} for f in features])
-        labels = batch.pop("labels")  # (B, L): the original token where selected, IGNORE elsewhere
+        epoch = getattr(self.sampler, "epoch", 0)
+        masked = [self.mask_one(f, epoch) for f in features]
+        batch = pad_without_fast_tokenizer_warning(self.tokenizer, [m[0] for m in masked], return_tensors="pt")
+        width = batch["input_ids"].shape[1]
+        pad = [[IGNORE] * (width - len(m[1])) for m in masked]
+        rows = [p + m[1] if self.tokenizer.padding_side == "left" else m[1] + p for m, p in zip(masked, pad)]
+        labels = torch.tensor(rows)  # (B, L): the original token where selected, IGNORE elsewhere
         if not (labels != IGNORE).any():
             self._select_one(batch["input_ids"], labels, batch["attention_mask"])
         positions = labels != IGNORE  # (B, L)
