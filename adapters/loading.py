@@ -34,9 +34,14 @@ def adapter_class_for(model_type: str, registry):
 
 
 def load_adapter(name_or_path: str, num_labels: int | None = None, attn_implementation: str | None = None,
-                 registry=None):
-    """Load model + tokenizer and wrap them in the adapter for their architecture."""
+                 registry=None, model_class=None):
+    """Load model + tokenizer and wrap them in the adapter for their architecture.
+
+    ``model_class``: the transformers auto class (default ``AutoModelForSequenceClassification``;
+    pre-training passes ``AutoModelForMaskedLM``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    model_class = model_class or AutoModelForSequenceClassification
 
     if registry is None:
         from asa_plugin.plugins import get_plugin_manager
@@ -62,6 +67,10 @@ def load_adapter(name_or_path: str, num_labels: int | None = None, attn_implemen
             raise UserError(f"model.attn_implementation = '{attn_implementation}' is not offered by "
                             f"{config.model_type} backbones; use one of: {', '.join(offered)} (or leave it unset)")
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    try:
+        model = model_class.from_pretrained(path, **kwargs)
+    except ValueError as exc:  # e.g. no masked-LM class for this config
+        raise UserError(f"cannot load backbone '{name_or_path}' as {model_class.__name__}: "
+                        f"{str(exc).splitlines()[0]}") from None
     tokenizer = AutoTokenizer.from_pretrained(path)
     return cls(model, tokenizer)

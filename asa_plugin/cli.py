@@ -12,6 +12,7 @@ from asa_plugin.errors import UserError
 
 COMMANDS = [
     "asa_plugin.commands.train",
+    "asa_plugin.commands.pretrain",
     "asa_plugin.commands.plugins",
     "asa_plugin.commands.config",
     "asa_plugin.commands.attack",

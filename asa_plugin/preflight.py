@@ -255,6 +255,8 @@ def check_bench(plan, pm) -> None:
     for cell in plan.cells:
         check_seed(cell)  # a run trained with another seed (bench.seeds changed): before bench.json is rewritten
         check_data_files(cell.cfg.data, plan.source)
+        if "@" in cell.label and looks_local(cell.cfg.model.backbone):  # a bench.backbones entry
+            check_model_dir(cell.cfg.model.backbone, f"bench.backbones ('{cell.label}'):")
         if (cell.run_dir / "metrics.json").is_file():  # finished cells are reused: they must be readable
             read_json(cell.run_dir / "metrics.json", "metrics.json")
         for recipe in plan.recipes:

@@ -153,6 +153,10 @@ def test_shipped_configs_load_and_validate(relative):
 
         plan = load_plan(path, [])
         assert plan.cells and plan.recipes
+    elif "pretrain" in tomllib.loads(path.read_text()):
+        from asa_plugin.pretraining.config import load_pretrain_config
+
+        assert load_pretrain_config(path).pretrain.corpus
     else:
         cfg = load_config(path)
         assert cfg.source == str(path)

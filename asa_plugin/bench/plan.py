@@ -40,6 +40,8 @@ class BenchSection:
                                                               "default: all")
     baseline: str | None = option(None, help="defence the others are compared with, paired on the same examples; "
                                              "default: vanilla when the grid has it")
+    backbones: list[str] = option([], help='named backbones as "NAME=PATH" (e.g. a model of advrobust pretrain); '
+                                           'the label "DEFENCE@NAME" fine-tunes it instead of model.backbone')
 
     def __post_init__(self) -> None:
         if not self.defences:
@@ -60,8 +62,22 @@ class BenchSection:
         if unknown:
             raise ValueError(f"bench.extra_seeds_defences: '{unknown[0]}' is not in bench.defences "
                              f"({', '.join(self.defences)})")
+        for entry in self.backbones:
+            name, eq, path = entry.partition("=")
+            if not eq or not name.strip() or not path.strip():
+                raise ValueError(f"bench.backbones: '{entry}' is not NAME=PATH, e.g. \"asa-pre=runs/pretrain/model\"")
+        for label in self.defences:
+            name = label.partition("@")[2]
+            if "@" in label and name not in self.backbone_paths():
+                raise ValueError(f"bench.defences: '{label}' names backbone '{name}', which bench.backbones does not "
+                                 f"define; add \"{name}=PATH\" to bench.backbones")
         if self.baseline is not None and self.baseline not in self.defences:
             raise ValueError(f"bench.baseline '{self.baseline}' is not in bench.defences ({', '.join(self.defences)})")
+
+    def backbone_paths(self) -> dict[str, str]:
+        """``backbones`` as NAME -> PATH."""
+        pairs = [entry.partition("=") for entry in self.backbones]
+        return {name.strip(): path.strip() for name, _, path in pairs}
 
     def baseline_label(self) -> str | None:
         """The defence compared with: ``baseline``, else ``vanilla`` when the grid has it, else None."""
@@ -121,7 +137,8 @@ class BenchPlan:
 
 
 def split_label(label: str) -> list[str]:
-    return [part.strip() for part in label.split("+")]
+    """The defence names of ``label`` (``"asa+freelb"``; a ``"@NAME"`` backbone suffix is not one)."""
+    return [part.strip() for part in label.partition("@")[0].split("+")]
 
 
 def _defence_tables(raw: Any, source: str, registry) -> dict[str, dict]:
@@ -171,6 +188,8 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan
     for label in bench.defences:
         data = {**copy.deepcopy(raw), "defence": cell_defence(label, tables),
                 "output": {"run_dir": str(out / "runs" / label)}}
+        if "@" in label:  # a pre-trained backbone (bench.backbones) instead of model.backbone
+            data["model"] = {**data.get("model", {}), "backbone": bench.backbone_paths()[label.partition("@")[2]]}
         try:
             cfg = load_config(None, data=data)
         except ConfigError as exc:

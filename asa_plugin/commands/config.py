@@ -28,6 +28,9 @@ def reference() -> str:
     for name in ("model", "data", "train", "attack", "output", "plugins"):
         lines += table(f"[{name}]", SECTIONS[name])
     lines += table("[bench] (advrobust bench only, see docs/bench.md)", BenchSection)
+    from asa_plugin.pretraining.config import PretrainConfig
+
+    lines += table("[pretrain] (advrobust pretrain only, see docs/asa.md#pre-training)", PretrainConfig)
     lines += ["#### `[defence]`", "", "`name` = a defence name, or a list of two to compose (e.g. "
               '`["asa", "freelb"]`, parameters then go in `[defence.asa]` / `[defence.freelb]`).', ""]
     pm = get_plugin_manager()

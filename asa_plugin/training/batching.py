@@ -34,7 +34,7 @@ def truncated_count(enc) -> int | None:
 
 def truncation_note(max_length: int, **splits: EncodedDataset) -> str | None:
     """One line for the whole run naming how many examples of each split ``max_length`` cut, or None."""
-    cut = {name: ds for name, ds in splits.items() if ds.truncated}
+    cut = {name: ds for name, ds in splits.items() if getattr(ds, "truncated", 0)}  # packed corpora: none
     if not cut:
         return None
     counts = ", ".join(f"{ds.truncated} of {len(ds)} {name}" for name, ds in cut.items())
@@ -107,10 +107,14 @@ class LengthGroupedBatches:
 
 def make_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int,
                 shuffle: bool, group_by_length: bool = True,
-                short_batch_last: bool = False) -> tuple[DataLoader, LengthGroupedBatches]:
-    """A DataLoader with dynamic padding; its private generator keeps the global RNG untouched."""
+                short_batch_last: bool = False, collate_factory=None) -> tuple[DataLoader, LengthGroupedBatches]:
+    """A DataLoader with dynamic padding; its private generator keeps the global RNG untouched.
+
+    ``collate_factory(sampler) -> collate_fn`` replaces the padding collator (masked-LM pre-training
+    passes one whose random masking follows the sampler's epoch)."""
     sampler = LengthGroupedBatches(dataset.lengths, batch_size, seed, group_by_length, shuffle,
                                    short_batch_last=short_batch_last)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer),
+    collate = collate_factory(sampler) if collate_factory else DataCollatorWithPadding(tokenizer)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                         generator=torch.Generator().manual_seed(seed))
     return loader, sampler

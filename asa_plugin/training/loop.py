@@ -48,6 +48,35 @@ KILL_AT_STEP_ENV = "ADVROBUST_TEST_KILL_AT_STEP"
 """Test hook: SIGKILL the process right after this global step (simulates kill -9)."""
 
 
+class Task:
+    """What the loop trains: data, model and evaluation. This one is sequence classification;
+    :mod:`asa_plugin.pretraining` supplies masked-LM pre-training through the same loop."""
+
+    name = "train"
+
+    def load_data(self, cfg: RunConfig, pm: PluginManager):
+        """The training and eval data, validated before any model loads."""
+        return load_training_data(cfg.data, cfg.model.num_labels, pm.datasets)
+
+    def build(self, cfg: RunConfig, pm: PluginManager, data) -> tuple[Any, Any, Any, Any]:
+        """(adapter, train dataset, eval dataset, collate factory (see ``make_loader``) or None)."""
+        from asa_plugin.adapters.loading import load_adapter
+
+        adapter = load_adapter(cfg.model.backbone, data.labels.num_labels, cfg.model.attn_implementation,
+                               registry=pm.adapters)
+        data.labels.apply_to(adapter.model.config)  # id2label/label2id travel with the exported checkpoint
+        return (adapter, EncodedDataset(data.train, adapter.tokenizer, cfg.model.max_length),
+                EncodedDataset(data.eval, adapter.tokenizer, cfg.model.max_length), None)
+
+    def evaluate(self, adapter, model, loader, accelerator) -> dict[str, Any]:
+        """One epoch's eval metrics; ``eval_accuracy`` is the headline figure."""
+        return evaluate(adapter, model, loader, accelerator).metrics()
+
+    def describe(self, data) -> dict[str, Any]:
+        """Extra entries of metrics.json."""
+        return {"labels": data.labels.describe()}
+
+
 def _setup_logging(run_dir: Path) -> None:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -91,17 +120,19 @@ def _refuse_orphan_results(run_dir: Path) -> None:
                         f"away, or choose another directory with --set output.run_dir=...")
 
 
-def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None) -> dict[str, Any]:
-    """Train ``cfg``'s defence; return the metrics also written to ``run_dir/metrics.json``.
+def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None,
+          task: Task | None = None) -> dict[str, Any]:
+    """Train ``cfg``'s defence on ``task`` (default: classification); return the metrics also written to
+    ``run_dir/metrics.json``.
 
     The run directory is locked for the whole run (by the main process of a multi-process launch):
     a second ``train`` (or an ``attack``) of it is refused, naming this one."""
     main_process = os.environ.get("RANK", "0") == "0"  # set by accelerate launch / torchrun
     with run_lock(cfg.run_dir(), f"advrobust train {cfg.source}", enabled=main_process):
-        return _train(cfg, resume, pm)
+        return _train(cfg, resume, pm, task)
 
 
-def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, Any]:
+def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | None) -> dict[str, Any]:
     pm = pm or get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     run_dir = prepare_run_dir(cfg, resume)
     if resume and (run_dir / "metrics.json").exists() and checkpoint.find(run_dir) is None:
@@ -115,26 +146,22 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
                               step_scheduler_with_optimizer=False)
     check_mixed_precision(tc.mixed_precision, accelerator.device, cfg.source)
     check_process_group(accelerator.num_processes)
-    data = load_training_data(cfg.data, cfg.model.num_labels, pm.datasets)  # validated before the model loads
+    task = task or Task()
+    data = task.load_data(cfg, pm)  # validated before the model loads
     if accelerator.is_main_process:
         _setup_logging(run_dir)
         if not (resume and checkpoint.find(run_dir) is not None):  # a resumed run keeps its own
             dump_toml(cfg, run_dir / "config.resolved.toml")
     set_seed(tc.seed)
 
-    from asa_plugin.adapters.loading import load_adapter
-
-    adapter = load_adapter(cfg.model.backbone, data.labels.num_labels, cfg.model.attn_implementation,
-                           registry=pm.adapters)
-    data.labels.apply_to(adapter.model.config)  # id2label/label2id travel with the exported checkpoint
-    train_set = EncodedDataset(data.train, adapter.tokenizer, cfg.model.max_length)
-    eval_set = EncodedDataset(data.eval, adapter.tokenizer, cfg.model.max_length)
+    adapter, train_set, eval_set, collate = task.build(cfg, pm, data)
     truncation = truncation_note(cfg.model.max_length, training=train_set, dev=eval_set)  # said once per run
     # train.batch_size is per process: an optimizer step sees batch_size x processes x accumulation.
     train_loader, batches = make_loader(train_set, adapter.tokenizer, tc.batch_size, tc.seed, shuffle=True,
                                         group_by_length=tc.group_by_length,
-                                        short_batch_last=accelerator.num_processes > 1)
-    eval_loader, _ = make_loader(eval_set, adapter.tokenizer, tc.eval_batch_size, 0, shuffle=False)
+                                        short_batch_last=accelerator.num_processes > 1, collate_factory=collate)
+    eval_loader, _ = make_loader(eval_set, adapter.tokenizer, tc.eval_batch_size, 0, shuffle=False,
+                                 collate_factory=collate)
 
     defence = build_defence(cfg.defence.names, cfg.defence.params, adapter, pm.defences)
     optimizer = _optimizer(adapter.model, defence, tc)
@@ -164,20 +191,20 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
         first = min(tc.checkpoint_every_steps or steps_per_epoch, steps_per_epoch)
         interrupts.record(False, f"no checkpoint written yet in {run_dir} (the first comes at step {first})")
     state.setdefault("step_history", [])
-    plan = describe_job(len(data.train), steps_per_epoch, total_steps, epochs, tc)
+    plan = describe_job(len(train_set), steps_per_epoch, total_steps, epochs, tc)
     log.info(plan)
     if truncation:
         log.info(truncation)
     if accelerator.is_local_main_process:
-        print(f"[train {defence.name}] {plan}", file=sys.stderr, flush=True)
+        print(f"[{task.name} {defence.name}] {plan}", file=sys.stderr, flush=True)
         if truncation:
-            print(f"[train {defence.name}] {truncation}", file=sys.stderr, flush=True)
+            print(f"[{task.name} {defence.name}] {truncation}", file=sys.stderr, flush=True)
 
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
     scaling = ExitStack()  # fp16: the defences' input gradients are taken at the loss scaler's scale
     scaling.enter_context(loss_scaler(accelerator.scaler))
     defence.attach()
-    progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {defence.name}",
+    progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"{task.name} {defence.name}",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     try:
         while state["epoch"] < epochs and state["global_step"] < total_steps:
@@ -207,7 +234,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
                         scheduler.step()
                     optimizer.zero_grad()
                 state["batches_done"] += 1
-                state["examples_seen"] += batch["labels"].shape[0] * accelerator.num_processes
+                state["examples_seen"] += batch["input_ids"].shape[0] * accelerator.num_processes
                 if accelerator.sync_gradients:
                     state["global_step"] += 1
                     progress.update(1)
@@ -229,8 +256,8 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
                     if state["global_step"] >= total_steps:
                         break
             state["train_seconds"] += time.perf_counter() - started
-            evaluation = evaluate(adapter, model, eval_loader, accelerator)
-            epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"], **evaluation.metrics(),
+            epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"],
+                             **task.evaluate(adapter, model, eval_loader, accelerator),
                              **defence.epoch_metrics()}
             log.info("epoch %d: %s", epoch + 1, json.dumps(epoch_metrics))
             if accelerator.is_local_main_process:
@@ -248,7 +275,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None) -> dict[str, 
 
     metrics = _final_metrics(cfg, defence, state)
     metrics["threads"] = threads.to_dict()
-    metrics["labels"] = data.labels.describe()
+    metrics.update(task.describe(data))
     if metrics["degenerate"] and accelerator.is_main_process:
         warning = f"the trained model is degenerate: {metrics['degenerate_reason']}; its accuracy under attack " \
                   f"would measure the constant prediction, not robustness (check train.lr and the defence's " \
