@@ -20,8 +20,8 @@ def merge_recipe(recipe_dir: Path) -> dict[str, Any]:
 
 
 def _refuse_unsharded_results(recipe_dir: Path) -> None:
-    """Results in ``recipe_dir`` itself that an earlier merge did not write come from an unsharded run."""
-    if not ((recipe_dir / "results.jsonl").exists() or (recipe_dir / "run.json").exists()):
+    """Rows in ``recipe_dir`` itself that an earlier merge did not write come from an unsharded run."""
+    if not (recipe_dir / "results.jsonl").is_file():
         return
     summary = res.read_json(recipe_dir / "summary.json", "summary") if (recipe_dir / "summary.json").is_file() else {}
     if "shards" in (summary.get("execution") or {}):
@@ -49,7 +49,7 @@ def _merge_recipe(recipe_dir: Path) -> dict[str, Any]:
         manifest = res.read_json(d / "run.json", "shard manifest")
         manifest.pop("shard")
         manifests.append(manifest)
-        rows += res.read_rows(d / "results.jsonl")
+        rows += res.read_rows(d / "results.jsonl", dedupe=False)  # a repeated row is refused below
         shard_summary = res.read_json(d / "summary.json", "shard summary")
         shard_assets = shard_summary.get("assets", [])
         executions.append(shard_summary.get("execution"))

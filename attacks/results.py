@@ -127,8 +127,11 @@ ROW_KEYS = ("index", "outcome")
 """Fields every results.jsonl row must have for resume, merge and the summary."""
 
 
-def read_rows(path: Path, repair: bool = False) -> list[dict]:
+def read_rows(path: Path, repair: bool = False, dedupe: bool = True) -> list[dict]:
     """Complete rows of a results.jsonl. ``repair`` cuts a torn last line left by a kill.
+
+    ``dedupe``: an example with several rows (two runs appended to one file) counts once, by its
+    first row, with a warning; ``repair`` also rewrites the file without the repeats.
 
     A damaged complete line (not JSON, not an object, no ``index``/``outcome``) is one
     :class:`UserError` naming the file and line; the file is left untouched.
@@ -144,7 +147,7 @@ def read_rows(path: Path, repair: bool = False) -> list[dict]:
         raise UserError(f"{path}: line {line}: not UTF-8; {_DAMAGED}") from None
     rows = [_parse_row(path, number, line) for number, line in enumerate(text.splitlines(), start=1)
             if line.strip()]
-    rows, repeated = _first_per_index(rows)
+    rows, repeated = _first_per_index(rows) if dedupe else (rows, [])
     if repeated:
         shown = ", ".join(map(str, repeated[:5])) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
         print(f"advrobust: warning: {path}: example(s) {shown} have more than one row (two runs appended to one "

@@ -177,7 +177,7 @@ def two_process_asa_runs(setup):
     Dropout is on (each process draws its own masks, so a resume needs every process's RNG state)
     and rank 1 is slow to save."""
     root, _, data = setup
-    model = tiny_model_dir(root / "tiny-dropout", seed=3)  # BERT's default dropout, 0.1
+    model = tiny_model_dir(root / "tiny-dropout")  # BERT's default dropout, 0.1
     runs = {}
     for name in ("straight", "killed"):
         runs[name] = write_config(root / f"asa-{name}.toml", model, data, 'name = "asa"', root / f"asa-{name}",
