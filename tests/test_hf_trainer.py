@@ -316,9 +316,16 @@ def test_the_example_script_trains_minilm_on_local_sst2(tmp_path, sst2_data_root
     assert card.data.to_dict()["advrobust"]["defence_params"]["tau"] == 0.3
 
 
-def test_bf16_from_training_arguments_autocasts_the_model_and_the_adversary(tmp_path, tiny_bert_dir, toy_data):
+def test_bf16_from_training_arguments_autocasts_the_model_and_the_adversary(request, monkeypatch, tmp_path,
+                                                                          tiny_bert_dir, toy_data):
     """``bf16=True`` on CPU: Trainer's autocast covers the defence's passes (model and ASA adversary
     Linear layers compute in bfloat16), the weights stay float32 and the losses are finite."""
+    from accelerate.state import AcceleratorState
+
+    # Process-wide: TrainingArguments(bf16=True) exports ACCELERATE_MIXED_PRECISION=bf16 and Accelerate keeps
+    # one state per process; both are undone after the test (monkeypatch restores the environment).
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    request.addfinalizer(lambda: AcceleratorState._reset_state(reset_partial_state=True))
     trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], "asa", num_train_epochs=1,
                             bf16=True)
     seen: dict[str, set[str]] = {"model": set(), "adversary": set()}
