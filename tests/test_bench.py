@@ -27,7 +27,7 @@ PLOTS = ("accuracy_under_attack", "clean_vs_attack", "delta_vs_baseline", "asa_m
 def bench_config(path: Path, out: Path, model: Path, data: dict, cache: Path, bench: dict | None = None,
                  train: dict | None = None) -> Path:
     config = {
-        "bench": {"defences": DEFENCES, "recipes": [RECIPE], "out_dir": str(out), **(bench or {})},
+        "bench": {"defences": DEFENCES, "recipes": [RECIPE], "out_dir": str(out), "max_parallel": 1, **(bench or {})},
         "model": {"backbone": str(model), "num_labels": 2, "max_length": 32},
         "data": {"train_file": str(data["train"]), "dev_file": str(data["dev"])},
         "defence": {"fgm": {"epsilon": 0.5}, "asa": {"tau": 0.5}},

@@ -7,7 +7,6 @@ the file's stem plus ``-<task>``. The report shows their accuracies as columns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -16,18 +15,3 @@ def parse(spec: str) -> tuple[str, str | None, str]:
     file, _, task = spec.partition("#")
     task = task or None
     return file, task, Path(file).stem + (f"-{task}" if task else "")
-
-
-def evaluate_cell(run_dir: Path, specs: list[str], log: Callable[[str], None], label: str) -> None:
-    """Evaluate ``run_dir/model`` on every static set whose summary.json does not exist yet."""
-    from asa_plugin.commands.evaluate import evaluate_static_set
-
-    for spec in specs:
-        file, task, name = parse(spec)
-        done = run_dir / "evaluate" / name / "summary.json"
-        if done.is_file():
-            log(f"evaluate {label}/{name}: done, skipped ({done})")
-            continue
-        summary, _ = evaluate_static_set(str(run_dir / "model"), run_dir, run_dir, data_file=file, task=task,
-                                         name=name)
-        log(f"evaluate {label}/{name}: accuracy {summary['accuracy']:.4f} on {summary['num_examples']} examples")

@@ -85,6 +85,7 @@ def _hub_num_labels(checkpoint: str, model_arg: str) -> int:
 
 def build_jobs(args):
     """The config (validated) and one AttackJob per recipe."""
+    from asa_plugin.attacks.jobs import recipe_jobs
     from asa_plugin.attacks.runner import Shard
     from asa_plugin.config import load_config, read_file
     from asa_plugin.preflight import check_model_dir, check_writable, looks_local
@@ -134,27 +135,6 @@ def build_jobs(args):
         for job in jobs:  # a damaged results.jsonl is named now, not after the model has loaded
             read_rows(job.out_dir / "results.jsonl")
     return cfg, jobs
-
-
-def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None, resume: bool = False,
-                overwrite: bool = False, progress: bool = True):
-    """One AttackJob per recipe on ``cfg``'s attack split, writing ``out/attack/<recipe>/``
-    (shared with ``advrobust bench``, so both produce the same manifests)."""
-    from asa_plugin.attacks.runner import AttackJob
-    from asa_plugin.data import load_split
-    from asa_plugin.data.labels import checkpoint_labels
-
-    data = cfg.data
-    examples = load_split(data, cfg.attack.split, checkpoint_labels(checkpoint),
-                          limit=cfg.attack.examples_for_profile(), seed=cfg.attack.seed)
-    source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
-    return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=[e.text for e in examples],
-                      labels=[e.label for e in examples], recipe_dir=out / "attack" / name,
-                      text_pairs=[e.text_pair for e in examples] if examples[0].text_pair is not None else None,
-                      data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
-                      resume=resume, overwrite=overwrite, progress=progress,
-                      load_external=cfg.plugins.external, block=tuple(cfg.plugins.block))
-            for name in recipes]
 
 
 def degenerate_warning(checkpoint: str) -> str | None:
