@@ -108,6 +108,8 @@ def run_grid(plan: BenchPlan, pm=None, progress: bool = True, log: Log = say,
     bench = plan.bench
     cells = build_cells(plan, only_defences, only_recipes, only_seeds, shards=bench.shards,
                         gpus=bench.gpus_per_cell)
+    for run in {c.run.name: c.run for c in cells}.values():
+        check_seed(run)  # one line before any work, not a failed cell
     recipes = [r for r in plan.recipes if only_recipes is None or r in only_recipes]
     log(f"{len({c.run.name for c in cells})} training runs, recipes {', '.join(recipes)} into {plan.out_dir}")
     pool = make_pool(bench.executor, bench.max_parallel, progress=progress, ray_address=bench.ray_address,
