@@ -37,9 +37,9 @@ def grid_config(path: Path, out: Path, model: Path, data: dict, cache: Path, **b
         "data": {"train_file": str(data["train"]), "dev_file": str(data["dev"])},
         "defence": {"fgm": {"epsilon": 0.5}},
         "train": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "seed": 7},
+        # workers = 1: the sequential run attacks in its own process (rows never depend on the worker count)
         "attack": {"profile": "stock", "num_examples": N, "seed": 3, "cache_dir": str(cache),
-                   "nltk_data": nltk_data_dir(), "workers": 1},  # sequential: in-process attacks (rows never
-        # depend on the worker count; the harness's own tests check that)
+                   "nltk_data": nltk_data_dir(), "workers": 1},
     }
     path.write_text(tomli_w.dumps(config))
     return path
