@@ -27,7 +27,7 @@ PLOTS = ("accuracy_under_attack", "clean_vs_attack", "delta_vs_baseline", "asa_m
 def bench_config(path: Path, out: Path, model: Path, data: dict, cache: Path, bench: dict | None = None,
                  train: dict | None = None) -> Path:
     config = {
-        "bench": {"defences": DEFENCES, "recipes": [RECIPE], "out_dir": str(out), **(bench or {})},
+        "bench": {"defences": DEFENCES, "recipes": [RECIPE], "out_dir": str(out), "max_parallel": 1, **(bench or {})},
         "model": {"backbone": str(model), "num_labels": 2, "max_length": 32},
         "data": {"train_file": str(data["train"]), "dev_file": str(data["dev"])},
         "defence": {"fgm": {"epsilon": 0.5}, "asa": {"tau": 0.5}},
@@ -310,16 +310,22 @@ def test_every_seed_trains_into_its_own_run_with_the_same_data_and_examples(seed
     assert read(out / "bench.json")["seeds"] == SEEDS
 
 
-def test_the_grid_runs_defence_by_defence(seeded):
+def test_the_grid_runs_the_longest_training_first_and_every_training_before_its_attacks(seeded):
+    """Issue 22: cells run longest first (training by the defence's measured step cost), one line per finished cell."""
+    import re
+
+    from asa_plugin.bench.cells import step_cost
+
     _, _, log = seeded
-    steps = [line.replace(":", "").split()[1:3] for line in log.splitlines()
-             if line.split()[1:2] in (["train"], ["attack"])]
-    labels = [run.split("/")[0].split(".seed")[0] for _, run in steps]
-    assert labels == sorted(labels, key=DEFENCES.index), labels  # each defence finishes before the next starts
-    for label in DEFENCES:
-        kinds = [kind for kind, run in steps if run.split("/")[0].split(".seed")[0] == label]
-        assert kinds == sorted(kinds, key=["train", "attack"].index), (label, kinds)  # its training, then attacks
-    assert len({run for kind, run in steps if kind == "attack"}) == sum(len(r) for _, r in RUNS.values())
+    finished = [line.split()[1:4] for line in log.splitlines() if re.match(r"\[bench\] \d+/\d+ ", line)]
+    assert [count for count, _, _ in finished] == [f"{i}/{len(finished)}" for i in range(1, len(finished) + 1)]
+    steps = [(kind, run.rstrip(":")) for _, kind, run in finished]
+    trained = [run for kind, run in steps if kind == "train"]
+    assert sorted(trained) == sorted(RUNS) and steps[:len(trained)] == [("train", r) for r in trained]
+    costs = [step_cost(run.split(".seed")[0]) for run in trained]
+    assert costs == sorted(costs, reverse=True) and costs[0] > costs[-1], trained  # asa, fgm, then vanilla
+    attacked = [run for kind, run in steps if kind == "attack"]
+    assert sorted(attacked) == sorted(f"{run}/{r}" for run, (_, recipes) in RUNS.items() for r in recipes)
 
 
 def test_the_report_shows_the_mean_and_std_over_seeds_and_keeps_every_seed(seeded):

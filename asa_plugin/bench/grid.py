@@ -1,10 +1,10 @@
-"""Run the grid defence by defence: train one defence (every seed), attack its models, then the next.
+"""Run the grid: record it in bench.json, build its graph of cells, run what is not done.
 
-So each defence that finishes is complete (trained and attacked) before the next one starts. A
-training cell is done when ``runs/<run>/metrics.json`` exists; one with a checkpoint and no
+A training cell is done when ``runs/<run>/metrics.json`` exists; one with a checkpoint and no
 metrics resumes. An attack cell is done when its ``summary.json`` exists; otherwise it runs with
 the harness's own resume (rows already in results.jsonl are kept). So an interrupted bench
-continues where it stopped when it is run again.
+continues where it stopped when it is run again. The cells and their order are in
+:mod:`asa_plugin.bench.cells`, the executors (local processes, Ray) in :mod:`asa_plugin.bench.executors`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,58 +90,28 @@ def train_cell(cell: Cell, pm, log: Log = say) -> dict[str, Any]:
     return metrics
 
 
-def attack_cells(cell: Cell, recipes: list[str], pm, progress: bool = True, log: Log = say) -> None:
-    """Attack ``cell``'s trained model with every recipe whose summary.json does not exist yet."""
-    from asa_plugin.attacks.runner import run_attack
-    from asa_plugin.commands.attack import recipe_jobs
-
-    todo = []
-    for recipe in recipes:
-        summary = cell.run_dir / "attack" / recipe / "summary.json"
-        if summary.is_file():
-            log(f"attack {cell.name}/{recipe}: done, skipped ({summary})")
-        else:
-            todo.append(recipe)
-    if not todo:
-        return
-    jobs = recipe_jobs(cell.cfg, str(cell.run_dir / "model"), cell.run_dir, todo, resume=True, progress=progress,
-                       note=lambda message: log(f"attack {cell.name}: {message}"))
-    for job in jobs:
-        done = len(res.read_rows(job.out_dir / "results.jsonl"))
-        log(f"attack {cell.name}/{job.recipe}: " + (f"resuming after {done} of {len(job.texts)} examples"
-                                                      if done else f"attacking {len(job.texts)} examples"))
-        start = time.perf_counter()
-        summary = run_attack(job, pm)  # attack.workers processes, as `advrobust attack`
-        log(f"attack {cell.name}/{job.recipe}: accuracy_under_attack {summary['accuracy_under_attack']:.4f}, "
-            f"attack_success_rate {_fmt(summary['attack_success_rate'])}, {time.perf_counter() - start:.1f} s")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def run_grid(plan: BenchPlan, pm, progress: bool = True, log: Log = say,
+def run_grid(plan: BenchPlan, pm=None, progress: bool = True, log: Log = say,
              only_defences: list[str] | None = None, only_recipes: list[str] | None = None,
-             only_seeds: list[int] | None = None) -> None:
-    """Defence by defence: train every seed of one defence (same budget for all), attack each of
-    its models with its recipes, then go on to the next defence.
+             only_seeds: list[int] | None = None) -> dict[str, list[str]]:
+    """Run the grid's cells that are not done (see :mod:`asa_plugin.bench.cells`) on the executor of
+    ``bench.executor`` (see :mod:`asa_plugin.bench.executors`); return the keys that ran, failed and
+    were not run because a cell they need failed.
 
     ``only_defences``/``only_recipes``/``only_seeds`` restrict what runs now (a budget-limited
     session); the whole grid is still recorded in bench.json, so the report lists the rest as missing.
+    ``pm`` is unused: each cell builds its plugin manager from its run config (in its own process).
     """
-    write_bench_file(plan)
-    labels = [label for label in plan.labels if only_defences is None or label in only_defences]
-    runs = [c for c in plan.cells if c.label in labels and (only_seeds is None or c.seed in only_seeds)]
-    recipes = [r for r in plan.recipes if only_recipes is None or r in only_recipes]
-    log(f"{len(labels)} defences, {len(runs)} training runs, recipes {', '.join(recipes)} into {plan.out_dir}")
-    for label in labels:
-        mine = [c for c in runs if c.label == label]
-        for cell in mine:
-            train_cell(cell, pm, log)
-        for cell in mine:
-            attack_cells(cell, [r for r in recipes if r in cell.recipes], pm, progress, log)
-        if plan.bench.static_sets:
-            from asa_plugin.bench.static import evaluate_cell
+    from asa_plugin.bench.cells import build_cells
+    from asa_plugin.bench.executors import make_pool, run_cells
 
-            for cell in mine:
-                evaluate_cell(cell.run_dir, plan.bench.static_sets, log, cell.name or cell.label)
+    write_bench_file(plan)
+    bench = plan.bench
+    cells = build_cells(plan, only_defences, only_recipes, only_seeds, shards=bench.shards,
+                        gpus=bench.gpus_per_cell)
+    for run in {c.run.name: c.run for c in cells}.values():
+        check_seed(run)  # one line before any work, not a failed cell
+    recipes = [r for r in plan.recipes if only_recipes is None or r in only_recipes]
+    log(f"{len({c.run.name for c in cells})} training runs, recipes {', '.join(recipes)} into {plan.out_dir}")
+    pool = make_pool(bench.executor, bench.max_parallel, progress=progress, ray_address=bench.ray_address,
+                     retries=bench.retries)
+    return run_cells(cells, pool, plan.out_dir, log)

@@ -220,6 +220,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- `{json.dumps(extra, sort_keys=True)}` (recipes: {', '.join(a['recipes'])})")
     lines += ["", "## Missing cells", ""]
     lines += [f"- {m}" for m in report["missing"]] or ["- none: every cell finished"]
+    if report.get("failed"):  # issue 22: the cells whose last attempt failed, with their errors
+        lines += ["", "## Failed cells", "", "Rerun the bench after fixing the cause; only these and the missing "
+                  "cells run.", ""]
+        lines += [f"- {f['cell']}: {f['error']}" for f in report["failed"]]
     lines += ["", "## Plots", ""]
     for plot in report.get("plots", []):
         if plot.get("file"):

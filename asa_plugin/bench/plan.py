@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from asa_plugin.config import RunConfig, apply_overrides, load_config, read_file
 from asa_plugin.errors import ConfigError, UserError
@@ -42,6 +42,17 @@ class BenchSection:
                                              "default: vanilla when the grid has it")
     backbones: list[str] = option([], help='named backbones as "NAME=PATH" (e.g. a model of advrobust pretrain); '
                                            'the label "DEFENCE@NAME" fine-tunes it instead of model.backbone')
+    executor: Literal["local", "ray"] = option("local", help="how cells run: local processes, or Ray tasks on a "
+                                                            "Ray cluster (pip install 'asa-plugin[ray]')")
+    max_parallel: int | None = option(None, ge=1, help="local: cells at once (1 = one after another in the bench's "
+                                                       "process); ray, no address: CPUs of the local cluster; "
+                                                       "default: one per GPU, else one per CPU core")
+    shards: int = option(1, ge=1, help="attack cells per (model, recipe), merged when all have finished")
+    gpus_per_cell: float = option(0.0, ge=0.0, help="ray: GPUs each training and attack cell requests (a fraction "
+                                                    "lets attack cells share a GPU)")
+    ray_address: str | None = option(None, help="ray: cluster to join ('auto', or HOST:PORT); default: start a "
+                                                "local one")
+    retries: int = option(2, ge=0, help="ray: retries of a cell whose worker died (the retry resumes)")
 
     def __post_init__(self) -> None:
         if not self.defences:

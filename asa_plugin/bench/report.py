@@ -207,7 +207,15 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
                                                  "bootstrap_seed": stats.BOOTSTRAP_SEED},
             "settings": settings, "defence_params": info.get("defence_params", {}),
             "machines": info.get("machines", []), "training": training, "cells": cells, "static_sets": static,
-            "assets": _assets([s for by_seed in summaries.values() for s in by_seed.values()]), "missing": missing}
+            "assets": _assets([s for by_seed in summaries.values() for s in by_seed.values()]), "missing": missing,
+            "failed": failed_cells(out)}
+
+
+def failed_cells(out: Path) -> list[dict[str, str]]:
+    """The cells whose last attempt failed, with their one-line errors (OUT/failures.json, issue 22)."""
+    from asa_plugin.bench.executors import read_failures
+
+    return [{"cell": key, "error": error} for key, error in sorted(read_failures(out).items())]
 
 
 def write_report(out_dir: str | Path, pm=None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from asa_plugin.attacks.jobs import resolve_model
 from asa_plugin.errors import UserError
 
 
@@ -32,16 +33,6 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads per worker (default: $OMP_NUM_THREADS, else 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
-
-
-def resolve_model(path: str) -> tuple[str, Path | None]:
-    """(model checkpoint to load, the run dir it belongs to or None)."""
-    p = Path(path)
-    if (p / "model" / "config.json").is_file():
-        return str(p / "model"), p
-    if (p / "config.json").is_file() and (p.parent / "config.resolved.toml").is_file():
-        return str(p), p.parent
-    return path, None
 
 
 def _raw_config(args) -> dict:
@@ -85,6 +76,7 @@ def _hub_num_labels(checkpoint: str, model_arg: str) -> int:
 
 def build_jobs(args):
     """The config (validated) and one AttackJob per recipe."""
+    from asa_plugin.attacks.jobs import recipe_jobs
     from asa_plugin.attacks.runner import Shard
     from asa_plugin.config import load_config, read_file
     from asa_plugin.preflight import check_model_dir, check_writable, looks_local
@@ -136,66 +128,6 @@ def build_jobs(args):
     return cfg, jobs
 
 
-def _stderr_note(message: str) -> None:
-    import sys
-
-    print(f"advrobust attack: note: {message}", file=sys.stderr, flush=True)
-
-
-def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None, resume: bool = False,
-                overwrite: bool = False, progress: bool = True, note=_stderr_note):
-    """One AttackJob per recipe on ``cfg``'s attack split, writing ``out/attack/<recipe>/``
-    (shared with ``advrobust bench``, so both produce the same manifests).
-
-    Texts longer than the model's max_length are cut to the words it sees
-    (:mod:`asa_plugin.attacks.visible`), said once through ``note``."""
-    from transformers import AutoTokenizer
-
-    from asa_plugin.adapters.loading import resolve_backbone
-    from asa_plugin.attacks.runner import AttackJob
-    from asa_plugin.attacks.visible import visible_texts
-    from asa_plugin.data import load_split
-    from asa_plugin.data.labels import checkpoint_labels
-    from asa_plugin.data.loading import check_same_inputs
-
-    data = cfg.data
-    examples = load_split(data, cfg.attack.split, checkpoint_labels(checkpoint),
-                          limit=cfg.attack.examples_for_profile(), seed=cfg.attack.seed)
-    source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
-    check_same_inputs(examples, f"{source}:{cfg.attack.split}", resolve_model(checkpoint)[1], "attack")
-    max_length = cfg.attack.max_length or cfg.model.max_length
-    pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
-    texts, pairs, cut = visible_texts(AutoTokenizer.from_pretrained(resolve_backbone(checkpoint)),
-                                      [e.text for e in examples], pairs, max_length)
-    if cut:
-        note(f"{cut} of {len(examples)} examples are longer than max_length = {max_length} tokens; each is "
-             f"attacked (and its words counted) up to the last word the model sees")
-    return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=texts,
-                      labels=[e.label for e in examples], recipe_dir=out / "attack" / name, text_pairs=pairs,
-                      data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
-                      resume=resume, overwrite=overwrite, progress=progress,
-                      load_external=cfg.plugins.external, block=tuple(cfg.plugins.block))
-            for name in recipes]
-
-
-def truncation_note(job) -> str | None:
-    """How many of the job's examples are longer than the model's input length (None if none): the model
-    sees only their first tokens, whatever the attack perturbs beyond them."""
-    from transformers import AutoTokenizer
-
-    from asa_plugin.training.batching import encode
-
-    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
-    max_length = job.cfg.max_length or job.max_length or min(int(tokenizer.model_max_length), 512)
-    pairs = job.text_pairs or [None] * len(job.texts)
-    enc = encode(tokenizer, job.texts, pairs, max_length)
-    cut = sum(bool(e.overflowing) for e in (enc.encodings or []))
-    if not cut:
-        return None
-    return (f"{cut} of {len(job.texts)} examples are longer than {max_length} tokens and are truncated when the "
-            f"model reads them (set model.max_length or attack.max_length to change it)")
-
-
 def degenerate_warning(checkpoint: str) -> str | None:
     """The warning for a model whose training run flagged it degenerate (None otherwise)."""
     _, run_dir = resolve_model(checkpoint)
@@ -225,9 +157,6 @@ def run(args) -> int:
     warning = degenerate_warning(jobs[0].model_path) if jobs else None
     if warning:
         print(f"advrobust attack: {warning}", file=sys.stderr, flush=True)
-    note = truncation_note(jobs[0]) if jobs else None
-    if note:  # once per run, not per example or per recipe
-        print(f"advrobust attack: note: {note}", file=sys.stderr, flush=True)
     pm = get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     for job in jobs:
         pm.recipes.get(job.recipe)  # unknown names fail before any work

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="train every defence, attack each with every recipe, write a report",
-                       description="Defence by defence: train each defence of [bench] defences with each of "
-                                   "[bench] seeds and the same budget, attack each model with each recipe, and "
-                                   "write report.md, report.json and PNG plots into "
-                                   "[bench] out_dir. Finished cells are skipped, so rerunning resumes.")
+                       description="Train each defence of [bench] defences with each of [bench] seeds and the "
+                                   "same budget, attack each model with each recipe, and write report.md, "
+                                   "report.json and PNG plots into [bench] out_dir. Independent cells run in "
+                                   "parallel (local processes or Ray tasks); finished cells are skipped, so "
+                                   "rerunning resumes.")
     p.add_argument("config", help="TOML or YAML run config with a [bench] section")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set bench.out_dir=bench/try (repeatable)")
@@ -19,7 +20,22 @@ def add_parser(sub) -> None:
                    help="run only these recipes now (the report still lists the whole grid)")
     p.add_argument("--only-seeds", default=None, metavar="SEED,...",
                    help="train and attack only these of [bench] seeds now (the report still lists the whole grid)")
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="run cells in local processes (default) or as Ray tasks (bench.executor)")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="local: cells at once, 1 = one after another (bench.max_parallel; default: one per GPU, "
+                        "else one per CPU core)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="Ray cluster to join: auto or HOST:PORT (bench.ray_address; default: a local cluster)")
     p.set_defaults(run=run)
+
+
+def flag_overrides(args) -> list[str]:
+    """``--executor``/``--max-parallel``/``--ray-address`` as ``--set bench.*`` overrides."""
+    import json
+
+    pairs = (("executor", args.executor), ("max_parallel", args.max_parallel), ("ray_address", args.ray_address))
+    return [f"bench.{key}={json.dumps(value)}" for key, value in pairs if value is not None]
 
 
 def run(args) -> int:
@@ -32,7 +48,7 @@ def run(args) -> int:
     from asa_plugin.plugins import get_plugin_manager
     from asa_plugin.preflight import check_bench
 
-    plan = load_plan(args.config, args.overrides)
+    plan = load_plan(args.config, [*args.overrides, *flag_overrides(args)])
     plugins = plan.cells[0].cfg.plugins
     pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
     only_defences = _names(args.only_defences, plan.labels, "--only-defences")
@@ -41,11 +57,17 @@ def run(args) -> int:
     with run_lock(plan.out_dir, f"advrobust bench {args.config}"):  # one bench per out_dir at a time
         check_bench(plan, pm)  # settings, outputs, data and every recipe's assets, before any training
         interrupts.set_rerun(f"rerun `advrobust bench {args.config}` to continue (finished cells are kept)")
-        run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences,
-                 only_recipes=only_recipes, only_seeds=None if only_seeds is None else [int(s) for s in only_seeds])
-        report = write_report(plan.out_dir, pm)
+        seeds = None if only_seeds is None else [int(s) for s in only_seeds]
+        outcome = run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences,
+                           only_recipes=only_recipes, only_seeds=seeds)
+        report = write_report(plan.out_dir, pm)  # once, at the end, from what is on disk
         write_bench_cards(plan.out_dir, report)  # each run's model card gains its attacks and comparisons
     say(f"report: {plan.out_dir / 'report.md'} ({len(report['missing'])} cells missing)")
+    if outcome["failed"]:
+        say(f"{len(outcome['failed'])} cells failed ({', '.join(outcome['failed'])}); their errors are in "
+            f"{plan.out_dir / 'failures.json'} and report.md; fix the cause and rerun `advrobust bench "
+            f"{args.config}` (only what is not done runs)")
+        return 1
     return 0
 
 

@@ -1,0 +1,102 @@
+"""Accuracy and per-example predictions of a trained model on a fixed (static) set.
+
+Library code below both ``advrobust evaluate`` and the bench's static-set cells: AdvGLUE's
+``dev.json`` (one list of records per task) or any local file; writes
+``<out>/evaluate/<name>/predictions.jsonl`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asa_plugin.data.files import TASK_HINT
+
+ADVGLUE_TASKS = {"sst2": "sst2", "qqp": "qqp", "mnli": "mnli", "qnli": "qnli", "rte": "rte"}
+"""A run's dataset -> its AdvGLUE key, used when --task is not given (mnli-mm needs --task)."""
+
+
+def _run_settings(run_dir: Path | None) -> dict[str, Any]:
+    """The run's [data] and [model] settings (columns, max_length), when it has a resolved config."""
+    from asa_plugin.config import read_file
+
+    path = run_dir / "config.resolved.toml" if run_dir is not None else None
+    return read_file(path) if path is not None and path.is_file() else {}
+
+
+def static_set(data_file: str | None, task: str | None, dataset: str | None, split: str,
+               settings: dict[str, Any], labels, task_hint: str = TASK_HINT) -> tuple[list, str, str]:
+    """(examples, where they come from, default output name) of the set to evaluate; ``task_hint`` says
+    how to pick a task of a per-task JSON file (``--task``; a bench's ``FILE#TASK``)."""
+    from asa_plugin.config import DataConfig
+    from asa_plugin.data.files import read_json_file, read_rows
+    from asa_plugin.data.loading import Split, read_split, to_examples
+    from asa_plugin.errors import UserError
+
+    data = settings.get("data", {})
+    columns = {k: data[k] for k in ("text_column", "text_pair_column", "label_column") if data.get(k)}
+    if data_file:
+        if task is None and Path(data_file).suffix == ".json" and Path(data_file).is_file():
+            task = ADVGLUE_TASKS.get(str(data.get("dataset")))
+            content = read_json_file(Path(data_file))
+            if task is not None and not (isinstance(content, dict) and task in content):
+                task = None
+        rows = read_rows(data_file, task, task_hint)
+        if rows and any(columns.get(k) not in rows[0] for k in ("text_column", "text_pair_column") if k in columns):
+            columns = {k: v for k, v in columns.items() if k == "label_column"}  # a file with its own columns
+        cfg = DataConfig(dataset=None, train_file=data_file, **columns)
+        where = f"{data_file}" + (f" [{task}]" if task else "")
+        examples = to_examples(Split(rows, where), cfg, labels)
+        return examples, where, Path(data_file).stem + (f"-{task}" if task else "")
+    if not dataset:
+        raise UserError("give --data-file FILE or --dataset NAME")
+    cfg = DataConfig(dataset=dataset, **columns)
+    found = read_split(cfg, split)
+    return to_examples(found, cfg, labels), f"{found.where}:{split}", f"{dataset}-{split}"
+
+
+def evaluate(model_path: str, examples: list, max_length: int, batch_size: int = 64) -> tuple[dict, list[dict]]:
+    """(summary, per-example rows) of ``model_path`` on ``examples``."""
+    import torch
+
+    from asa_plugin.adapters.loading import load_adapter
+    from asa_plugin.training.predict import predict
+
+    adapter = load_adapter(model_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    probabilities = predict(adapter.model, adapter.tokenizer, examples, max_length, batch_size, device)  # (N, C)
+    names = adapter.model.config.id2label
+    rows = []
+    for i, (example, probs) in enumerate(zip(examples, probabilities.tolist())):
+        prediction = max(range(len(probs)), key=probs.__getitem__)
+        row = {"index": i, "text": example.text}
+        if example.text_pair is not None:
+            row["text_pair"] = example.text_pair
+        rows.append({**row, "gold_label": example.label, "gold_name": names[example.label],
+                     "prediction": prediction, "prediction_name": names[prediction],
+                     "correct": prediction == example.label, "probabilities": [round(p, 6) for p in probs]})
+    correct = sum(r["correct"] for r in rows)
+    return {"accuracy": correct / len(rows), "correct": correct, "num_examples": len(rows)}, rows
+
+
+def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, data_file: str | None = None,
+                        task: str | None = None, dataset: str | None = None, split: str = "dev",
+                        name: str | None = None, batch_size: int = 64,
+                        task_hint: str = TASK_HINT) -> tuple[dict, Path]:
+    """Evaluate ``checkpoint`` on one static set; write ``out_root/evaluate/<name>/``; (summary, that dir)."""
+    from asa_plugin.attacks import results as res
+    from asa_plugin.data.labels import checkpoint_labels
+    from asa_plugin.data.loading import check_same_inputs
+
+    settings = _run_settings(run_dir)
+    labels = checkpoint_labels(checkpoint)
+    examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
+    check_same_inputs(examples, where, run_dir, "evaluate")
+    max_length = settings.get("model", {}).get("max_length", 512)
+    summary, rows = evaluate(checkpoint, examples, max_length, batch_size)
+    out = out_root / "evaluate" / (name or default_name)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "name": name or default_name, "data": where, "model": checkpoint}
+    res.write_rows(out / "predictions.jsonl", rows)
+    res.write_json(out / "summary.json", summary)
+    return summary, out
