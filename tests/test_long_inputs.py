@@ -90,22 +90,28 @@ def trained(tmp_path_factory, long_model, long_data):
     return get
 
 
-def test_attack_at_the_default_length_says_once_that_long_reviews_are_cut_to_128_tokens(trained, capfd, long_data):
+def test_attack_at_the_default_length_says_once_that_long_reviews_are_cut_to_128_tokens(trained, capfd, long_data,
+                                                                                      tmp_path):
     """``advrobust attack --model`` reads at ``model.max_length`` (default 128), not at the length the model was
-    trained at: the note names it once, before any example is attacked."""
-    from types import SimpleNamespace
+    trained at: the note names it once, before any example is attacked, and each review is attacked up to the
+    last word the model sees."""
+    from transformers import AutoTokenizer
 
-    from asa_plugin.commands.attack import truncation_note
+    from asa_plugin.attacks.jobs import recipe_jobs
     from asa_plugin.config import load_config
     from asa_plugin.data.files import read_rows
 
     run_dir, _ = trained(["vanilla"], capfd)
-    texts = [r["sentence"] for r in read_rows(long_data["dev"])]
-    job = SimpleNamespace(model_path=str(run_dir / "model"), cfg=load_config(data={}).attack, max_length=128,
-                          texts=texts, text_pairs=None)
-    assert truncation_note(job) == ("4 of 4 examples are longer than 128 tokens and are truncated when the model "
-                                    "reads them (set model.max_length or attack.max_length to change it)")
-    assert truncation_note(SimpleNamespace(**{**vars(job), "texts": ["a short review"]})) is None
+    cfg = load_config(data={"data": {"train_file": str(long_data["train"]), "dev_file": str(long_data["dev"])}})
+    notes: list[str] = []
+    jobs = recipe_jobs(cfg, str(run_dir / "model"), tmp_path, ["pwws", "textfooler"], note=notes.append)
+    assert notes == ["4 of 4 examples are longer than max_length = 128 tokens; each is attacked (and its words "
+                     "counted) up to the last word the model sees"]
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    originals = [r["sentence"] for r in read_rows(long_data["dev"])]
+    for text in jobs[0].texts:  # a prefix of its review, ending with the word that holds the 128th token
+        assert any(original.startswith(text) and len(text) < len(original) for original in originals)
+        assert len(tokenizer(text.rsplit(" ", 1)[0])["input_ids"]) <= 128 < len(tokenizer(text)["input_ids"]) + 1
 
 
 @pytest.mark.parametrize("names", CASES, ids=["+".join(c) for c in CASES])
@@ -135,6 +141,6 @@ def test_a_model_trained_at_512_tokens_is_attacked_and_truncation_said_once(trai
     rows = read_jsonl(tmp_path / "attack" / recipe / "results.jsonl")
     assert len(rows) == 2
     assert all(len(r["original_text"].split()) >= 300 for r in rows)
-    notes = [line for line in stderr if "are truncated when the model reads them" in line]
+    notes = [line for line in stderr if "up to the last word the model sees" in line]
     assert len(notes) == 1, stderr
-    assert f"of 2 examples are longer than {LENGTH} tokens" in notes[0]
+    assert f"of 2 examples are longer than max_length = {LENGTH} tokens" in notes[0]
