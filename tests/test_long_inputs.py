@@ -135,6 +135,11 @@ def test_a_model_trained_at_512_tokens_is_attacked_and_truncation_said_once(trai
     rows = read_jsonl(tmp_path / "attack" / recipe / "results.jsonl")
     assert len(rows) == 2
     assert all(len(r["original_text"].split()) >= 300 for r in rows)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    cut = sum(len(ids) > LENGTH for ids in tokenizer([r["original_text"] for r in rows], verbose=False)["input_ids"])
     notes = [line for line in stderr if "are truncated when the model reads them" in line]
-    assert len(notes) == 1, stderr
-    assert f"of 2 examples are longer than {LENGTH} tokens" in notes[0]
+    assert notes == ([f"advrobust attack: note: {cut} of 2 examples are longer than {LENGTH} tokens and are "
+                      f"truncated when the model reads them (set model.max_length or attack.max_length to change "
+                      f"it)"] if cut else []), stderr
