@@ -18,6 +18,7 @@ from asa_plugin.plugins import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTH = 512
+ATTACK_LENGTH = 400
 CASES = [[name] for name in get_plugin_manager().defences.names()] + [["asa", "freelb"]]
 
 
@@ -127,8 +128,10 @@ def test_every_defence_trains_at_512_tokens_and_says_truncation_once(trained, ca
 def test_a_model_trained_at_512_tokens_is_attacked_and_truncation_said_once(trained, capfd, tmp_path, long_model,
                                                                           long_data, attack_cache, recipe):
     run_dir, _ = trained(["asa"], capfd)
+    # Queries cut at 400 tokens (attack.max_length), so that reviews of this tiny vocabulary exceed it.
     argv = attack_args(run_dir / "model", long_data["dev"], tmp_path, attack_cache, recipe,
-                       "--set", f"model.max_length={LENGTH}", num_examples=2)
+                       "--set", f"model.max_length={LENGTH}", "--set", f"attack.max_length={ATTACK_LENGTH}",
+                       num_examples=2)
     capfd.readouterr()
     assert main(argv) == 0
     stderr = capfd.readouterr().err.splitlines()
@@ -138,8 +141,10 @@ def test_a_model_trained_at_512_tokens_is_attacked_and_truncation_said_once(trai
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
-    cut = sum(len(ids) > LENGTH for ids in tokenizer([r["original_text"] for r in rows], verbose=False)["input_ids"])
+    lengths = [len(ids) for ids in tokenizer([r["original_text"] for r in rows], verbose=False)["input_ids"]]
+    cut = sum(n > ATTACK_LENGTH for n in lengths)
+    assert cut > 0, lengths  # the note below is really exercised
     notes = [line for line in stderr if "are truncated when the model reads them" in line]
-    assert notes == ([f"advrobust attack: note: {cut} of 2 examples are longer than {LENGTH} tokens and are "
-                      f"truncated when the model reads them (set model.max_length or attack.max_length to change "
-                      f"it)"] if cut else []), stderr
+    assert notes == [f"advrobust attack: note: {cut} of 2 examples are longer than {ATTACK_LENGTH} tokens and are "
+                     f"truncated when the model reads them (set model.max_length or attack.max_length to change "
+                     f"it)"], stderr
