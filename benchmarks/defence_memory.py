@@ -140,15 +140,17 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     rows = []
     for shape in shapes:
-        results = {case: run_child(model, case, shape, args.steps, args.device, args.dtype)
-                   for case in args.defences}
+        results = {}
+        for case in args.defences:
+            results[case] = run_child(model, case, shape, args.steps, args.device, args.dtype)
+            print(json.dumps({"shape": f"{shape[0]}x{shape[1]}", "defence": case, **results[case]}),
+                  file=sys.stderr, flush=True)
         vanilla = results.get("vanilla")
         for case, r in results.items():
             rows.append({"shape": f"{shape[0]}x{shape[1]}", "defence": case, **r,
                          "peak_ratio": round(r["peak_mib"] / vanilla["peak_mib"], 3) if vanilla else float("nan"),
                          "step_ratio": round(r["step_mib"] / max(vanilla["step_mib"], 1e-9), 3)
                          if vanilla else float("nan")})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     report = {"model": Path(model).name, "device": args.device, "dtype": args.dtype, "steps": args.steps,
               "machine": platform.machine(), "cpus": os.cpu_count(), "load_before": os.getloadavg(),
               "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None, "rows": rows}

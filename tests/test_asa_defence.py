@@ -245,7 +245,7 @@ def test_composes_with_a_procedure_defence_every_pass_uses_asa(adapter):
     assert hooks_left(adapter.model) == 0
 
 
-@pytest.mark.parametrize("names", [["asa"], ["asa", "freelb"]], ids=["asa", "asa+freelb"])
+@pytest.mark.parametrize("names", [["asa"], ["asa", "freelb"], ["asa", "scal"]], ids=["asa", "asa+freelb", "asa+scal"])
 def test_recomputing_the_clean_pass_gives_the_same_gradients(tiny_bert_dir, names):
     """``recompute_clean`` (activation checkpointing of the clean pass, dropout on) changes memory, not maths."""
     registry = get_plugin_manager().defences

@@ -18,6 +18,7 @@ from asa_plugin.plugins import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTH = 512
+ATTACK_LENGTH = 400
 CASES = [[name] for name in get_plugin_manager().defences.names()] + [["asa", "freelb"]]
 
 
@@ -133,14 +134,16 @@ def test_every_defence_trains_at_512_tokens_and_says_truncation_once(trained, ca
 def test_a_model_trained_at_512_tokens_is_attacked_and_truncation_said_once(trained, capfd, tmp_path, long_model,
                                                                           long_data, attack_cache, recipe):
     run_dir, _ = trained(["asa"], capfd)
+    # Queries cut at 400 tokens (attack.max_length), so that reviews of this tiny vocabulary exceed it.
     argv = attack_args(run_dir / "model", long_data["dev"], tmp_path, attack_cache, recipe,
-                       "--set", f"model.max_length={LENGTH}", num_examples=2)
+                       "--set", f"model.max_length={LENGTH}", "--set", f"attack.max_length={ATTACK_LENGTH}",
+                       num_examples=2)
     capfd.readouterr()
     assert main(argv) == 0
     stderr = capfd.readouterr().err.splitlines()
     rows = read_jsonl(tmp_path / "attack" / recipe / "results.jsonl")
     assert len(rows) == 2
-    assert all(len(r["original_text"].split()) >= 300 for r in rows)
+    assert all(len(r["original_text"].split()) >= 250 for r in rows)  # long reviews, cut where the model stops
     notes = [line for line in stderr if "up to the last word the model sees" in line]
-    assert len(notes) == 1, stderr
-    assert f"of 2 examples are longer than max_length = {LENGTH} tokens" in notes[0]
+    assert len(notes) == 1, stderr  # once per run, before any example
+    assert f"of 2 examples are longer than max_length = {ATTACK_LENGTH} tokens" in notes[0]

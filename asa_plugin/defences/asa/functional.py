@@ -89,7 +89,6 @@ def kept_units(mask: torch.Tensor) -> torch.Tensor:
 
     Float32 whatever the mask's dtype: under fp16 autocast the masks are float16, which holds
     integers exactly only up to 2,048 and overflows at 65,504, while one layer of 512 tokens has
-    262,144 units (the official code's counts are float32, from the fp32 extended attention mask).
-    Exact up to 2^24 units per example.
+    262,144 units. Exact up to 2^24 units per example.
     """
     return mask.sum(dim=(1, 2), dtype=torch.float32)  # (B,)
