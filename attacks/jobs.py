@@ -32,11 +32,11 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
 
     Texts longer than the model's max_length are cut to the words it sees
     (:mod:`asa_plugin.attacks.visible`), said once through ``note``."""
-    from transformers import AutoTokenizer
-
     from asa_plugin.adapters.loading import resolve_backbone
     from asa_plugin.attacks.runner import AttackJob
     from asa_plugin.attacks.visible import visible_texts
+    from transformers import AutoTokenizer
+
     from asa_plugin.data import load_split
     from asa_plugin.data.labels import checkpoint_labels
     from asa_plugin.data.loading import check_same_inputs

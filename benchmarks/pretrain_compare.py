@@ -74,6 +74,7 @@ def bench_config(work: Path, args) -> Path:
 def paired(bench_dir: Path, label: str, baseline: str, recipe: str = "pwws") -> dict:
     """The bench's paired comparison of two labels under ``recipe`` (seed 0 of the grid: the only one)."""
     from asa_plugin.attacks.results import read_rows
+
     from asa_plugin.bench import stats
 
     def outcomes(name: str) -> dict:

@@ -544,10 +544,9 @@ def test_a_text_longer_than_max_length_is_attacked_up_to_what_the_model_sees(cap
 
 
 def test_a_long_text_pair_is_cut_where_the_model_cuts_it(tiny_bert_dir):
+    from asa_plugin.attacks.visible import visible_texts
     from tiny import WORDS
     from transformers import AutoTokenizer
-
-    from asa_plugin.attacks.visible import visible_texts
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     short, long = "the film", " ".join(WORDS[:30])

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import ray
 import tomli_w
-from attack_support import nltk_data_dir
-
 from asa_plugin.attacks.results import read_rows, without_timing
 from asa_plugin.attacks.runner import KILL_AFTER_ENV
+from attack_support import nltk_data_dir
+
 from asa_plugin.bench.cells import build_cells, priority, step_cost
 from asa_plugin.bench.grid import run_grid
 from asa_plugin.bench.plan import load_plan

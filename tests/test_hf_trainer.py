@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from asa_plugin.adapters.loading import load_adapter
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForSequenceClassification,
@@ -26,7 +27,6 @@ from transformers import (
     set_seed,
 )
 
-from asa_plugin.adapters.loading import load_adapter
 from asa_plugin.cli import main
 from asa_plugin.config import load_config
 from asa_plugin.data import load_training_data

@@ -96,9 +96,9 @@ def test_attack_at_the_default_length_says_once_that_long_reviews_are_cut_to_128
     """``advrobust attack --model`` reads at ``model.max_length`` (default 128), not at the length the model was
     trained at: the note names it once, before any example is attacked, and each review is attacked up to the
     last word the model sees."""
+    from asa_plugin.attacks.jobs import recipe_jobs
     from transformers import AutoTokenizer
 
-    from asa_plugin.attacks.jobs import recipe_jobs
     from asa_plugin.config import load_config
     from asa_plugin.data.files import read_rows
 

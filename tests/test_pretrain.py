@@ -147,9 +147,9 @@ def test_packing_cuts_the_concatenated_texts_into_blocks(tmp_path):
 # --- ASA's objective on masked-LM batches ------------------------------------------------------
 @pytest.fixture
 def mlm_setup(tiny_bert_dir, tmp_path):
+    from asa_plugin.adapters.loading import load_adapter
     from transformers import AutoModelForMaskedLM
 
-    from asa_plugin.adapters.loading import load_adapter
     from asa_plugin.defences.asa import ASADefence, ASAParams
     from asa_plugin.pretraining.mlm import MLMCollator, MLMDataset, masked_lm_adapter
 
@@ -356,9 +356,9 @@ def test_every_listed_defence_pre_trains(tmp_path, pretrain_config, defence):
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert",
                                         "deberta-v2"])
 def test_masked_lm_adapter_gives_the_selected_logits_of_every_architecture(tiny_backbone_dir, model_type):
+    from asa_plugin.adapters.loading import load_adapter
     from transformers import AutoModelForMaskedLM
 
-    from asa_plugin.adapters.loading import load_adapter
     from asa_plugin.pretraining.mlm import MLMCollator, MLMDataset, masked_lm_adapter
 
     adapter = masked_lm_adapter(load_adapter(str(tiny_backbone_dir(model_type)), model_class=AutoModelForMaskedLM))
