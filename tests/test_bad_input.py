@@ -664,3 +664,16 @@ def test_only_rank_0_of_a_distributed_launch_prints_the_error(capsys, monkeypatc
     monkeypatch.setenv("RANK", rank)
     assert main(["train", str(tmp_path / "missing.toml")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == lines
+
+
+def test_an_attack_cache_that_cannot_be_written(capsys, tmp_path, tiny_bert_dir, toy_data):
+    blocker = write(tmp_path / "blocker", "a file")
+    argv = ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file", toy_data["dev"], "--out",
+            tmp_path / "out"]
+    fix = "choose another with --set attack.cache_dir=DIR (or TA_CACHE_DIR)"
+    assert one_line(capsys, [*argv, "--set", f"attack.cache_dir={blocker}"]) == (
+        f"advrobust attack: error: attack cache {blocker}: {blocker} is a file, not a directory; {fix}")
+    line = one_line(capsys, [*argv, "--set", "attack.cache_dir=/proc/advrobust-cache"])
+    assert line.startswith("advrobust attack: error: attack cache /proc/advrobust-cache is not writable (")
+    assert line.endswith(f"); {fix}")
+    assert not (tmp_path / "out" / "attack").exists()
