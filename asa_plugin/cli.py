@@ -8,7 +8,7 @@ import importlib
 import sys
 
 from asa_plugin import __version__, interrupts
-from asa_plugin.errors import UserError
+from asa_plugin.errors import UserError, is_main_rank, write_failure
 
 COMMANDS = [
     "asa_plugin.commands.train",
@@ -61,13 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
-        print(f"advrobust {args.command}: error: {exc}", file=sys.stderr)
+        if is_main_rank():
+            print(f"advrobust {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
     except KeyboardInterrupt:
         print(f"advrobust {args.command}: {interrupts.message()}", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - only a failed write is answered here; the rest is re-raised
+        line = write_failure(exc, args.command)
+        if line is None:
+            raise
+        if is_main_rank():
+            print(f"advrobust {args.command}: error: {line}", file=sys.stderr)
+        return UserError.exit_code
 
 
 if __name__ == "__main__":

@@ -49,6 +49,11 @@ def check_writable(directory: str | Path, what: str, fix: str) -> None:
         raise UserError(f"{what} {d} is not writable ({exc.strerror or exc}); {fix}") from None
 
 
+def check_cache_dir(cache_dir: Path) -> None:
+    """The attack cache (attack.cache_dir, else $TA_CACHE_DIR, else RUN/attack/.cache) can be written."""
+    check_writable(cache_dir, "attack cache", "choose another with --set attack.cache_dir=DIR (or TA_CACHE_DIR)")
+
+
 def looks_local(name: str) -> bool:
     """True for something meant as a local path rather than a hub name such as ``roberta-base``."""
     return (Path(name).exists() or name.startswith((".", "/", "~")) or os.sep in name.rstrip(os.sep)
@@ -278,6 +283,7 @@ def build_recipes(recipes: list[str], attack_cfg, attack_dir: Path, pm) -> None:
     job = AttackJob(recipe=recipes[0], cfg=attack_cfg, model_path="", texts=[], labels=[],
                     recipe_dir=attack_dir / recipes[0], data="")
     cache_dir = resolve_cache_dir(job)
+    check_cache_dir(cache_dir)
     import_textattack(cache_dir, allow_download=attack_cfg.download)
     quiet = logging.getLogger("textattack")  # its model/goal-function compatibility note is about the stand-in
     level = quiet.level

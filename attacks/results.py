@@ -206,9 +206,12 @@ class RowWriter:
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across rows
 
     def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as exc:  # disk full: name the file (a torn last line is cut on --resume)
+            raise OSError(exc.errno, exc.strerror, self.file.name) from None
 
     def close(self) -> None:
         self.file.close()
@@ -217,7 +220,11 @@ class RowWriter:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:  # disk full: name the file; the one it replaces is untouched
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     tmp.replace(path)
 
 

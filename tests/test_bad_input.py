@@ -597,3 +597,82 @@ def test_pairs_and_single_texts_match_what_the_model_was_trained_on(capsys, tmp_
     argv = (["evaluate", run, "--data-file", data] if command == "evaluate" else
             ["attack", "--model", run, "--recipe", "deepwordbug", "--data-file", data, "--out", tmp_path / "out"])
     assert one_line(capsys, argv) == f"advrobust {command}: error: " + fill(expected, data=data, run=run, train=train)
+
+
+# --- a full disk (or quota, read-only file system) while writing is one line, not a traceback -----------
+NO_SPACE = "No space left on device"
+WRITE_FAILURES = [
+    # (exception, command, the line after "error: ", or None: not a write failure, re-raised)
+    (OSError(28, NO_SPACE, "run/metrics.json"), "train",
+     f"cannot write run/metrics.json: {NO_SPACE}; free space (or choose another output directory), then rerun "
+     f"the same command with --resume (the last checkpoint is kept)"),
+    (OSError(122, "Disk quota exceeded"), "attack",
+     "cannot write: Disk quota exceeded; free space (or choose another output directory), then rerun the same "
+     "command with --resume (finished examples are kept)"),
+    (OSError(30, "Read-only file system", "b/x"), "bench",
+     "cannot write b/x: Read-only file system; free space (or choose another output directory), then rerun the "
+     "same command (finished cells are kept)"),
+    (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
+                  "on device\" })"), "evaluate",
+     f"cannot write: {NO_SPACE}; free space (or choose another output directory), then rerun the same command"),
+    (OSError(2, "No such file or directory", "x"), "train", None),
+    (ValueError("a bug"), "train", None),
+]
+
+
+@pytest.mark.parametrize("exc,command,expected", WRITE_FAILURES)
+def test_which_failures_are_a_full_disk(exc, command, expected):
+    from asa_plugin.errors import write_failure
+
+    assert write_failure(exc, command) == expected
+
+
+def _disk_full_on(monkeypatch, name: str) -> None:
+    """Writing a file called ``name`` (or its temporary ``name.tmp``) fails as on a full disk."""
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name in (name, name + ".tmp"):
+            raise OSError(28, NO_SPACE)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_a_full_disk_while_evaluate_writes_its_summary(capsys, monkeypatch, tmp_path, tiny_bert_dir, toy_data):
+    run = _sst2_run(tmp_path, tiny_bert_dir)
+    _disk_full_on(monkeypatch, "summary.json")
+    assert one_line(capsys, ["evaluate", run, "--data-file", toy_data["dev"], "--name", "dev"]) == (
+        f"advrobust evaluate: error: cannot write {run / 'evaluate/dev/summary.json'}: {NO_SPACE}; free space (or "
+        f"choose another output directory), then rerun the same command")
+    assert not (run / "evaluate/dev/summary.json.tmp").exists()
+
+
+def test_a_full_disk_while_train_writes_its_metrics(capsys, monkeypatch, run_config, tmp_path):
+    _disk_full_on(monkeypatch, "metrics.json")
+    cfg = run_config(train="max_steps = 1")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err  # the progress of the one step, then the error
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"advrobust train: error: cannot write: {NO_SPACE}; free space (or choose another output directory), then "
+        f"rerun the same command with --resume (the last checkpoint is kept)")
+
+
+@pytest.mark.parametrize("rank,lines", [("0", 1), ("1", 0)])
+def test_only_rank_0_of_a_distributed_launch_prints_the_error(capsys, monkeypatch, tmp_path, rank, lines):
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train", str(tmp_path / "missing.toml")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == lines
+
+
+def test_an_attack_cache_that_cannot_be_written(capsys, tmp_path, tiny_bert_dir, toy_data):
+    blocker = write(tmp_path / "blocker", "a file")
+    argv = ["attack", "--model", tiny_bert_dir, "--recipe", "deepwordbug", "--data-file", toy_data["dev"], "--out",
+            tmp_path / "out"]
+    fix = "choose another with --set attack.cache_dir=DIR (or TA_CACHE_DIR)"
+    assert one_line(capsys, [*argv, "--set", f"attack.cache_dir={blocker}"]) == (
+        f"advrobust attack: error: attack cache {blocker}: {blocker} is a file, not a directory; {fix}")
+    line = one_line(capsys, [*argv, "--set", "attack.cache_dir=/proc/advrobust-cache"])
+    assert line.startswith("advrobust attack: error: attack cache /proc/advrobust-cache is not writable (")
+    assert line.endswith(f"); {fix}")
+    assert not (tmp_path / "out" / "attack").exists()

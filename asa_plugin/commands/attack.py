@@ -79,7 +79,7 @@ def build_jobs(args):
     from asa_plugin.attacks.jobs import recipe_jobs
     from asa_plugin.attacks.runner import Shard
     from asa_plugin.config import load_config, read_file
-    from asa_plugin.preflight import check_model_dir, check_writable, looks_local
+    from asa_plugin.preflight import check_cache_dir, check_model_dir, check_writable, looks_local
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: --resume continues earlier results, "
@@ -120,6 +120,10 @@ def build_jobs(args):
     shard = Shard.parse(args.shard) if args.shard else None
     jobs = recipe_jobs(cfg, checkpoint, out, cfg.attack.recipes, shard=shard, resume=args.resume,
                        overwrite=args.overwrite, progress=not args.no_progress)
+    if jobs:
+        from asa_plugin.attacks.runner import resolve_cache_dir
+
+        check_cache_dir(resolve_cache_dir(jobs[0]))
     if args.resume:
         from asa_plugin.attacks.results import read_rows
 
