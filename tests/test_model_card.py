@@ -26,7 +26,8 @@ def metric(loaded: ModelCard, name: str) -> float:
 CASES = [  # (defence table, its parameters as the card states them)
     pytest.param('name = "vanilla"', {}, id="vanilla"),
     pytest.param('name = "asa"\ntau = 0.5', {"tau": 0.5, "layers": "all", "gumbel_noise": False,
-                                             "adversarial_ce": False, "divergence_weight": 0.5}, id="asa"),
+                                             "adversarial_ce": False, "divergence_weight": 0.5,
+                                             "recompute_clean": False}, id="asa"),
     pytest.param('name = ["asa", "freelb"]\n[asa]\ntau = 0.3\n[freelb]\nadv_steps = 2', None, id="asa+freelb"),
 ]
 
