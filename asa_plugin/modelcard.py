@@ -29,7 +29,12 @@ except ModuleNotFoundError:  # Python 3.10
 CARD_FILE = "README.md"
 BASE_MODEL_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 """Backbone aliases (:data:`asa_plugin.adapters.loading.ALIASES`) -> the hub model their offline package ships."""
-TAGS = ["text-classification", "advrobust", "adversarial-robustness"]
+TAGS = ["advrobust", "adversarial-robustness"]
+TASKS = {  # pipeline tag -> (task name, the class that loads the export, clean metric, what the run did)
+    "text-classification": ("Text Classification", "AutoModelForSequenceClassification", "clean accuracy",
+                            "fine-tune"),
+    "fill-mask": ("Fill Mask", "AutoModelForMaskedLM", "masked-token accuracy", "masked-LM pre-training"),
+}
 
 
 @dataclass
@@ -49,6 +54,8 @@ class CardFacts:
     """recipe -> its ``summary.json`` values (accuracy_under_attack, attack_success_rate, ...)."""
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
     """recipe -> the paired comparison with the baseline (``advrobust bench``'s report cell)."""
+    task: str = "text-classification"
+    """A key of :data:`TASKS`: ``fill-mask`` for an ``advrobust pretrain`` export."""
 
     @property
     def base_model(self) -> str | None:
@@ -65,12 +72,12 @@ def _eval_results(facts: CardFacts):
     from huggingface_hub import EvalResult
 
     dataset = facts.datasets[0] if facts.datasets else "local"
-    common = dict(task_type="text-classification", task_name="Text Classification", dataset_type=dataset,
-                  dataset_name=dataset)
+    task_name, _, clean_metric, _ = TASKS[facts.task]
+    common = dict(task_type=facts.task, task_name=task_name, dataset_type=dataset, dataset_name=dataset)
     out = []
     if facts.clean_accuracy is not None:
         out.append(EvalResult(**common, dataset_split=facts.eval_split, metric_type="accuracy",
-                              metric_value=facts.clean_accuracy, metric_name="clean accuracy"))
+                              metric_value=facts.clean_accuracy, metric_name=clean_metric))
     for recipe, summary in sorted(facts.attacks.items()):
         if summary.get("accuracy_under_attack") is not None:
             out.append(EvalResult(**common, dataset_split=summary.get("split"), metric_type="accuracy",
@@ -84,15 +91,16 @@ def _pct(value: Any) -> str:
 
 
 def _body(facts: CardFacts) -> str:
-    lines = [f"# {facts.defence} fine-tune of {facts.base_model or Path(facts.backbone).name}", "",
+    _, model_class, clean_metric, what = TASKS[facts.task]
+    lines = [f"# {facts.defence} {what} of {facts.base_model or Path(facts.backbone).name}", "",
              f"Trained with the advrobust defence `{facts.defence}` "
              f"(parameters: `{json.dumps(facts.defence_params, sort_keys=True)}`) "
              f"on {facts.data_description or 'local data'}.",
-             "It is a plain `AutoModelForSequenceClassification` checkpoint: the defence's own modules (e.g. ASA's "
+             f"It is a plain `{model_class}` checkpoint: the defence's own modules (e.g. ASA's "
              "adversaries) are not part of it.", "", "## Training", ""]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in facts.training.items()]
-    lines += ["", "## Evaluation", "", f"Clean accuracy ({facts.eval_split or 'eval'} split): "
-              f"{_pct(facts.clean_accuracy)}", ""]
+    lines += ["", "## Evaluation", "", f"{clean_metric[0].upper() + clean_metric[1:]} "
+              f"({facts.eval_split or 'eval'} split): {_pct(facts.clean_accuracy)}", ""]
     if facts.attacks:
         lines += ["| recipe | accuracy under attack | attack success rate | examples "
                   "| vs baseline (difference, interval) |", "|---|---|---|---|---|"]
@@ -124,7 +132,7 @@ def render(facts: CardFacts):
     results = _eval_results(facts)
     data = ModelCardData(
         base_model=facts.base_model, datasets=facts.datasets or None, library_name="transformers",
-        pipeline_tag="text-classification", tags=TAGS + [f"defence-{n}" for n in names],
+        pipeline_tag=facts.task, tags=[facts.task, *TAGS] + [f"defence-{n}" for n in names],
         metrics=["accuracy"], model_name=f"{facts.defence}-{Path(facts.backbone).name}" if results else None,
         eval_results=results or None, advrobust=_plain(advrobust))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(facts)}")
@@ -154,6 +162,9 @@ def facts_from_run(run_dir: str | Path) -> CardFacts:
     described = dataset or ", ".join(Path(data[k]).name for k in ("train_file", "dev_file") if data.get(k))
     if data.get("max_train_examples"):
         described += f" ({data['max_train_examples']} training examples, subset seed {data.get('subset_seed', 0)})"
+    pretrain = cfg.get("pretrain")  # an advrobust pretrain run: masked-LM on a corpus
+    if pretrain:
+        described = f"the corpus {Path(str(pretrain.get('corpus', ''))).name or 'given'}"
     params = {k: v for k, v in cfg.get("defence", {}).items() if k != "name"}
     training = {"steps": metrics.get("steps"), "epochs": metrics.get("epochs"),
                 "train_examples": metrics.get("train_examples"), "batch_size": train.get("batch_size"),
@@ -170,7 +181,8 @@ def facts_from_run(run_dir: str | Path) -> CardFacts:
                      backbone=cfg.get("model", {}).get("backbone", metrics.get("backbone", "")),
                      datasets=[dataset] if dataset else [], data_description=described,
                      training={k: v for k, v in training.items() if v is not None},
-                     clean_accuracy=metrics.get("eval_accuracy"), eval_split=data.get("eval_split"), attacks=attacks)
+                     clean_accuracy=metrics.get("eval_accuracy"), eval_split=data.get("eval_split"), attacks=attacks,
+                     task="fill-mask" if pretrain else "text-classification")
 
 
 def _names(cfg: dict) -> list[str]:

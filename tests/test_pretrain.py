@@ -248,6 +248,13 @@ def test_export_loads_as_masked_lm_and_fine_tunes_with_train(tmp_path, pretrain_
 
     model, info = AutoModelForMaskedLM.from_pretrained(run / "model", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "model" / "README.md").data.to_dict()  # a fill-mask card, not a classifier's
+    assert card["pipeline_tag"] == "fill-mask" and "fill-mask" in card["tags"]
+    (result,) = card["model-index"][0]["results"]
+    assert result["task"]["type"] == "fill-mask" and result["metrics"][0]["name"] == "masked-token accuracy"
+    assert result["metrics"][0]["value"] == metrics["eval_accuracy"]
     assert not any("adversary" in k for k in load_file(run / "model" / "model.safetensors"))
 
     finetune = {"model": {"backbone": str(run / "model"), "num_labels": 2, "max_length": 16},
