@@ -204,15 +204,43 @@ def check_bench_settings(plan) -> None:
     keys = changed_settings(old["settings"], new["settings"], BENCH_IGNORED, {"plugins"})
     changed = [f"{k} ({_get(old['settings'], k)!r} -> {_get(new['settings'], k)!r})" for k in keys]
     old_params = {label: _resolved_params(p) for label, p in (old.get("defence_params") or {}).items()}
+    defaults = {c.label: _resolved_params(_default_params(c.cfg.defence)) for c in plan.cells}
     for label, params in new["defence_params"].items():
         params = _resolved_params(params)
-        before = old_params.get(label, params)
+        if label not in old_params:
+            continue
+        before = _with_defaults(old_params[label], defaults.get(label, {}))
         changed += [f"defence '{label}' {key} ({before.get(key)!r} -> {params.get(key)!r})"
                     for key in sorted(set(before) | set(params)) if before.get(key) != params.get(key)]
     if changed:
         raise UserError(f"{plan.out_dir / BENCH_FILE}: this bench ran with other settings: {_listed(changed)}; "
                         f"its finished cells would be reported under the new ones. Rerun with its settings, or "
                         f"choose a new directory with --set bench.out_dir=...")
+
+
+def _default_params(defence) -> dict[str, Any]:
+    """``defence.to_dict()`` with every parameter at its default: what a bench record written before an
+    option existed ran with (a parameter added later counts as changed only when it leaves its default)."""
+    from asa_plugin.config import DefenceConfig
+
+    params = {}
+    for name, p in defence.params.items():
+        try:
+            params[name] = type(p)()
+        except TypeError:  # a plugin's parameters without defaults: nothing to complete from
+            continue
+    return DefenceConfig(names=list(defence.names), params=params).to_dict()
+
+
+def _with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A recorded parameter dict completed with the defaults of the keys it lacks (nested per component)."""
+    out = dict(recorded)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def _resolved_params(params: dict[str, Any]) -> dict[str, Any]:

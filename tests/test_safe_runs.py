@@ -196,6 +196,31 @@ def test_a_bench_rerun_accepts_what_does_not_change_results(tmp_path, tiny_bert_
         check_bench_settings(load_plan(cfg, ["bench.defences=['vanilla','scal']", "attack.modify_columns=['text']"]))
 
 
+def test_a_bench_rerun_accepts_a_defence_option_its_record_predates(tmp_path, tiny_bert_dir, toy_data):
+    """A defence parameter added after bench.json was written (ASA's recompute_clean), alone or inside a
+    composition, is the same bench at its default and a changed one away from it."""
+    import json
+
+    import pytest
+
+    from asa_plugin.bench.grid import write_bench_file
+    from asa_plugin.bench.plan import BENCH_FILE, load_plan
+    from asa_plugin.errors import UserError
+    from asa_plugin.preflight import check_bench_settings
+
+    cfg = _bench_config(tmp_path, tiny_bert_dir, toy_data)
+    labels = "bench.defences=['vanilla','asa','asa+freelb']"
+    write_bench_file(load_plan(cfg, [labels]))
+    record = tmp_path / "bench" / BENCH_FILE
+    old = json.loads(record.read_text())
+    old["defence_params"]["asa"].pop("recompute_clean")  # written before the option existed
+    old["defence_params"]["asa+freelb"]["asa"].pop("recompute_clean")
+    record.write_text(json.dumps(old))
+    check_bench_settings(load_plan(cfg, [labels]))
+    with pytest.raises(UserError, match=r"defence 'asa' recompute_clean \(False -> True\)"):
+        check_bench_settings(load_plan(cfg, [labels, "defence.asa.recompute_clean=true"]))
+
+
 def test_a_bench_rerun_over_a_damaged_finished_cell_stops_before_training(capsys, tmp_path, tiny_bert_dir,
                                                                           toy_data):
     cfg = _bench_config(tmp_path, tiny_bert_dir, toy_data)
