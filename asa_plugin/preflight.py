@@ -187,6 +187,8 @@ def check_resume(cfg, run_dir: Path) -> None:
         raise UserError(f"{resolved} is damaged; restore it, or start a new run with "
                         f"--set output.run_dir=...") from None
     new = cfg.to_dict()
+    old["defence"], new["defence"] = (without_execution_only(old.get("defence") or {}),
+                                      without_execution_only(new.get("defence") or {}))
     changed = changed_settings(old, new)
     if changed:
         state = "finished" if (run_dir / "metrics.json").is_file() else "started"
@@ -206,16 +208,40 @@ def check_bench_settings(plan) -> None:
     old_params = {label: _resolved_params(p) for label, p in (old.get("defence_params") or {}).items()}
     defaults = {c.label: _resolved_params(_default_params(c.cfg.defence)) for c in plan.cells}
     for label, params in new["defence_params"].items():
-        params = _resolved_params(params)
+        params = without_execution_only(_resolved_params(params))
         if label not in old_params:
             continue
-        before = _with_defaults(old_params[label], defaults.get(label, {}))
+        before = without_execution_only(_with_defaults(old_params[label], defaults.get(label, {})))
         changed += [f"defence '{label}' {key} ({before.get(key)!r} -> {params.get(key)!r})"
                     for key in sorted(set(before) | set(params)) if before.get(key) != params.get(key)]
     if changed:
         raise UserError(f"{plan.out_dir / BENCH_FILE}: this bench ran with other settings: {_listed(changed)}; "
                         f"its finished cells would be reported under the new ones. Rerun with its settings, or "
                         f"choose a new directory with --set bench.out_dir=...")
+
+
+def without_execution_only(defence: dict[str, Any]) -> dict[str, Any]:
+    """A ``[defence]`` table (as ``DefenceConfig.to_dict`` writes it) without the options its defences
+    declare ``EXECUTION_ONLY``: how a step is computed, not what (e.g. ASA's ``recompute_clean``)."""
+    from asa_plugin.errors import UserError
+    from asa_plugin.plugins import get_plugin_manager
+
+    def execution_only(name: str) -> frozenset[str]:
+        try:
+            return getattr(get_plugin_manager().defences.get(name).Params, "EXECUTION_ONLY", frozenset())
+        except UserError:  # an unknown defence: compared in full
+            return frozenset()
+
+    names = defence.get("name")
+    names = [names] if isinstance(names, str) else list(names or [])
+    out = dict(defence)
+    if len(names) == 1:
+        for key in execution_only(names[0]):
+            out.pop(key, None)
+    for name in names if len(names) > 1 else []:
+        if isinstance(out.get(name), dict):
+            out[name] = {k: v for k, v in out[name].items() if k not in execution_only(name)}
+    return out
 
 
 def _default_params(defence) -> dict[str, Any]:

@@ -82,11 +82,15 @@ def flipped_copy(src: Path, dst: Path, flip_every: int = 5) -> Path:
 
 def attack_args(model: Path, data: Path, out: Path, cache: Path, recipe: str, *extra: str,
                 num_examples: int = 8) -> list[str]:
-    """argv of ``advrobust attack`` on the toy data, offline assets from the environment."""
+    """argv of ``advrobust attack`` on the toy data, offline assets from the environment.
+
+    One worker (the attack runs in the test's process, TextAttack imported once per session) unless
+    ``extra`` asks for workers: the worker pool has its own tests, which say ``--workers``."""
+    workers = [] if any("workers" in arg for arg in extra) else ["--workers", "1"]
     return ["attack", "--model", str(model), "--recipe", recipe, "--data-file", str(data),
             "--num-examples", str(num_examples), "--out", str(out), "--no-progress",
             "--set", f"attack.cache_dir={cache}", "--set", f"attack.nltk_data={nltk_data_dir()}",
-            "--set", "attack.embedding_vocab_size=8000", *extra]
+            "--set", "attack.embedding_vocab_size=8000", *workers, *extra]
 
 
 def read_jsonl(path: Path) -> list[dict]:

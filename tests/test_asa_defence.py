@@ -262,4 +262,4 @@ def test_recomputing_the_clean_pass_gives_the_same_gradients(tiny_bert_dir, name
         modules = [adapter.model, *defence.trainable_modules()]
         grads.append(torch.cat([p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None]))
     assert grads[0].abs().sum() > 0
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    assert torch.equal(grads[1], grads[0])  # bit for bit on CPU: why resume and bench may change it

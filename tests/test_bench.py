@@ -32,8 +32,10 @@ def bench_config(path: Path, out: Path, model: Path, data: dict, cache: Path, be
         "data": {"train_file": str(data["train"]), "dev_file": str(data["dev"])},
         "defence": {"fgm": {"epsilon": 0.5}, "asa": {"tau": 0.5}},
         "train": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "seed": 7, **(train or {})},
+        # workers = 1: attacks run in the test's process (TextAttack imported once, not per cell and worker);
+        # worker pools have their own tests (test_attack_resume_shard.py, test_bench_executors.py)
         "attack": {"profile": "stock", "num_examples": N, "seed": 3, "cache_dir": str(cache),
-                   "nltk_data": nltk_data_dir()},
+                   "nltk_data": nltk_data_dir(), "workers": 1},
     }
     path.write_text(tomli_w.dumps(config))
     return path

@@ -103,11 +103,13 @@ def test_bench_lists_static_sets_beside_recipes(tmp_path, tiny_bert_dir, toy_dat
                                    "qqp": [{"idx": 0, "label": 0, "question1": "a", "question2": "b"}]}))
     out = tmp_path / "bench"
     config = {"bench": {"defences": ["vanilla", "fgm"], "recipes": ["deepwordbug"], "out_dir": str(out),
-                        "static_sets": [f"{advglue}#sst2", str(toy_data["dev"])]},
+                        "static_sets": [f"{advglue}#sst2", str(toy_data["dev"])],
+                        "max_parallel": 1},  # cells in the test's process: imports paid once
               "model": {"backbone": str(tiny_bert_dir), "max_length": 32},
               "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},
               "train": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "seed": 7},
-              "attack": {"num_examples": 2, "seed": 3, "cache_dir": str(attack_cache), "nltk_data": nltk_data_dir()}}
+              "attack": {"num_examples": 2, "seed": 3, "cache_dir": str(attack_cache), "nltk_data": nltk_data_dir(),
+                         "workers": 1}}
     (tmp_path / "bench.toml").write_text(tomli_w.dumps(config))
     assert main(["bench", str(tmp_path / "bench.toml"), "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())

@@ -47,6 +47,16 @@ def test_resume_refuses_a_change_of_any_defence_setting(capsys, tmp_path, run_co
                            f"settings: {named}"), line
 
 
+@pytest.mark.parametrize("defence, changed", [('name = "asa"', "defence.recompute_clean=false"),
+                                               ('name = ["asa", "freelb"]', "defence.asa.recompute_clean=false")])
+def test_resume_accepts_a_change_of_how_not_what_is_computed(capsys, tmp_path, run_config, defence, changed):
+    """ASA's recompute_clean gives the same gradients bit for bit (test_asa_defence.py): not a new run."""
+    cfg = run_config(defence, "max_steps = 1")
+    assert main(["train", str(cfg)]) == 0
+    assert main(["train", str(cfg), "--resume", "--set", changed]) == 0
+    assert "other settings" not in capsys.readouterr().err
+
+
 @pytest.fixture
 def interrupted_run(tmp_path, run_config, monkeypatch, capsys):
     """A run stopped by Ctrl-C after its first epoch, with a checkpoint at step 6; its config."""

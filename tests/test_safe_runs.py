@@ -197,8 +197,9 @@ def test_a_bench_rerun_accepts_what_does_not_change_results(tmp_path, tiny_bert_
 
 
 def test_a_bench_rerun_accepts_a_defence_option_its_record_predates(tmp_path, tiny_bert_dir, toy_data):
-    """A defence parameter added after bench.json was written (ASA's recompute_clean), alone or inside a
-    composition, is the same bench at its default and a changed one away from it."""
+    """A defence parameter missing from bench.json (written before the option existed), alone or inside a
+    composition, is the same bench at its default and a changed one away from it; an option that changes
+    how, not what, is computed (ASA's recompute_clean) may change."""
     import json
 
     import pytest
@@ -213,12 +214,13 @@ def test_a_bench_rerun_accepts_a_defence_option_its_record_predates(tmp_path, ti
     write_bench_file(load_plan(cfg, [labels]))
     record = tmp_path / "bench" / BENCH_FILE
     old = json.loads(record.read_text())
-    old["defence_params"]["asa"].pop("recompute_clean")  # written before the option existed
-    old["defence_params"]["asa+freelb"]["asa"].pop("recompute_clean")
+    old["defence_params"]["asa"].pop("divergence_weight")  # as if written before the option existed
+    old["defence_params"]["asa+freelb"]["asa"].pop("divergence_weight")
     record.write_text(json.dumps(old))
     check_bench_settings(load_plan(cfg, [labels]))
-    with pytest.raises(UserError, match=r"defence 'asa' recompute_clean \(False -> True\)"):
-        check_bench_settings(load_plan(cfg, [labels, "defence.asa.recompute_clean=true"]))
+    check_bench_settings(load_plan(cfg, [labels, "defence.asa.recompute_clean=false"]))
+    with pytest.raises(UserError, match=r"defence 'asa' divergence_weight \(0.5 -> 1.0\)"):
+        check_bench_settings(load_plan(cfg, [labels, "defence.asa.divergence_weight=1.0"]))
 
 
 def test_a_bench_rerun_over_a_damaged_finished_cell_stops_before_training(capsys, tmp_path, tiny_bert_dir,
