@@ -164,3 +164,36 @@ def test_shipped_configs_load_and_validate(relative):
 
 def test_there_are_shipped_configs_to_check():
     assert any(p.startswith("examples/") for p in SHIPPED) and any(p.startswith("benchmarks/") for p in SHIPPED)
+
+
+def test_config_command_prints_a_pretraining_config_that_loads_back_identically(tmp_path, capsys):
+    from asa_plugin.cli import main
+    from asa_plugin.pretraining.config import load_pretrain_config
+
+    path = tmp_path / "p.toml"
+    path.write_text("[pretrain]\ncorpus = 'corpus.txt'\nwhole_word_mask = true\n[defence]\nname = 'asa'\n")
+    assert main(["config", str(path), "--set", "pretrain.mlm_probability=0.2"]) == 0
+    printed = tmp_path / "printed.toml"
+    printed.write_text(capsys.readouterr().out)
+    again, cfg = load_pretrain_config(printed), load_pretrain_config(path, ["pretrain.mlm_probability=0.2"])
+    assert again.pretrain == cfg.pretrain and again.defence == cfg.defence
+    assert again.pretrain.mlm_probability == pytest.approx(0.2) and again.pretrain.whole_word_mask
+    assert main(["config", str(path), "--set", "pretrain.corpus_file=x"]) == 2
+    assert "unknown key pretrain.corpus_file" in capsys.readouterr().err
+
+
+def test_config_command_prints_a_bench_config_with_each_labels_parameters(tmp_path, capsys):
+    import tomllib
+
+    from asa_plugin.cli import main
+
+    path = tmp_path / "b.toml"
+    path.write_text("[bench]\ndefences = ['vanilla', 'asa+freelb']\nrecipes = ['pwws']\n"
+                    "[defence.asa]\ntau = 0.3\n[train]\nepochs = 1\n")
+    assert main(["config", str(path)]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["bench"]["defences"] == ["vanilla", "asa+freelb"] and printed["train"]["epochs"] == 1
+    assert printed["defence"]["asa+freelb"]["asa"]["tau"] == 0.3
+    assert printed["defence"]["vanilla"] == {"name": "vanilla"}
+    assert main(["config", str(path), "--set", "bench.defences=[]"]) == 2
+    assert "bench.defences is empty" in capsys.readouterr().err

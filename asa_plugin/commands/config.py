@@ -39,14 +39,31 @@ def reference() -> str:
     return "\n".join(lines)
 
 
+def resolved(path: str | None, overrides: list[str]) -> dict:
+    """The resolved values of a run config; of a pre-training config (it has ``[pretrain]``); or of a bench
+    config (``[bench]``: the section plus the settings and defence parameters every cell gets)."""
+    from asa_plugin.config import apply_overrides, load_config, read_file, toml_values
+
+    sections = set(apply_overrides(read_file(path), overrides)) if path else set()
+    if "bench" in sections:
+        from asa_plugin.bench.plan import load_plan
+
+        plan = load_plan(path, overrides)
+        described = plan.describe()
+        return {"bench": toml_values(plan.bench), **described["settings"],
+                "defence": {label: params for label, params in described["defence_params"].items()}}
+    if "pretrain" in sections:
+        from asa_plugin.pretraining.config import load_pretrain_config
+
+        return load_pretrain_config(path, overrides).to_dict()
+    return load_config(path, overrides).to_dict()
+
+
 def run(args) -> int:
     if args.reference:
         print(reference())
         return 0
     import tomli_w
 
-    from asa_plugin.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    print(tomli_w.dumps(cfg.to_dict()), end="")
+    print(tomli_w.dumps(resolved(args.config, args.overrides)), end="")
     return 0
