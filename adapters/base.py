@@ -67,6 +67,18 @@ class BackboneAdapter:
     def model_inputs(self, batch: Batch) -> Batch:
         return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
+    @contextmanager
+    def unwrapped_runner(self) -> Iterator[None]:
+        """Forwards inside go to the module a DistributedDataParallel ``runner`` wraps: the same
+        computation without DDP's per-forward bookkeeping (for a recomputation inside the backward)."""
+        wrapper = self.runner
+        if isinstance(wrapper, nn.parallel.DistributedDataParallel):
+            self.runner = wrapper.module
+        try:
+            yield
+        finally:
+            self.runner = wrapper
+
     def forward(self, batch: Batch, inputs_embeds: torch.Tensor | None = None,
                 output_hidden_states: bool = False) -> SequenceClassifierOutput:
         """Logits for ``batch`` (token ids, or ``inputs_embeds`` (B, L, H) in their place)."""

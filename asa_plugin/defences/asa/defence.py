@@ -104,7 +104,7 @@ class ASADefence(Defence):
         """One pass of ASA's loss on ``batch`` (optionally on given input embeddings)."""
         labels = batch["labels"]
         if self.params.recompute_clean:  # its activations are recomputed when the backward reaches them
-            clean = checkpoint(self._logits, batch, inputs_embeds, use_reentrant=False)  # (B, C)
+            clean = checkpoint(self._recomputable_logits(), batch, inputs_embeds, use_reentrant=False)  # (B, C)
         else:
             clean = self._logits(batch, inputs_embeds)  # (B, C)
         with self.adversarial_attention(batch) as masks:
@@ -119,6 +119,23 @@ class ASADefence(Defence):
         self._last = {"asa_model_loss": model_loss.item(), "asa_ce": ce.item(),
                       "asa_symmetric_kl": divergence.item(), "asa_kept_units": kept.item()}
         return model_loss + self.params.tau ** 2 * kept
+
+    def _recomputable_logits(self):
+        """``_logits`` for ``checkpoint``: the first call is the forward; a later one is the recomputation
+        inside the backward, which calls the module inside a DistributedDataParallel runner directly (a DDP
+        forward there would start a new gradient reduction before the running one has finished; the module
+        is the same, with Accelerate's autocast, so the recomputed activations are the forward's)."""
+        calls = 0
+
+        def logits(batch: Batch, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return self._logits(batch, inputs_embeds)
+            with self.adapter.unwrapped_runner():
+                return self._logits(batch, inputs_embeds)
+
+        return logits
 
     def _logits(self, batch: Batch, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
         return self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
