@@ -35,6 +35,11 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 """A write that failed for want of room or permission to write there: the disk, not the program."""
 RUST_NO_SPACE = ("os error 28", "StorageFull")
 """How safetensors (Rust) words ENOSPC in the errors it raises while saving weights."""
+TORCH_WRITE_FAILED = ("basic_ios::clear", "PytorchStreamWriter failed", "file write failed",
+                      "inline_container.cc")
+"""How ``torch.save`` (its C++ zip writer) reports a write that failed, without an errno: found by saving a
+checkpoint onto a nearly full tmpfs ("basic_ios::clear: iostream error", "[enforce fail at
+inline_container.cc:672] . unexpected pos ...")."""
 RERUN = {"train": "rerun the same command with --resume (the last checkpoint is kept)",
          "attack": "rerun the same command with --resume (finished examples are kept)",
          "bench": "rerun the same command (finished cells are kept)"}
@@ -47,6 +52,9 @@ def write_failure(exc: BaseException, command: str) -> str | None:
         where, reason = (f" {exc.filename}" if exc.filename else ""), exc.strerror or os.strerror(exc.errno)
     elif any(marker in str(exc) for marker in RUST_NO_SPACE):
         where, reason = "", os.strerror(errno.ENOSPC)
+    elif isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in TORCH_WRITE_FAILED):
+        first = str(exc).strip().splitlines()[0][:120]
+        where, reason = "", f"torch's file writer failed ({first}), as it does on a full disk"
     else:
         return None
     return (f"cannot write{where}: {reason}; free space (or choose another output directory), then "

@@ -615,6 +615,14 @@ WRITE_FAILURES = [
     (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
                   "on device\" })"), "evaluate",
      f"cannot write: {NO_SPACE}; free space (or choose another output directory), then rerun the same command"),
+    # torch.save (its C++ zip writer) on a nearly full tmpfs: no errno, these words (found on a 3 MiB tmpfs)
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 266880 vs 266768"), "train",
+     "cannot write: torch's file writer failed ([enforce fail at inline_container.cc:672] . unexpected pos 266880 "
+     "vs 266768), as it does on a full disk; free space (or choose another output directory), then rerun the same "
+     "command with --resume (the last checkpoint is kept)"),
+    (RuntimeError("basic_ios::clear: iostream error"), "pretrain",
+     "cannot write: torch's file writer failed (basic_ios::clear: iostream error), as it does on a full disk; free "
+     "space (or choose another output directory), then rerun the same command"),
     (OSError(2, "No such file or directory", "x"), "train", None),
     (ValueError("a bug"), "train", None),
 ]
@@ -656,6 +664,31 @@ def test_a_full_disk_while_train_writes_its_metrics(capsys, monkeypatch, run_con
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         f"advrobust train: error: cannot write: {NO_SPACE}; free space (or choose another output directory), then "
         f"rerun the same command with --resume (the last checkpoint is kept)")
+
+
+def test_a_full_disk_while_train_saves_a_checkpoint(capsys, monkeypatch, run_config, tmp_path):
+    """torch.save's own failure (no errno) while Accelerate writes the optimizer state: one line, and the
+    previous checkpoint stays for --resume."""
+    import torch
+
+    real = torch.save
+    saves = []
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(str(f))
+        if str(f).endswith("optimizer.bin") and sum(s.endswith("optimizer.bin") for s in saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 266880 vs 266768")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    cfg = run_config(train="checkpoint_every_steps = 2")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "advrobust train: error: cannot write: torch's file writer failed ([enforce fail at inline_container.cc")
+    assert (tmp_path / "run" / "checkpoint" / "optimizer.bin").is_file()  # the first checkpoint, kept
+    monkeypatch.setattr(torch, "save", real)
+    assert main(["train", str(cfg), "--resume"]) == 0
 
 
 @pytest.mark.parametrize("rank,lines", [("0", 1), ("1", 0)])
