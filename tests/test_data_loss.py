@@ -143,6 +143,39 @@ def test_train_into_a_run_directory_with_only_a_log_is_accepted(tmp_path, run_co
     assert main(["train", str(run_config(train="max_steps = 1"))]) == 0
 
 
+def test_train_into_a_run_directory_with_only_caches_and_locks_is_accepted(tmp_path, run_config):
+    """Dot-named files and folders are caches and locks, not results (a bench's pre-flight caches the
+    recipes' assets in the first run's attack/.cache before that run trains)."""
+    run = tmp_path / "run"
+    (run / "attack" / ".cache" / "textattack").mkdir(parents=True)
+    (run / "attack" / ".cache" / "textattack" / "derived.pkl").write_bytes(b"assets")
+    (run / "attack" / "pwws").mkdir()
+    (run / "attack" / "pwws" / ".lock").write_text("pid 1")
+    assert main(["train", str(run_config(train="max_steps = 1"))]) == 0
+
+
+def test_a_fresh_bench_without_an_attack_cache_dir_trains_every_run(tmp_path, tiny_bert_dir, toy_data, monkeypatch):
+    """The default cache (RUN/attack/.cache of the first run, filled by the pre-flight) must not make that
+    run's training refuse its directory."""
+    import tomli_w
+    from attack_support import nltk_data_dir
+
+    monkeypatch.delenv("TA_CACHE_DIR", raising=False)
+    out = tmp_path / "bench"
+    config = {"bench": {"defences": ["vanilla", "fgm"], "recipes": ["deepwordbug"], "out_dir": str(out),
+                        "max_parallel": 1},
+              "model": {"backbone": str(tiny_bert_dir), "num_labels": 2, "max_length": 32},
+              "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},
+              "train": {"max_steps": 2, "batch_size": 16, "lr": 5e-3, "seed": 7},
+              "attack": {"profile": "stock", "num_examples": 2, "seed": 3, "workers": 1,
+                         "nltk_data": nltk_data_dir()}}
+    (tmp_path / "bench.toml").write_text(tomli_w.dumps(config))
+    assert main(["bench", str(tmp_path / "bench.toml"), "--no-progress"]) == 0
+    assert any(p.is_file() for p in (out / "runs" / "vanilla" / "attack" / ".cache").rglob("*"))
+    for run in ("vanilla", "fgm"):
+        assert (out / "runs" / run / "attack" / "deepwordbug" / "summary.json").is_file()
+
+
 # --- a refused bench rerun writes nothing -------------------------------------------------------------------
 def test_a_bench_rerun_with_reordered_seeds_is_refused_before_bench_json_is_rewritten(capsys, tmp_path,
                                                                                     tiny_bert_dir, toy_data):

@@ -110,10 +110,17 @@ RESULT_DIRS = ("model", "attack", "evaluate")
 """What a finished run leaves besides metrics.json: a new training would make them stale."""
 
 
+def _is_result(path: Path, root: Path) -> bool:
+    """A file under ``root`` that describes a model: not a cache or a lock (a dot-named file or folder, e.g.
+    the attack assets a bench's pre-flight caches in ``attack/.cache`` before the run trains)."""
+    return path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _refuse_orphan_results(run_dir: Path) -> None:
     """A run directory whose metrics.json (and checkpoint) are gone but whose model or attack/evaluate
     results remain: training into it would leave those results describing another model."""
-    found = [f"{name}/" for name in RESULT_DIRS if any(p.is_file() for p in (run_dir / name).rglob("*"))]
+    found = [f"{name}/" for name in RESULT_DIRS
+             if any(_is_result(p, run_dir / name) for p in (run_dir / name).rglob("*"))]
     if found:
         raise UserError(f"run directory {run_dir} holds {', '.join(found)} of an earlier run but no metrics.json "
                         f"or checkpoint; training into it would leave them describing another model: move them "
