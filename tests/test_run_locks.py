@@ -97,6 +97,24 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, run_config):
     assert (run / "metrics.json").is_file() and not (run / LOCK_FILE).exists()
 
 
+def test_a_pre_training_run_holds_its_lock_under_its_own_command(tmp_path, monkeypatch):
+    """A second user of a pre-training run is told the holder is `advrobust pretrain`, not `train`."""
+    import asa_plugin.training.loop as loop
+    from asa_plugin.pretraining.task import MaskedLMTask
+
+    seen = []
+
+    def record(cfg, resume, pm, task):
+        seen.append(json.loads((cfg.run_dir() / LOCK_FILE).read_text())["command"])
+        return {}
+
+    monkeypatch.setattr(loop, "_train", record)
+    cfg = types.SimpleNamespace(run_dir=lambda: tmp_path / "pre", source="pre.toml")
+    loop.train(cfg, task=MaskedLMTask())
+    loop.train(cfg)
+    assert seen == ["advrobust pretrain pre.toml", "advrobust train pre.toml"]
+
+
 def test_the_lock_is_released_after_an_error_and_after_ctrl_c(capsys, tmp_path, run_config, monkeypatch):
     import asa_plugin.training.loop as loop
     from asa_plugin.locks import run_lock

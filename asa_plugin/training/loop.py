@@ -135,7 +135,8 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None,
     The run directory is locked for the whole run (by the main process of a multi-process launch):
     a second ``train`` (or an ``attack``) of it is refused, naming this one."""
     main_process = os.environ.get("RANK", "0") == "0"  # set by accelerate launch / torchrun
-    with run_lock(cfg.run_dir(), f"advrobust train {cfg.source}", enabled=main_process):
+    command = task.name if task is not None else "train"  # the holder named as the user typed it
+    with run_lock(cfg.run_dir(), f"advrobust {command} {cfg.source}", enabled=main_process):
         return _train(cfg, resume, pm, task)
 
 
