@@ -298,9 +298,10 @@ def describe_job(num_train: int, steps_per_epoch: int, total_steps: int, epochs:
     return f"training {total_steps} steps ({span}; {num_train} examples, batch {tc.batch_size}); {ckpt}"
 
 
-def check_bench(plan, pm) -> None:
+def check_bench(plan, pm, runs_now=lambda cell: True) -> None:
     """Before a bench trains anything: same settings as the bench already in out_dir, outputs
-    writable, data files present, every recipe buildable with its assets."""
+    writable, data files present, every recipe buildable with its assets, and the pre-trained backbone of
+    every cell that ``runs_now`` (with ``--only-*``, a cell left for later may name one not made yet)."""
     check_bench_settings(plan)
     check_writable(plan.out_dir, "bench.out_dir", "choose another with --set bench.out_dir=...")
     from asa_plugin.attacks.results import read_json, read_rows
@@ -314,7 +315,7 @@ def check_bench(plan, pm) -> None:
     for cell in plan.cells:
         check_seed(cell)  # a run trained with another seed (bench.seeds changed): before bench.json is rewritten
         check_data_files(cell.cfg.data, plan.source)
-        if "@" in cell.label and looks_local(cell.cfg.model.backbone):  # a bench.backbones entry
+        if "@" in cell.label and looks_local(cell.cfg.model.backbone) and runs_now(cell):  # bench.backbones
             check_model_dir(cell.cfg.model.backbone, f"bench.backbones ('{cell.label}'):")
         if (cell.run_dir / "metrics.json").is_file():  # finished cells are reused: they must be readable
             read_json(cell.run_dir / "metrics.json", "metrics.json")

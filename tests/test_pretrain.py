@@ -400,3 +400,26 @@ def test_two_processes_pre_train_and_evaluate_every_held_out_block_once(tmp_path
     assert two["eval_predicted_tokens"] == one["eval_predicted_tokens"]  # the same held-out masks, counted once
     assert two["steps"] == 3 and math.isfinite(two["eval_mlm_loss"])
     assert (double / "asa_adversary.safetensors").is_file()
+
+
+def test_only_defences_checks_the_backbones_of_the_cells_it_runs(tmp_path, toy_data, tiny_bert_dir, capsys):
+    """A pre-trained encoder still being made does not block the cells of the finished ones."""
+    from asa_plugin.bench.plan import load_plan
+    from asa_plugin.errors import UserError
+    from asa_plugin.plugins import get_plugin_manager
+    from asa_plugin.preflight import check_bench
+
+    config = {"model": {"backbone": "minilm", "num_labels": 2, "max_length": 32},
+              "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},
+              "bench": {"defences": ["vanilla@ready", "vanilla@later"], "recipes": ["deepwordbug"],
+                        "backbones": [f"ready={tiny_bert_dir}", f"later={tmp_path / 'not-yet' / 'model'}"],
+                        "out_dir": str(tmp_path / "bench")},
+              "attack": {"download": False}}
+    path = tmp_path / "bench.toml"
+    path.write_text(tomli_w.dumps(config))
+    plan, pm = load_plan(path), get_plugin_manager()
+    check_bench(plan, pm, runs_now=lambda cell: cell.label == "vanilla@ready")
+    with pytest.raises(UserError, match="bench.backbones \\('vanilla@later'\\)"):
+        check_bench(plan, pm)
+    assert main(["bench", str(path), "--only-defences", "vanilla@later"]) == 2
+    assert "not-yet/model: directory not found" in capsys.readouterr().err

@@ -54,10 +54,14 @@ def run(args) -> int:
     only_defences = _names(args.only_defences, plan.labels, "--only-defences")
     only_recipes = _names(args.only_recipes, plan.recipes, "--only-recipes")
     only_seeds = _names(args.only_seeds, [str(s) for s in plan.seeds], "--only-seeds")
+    seeds = None if only_seeds is None else [int(s) for s in only_seeds]
+
+    def runs_now(cell) -> bool:
+        return (only_defences is None or cell.label in only_defences) and (seeds is None or cell.seed in seeds)
+
     with run_lock(plan.out_dir, f"advrobust bench {args.config}"):  # one bench per out_dir at a time
-        check_bench(plan, pm)  # settings, outputs, data and every recipe's assets, before any training
+        check_bench(plan, pm, runs_now)  # settings, outputs, data and every recipe's assets, before any training
         interrupts.set_rerun(f"rerun `advrobust bench {args.config}` to continue (finished cells are kept)")
-        seeds = None if only_seeds is None else [int(s) for s in only_seeds]
         outcome = run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences,
                            only_recipes=only_recipes, only_seeds=seeds)
         report = write_report(plan.out_dir, pm)  # once, at the end, from what is on disk
