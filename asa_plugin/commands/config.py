@@ -51,7 +51,7 @@ def resolved(path: str | None, overrides: list[str]) -> dict:
         plan = load_plan(path, overrides)
         described = plan.describe()
         return {"bench": toml_values(plan.bench), **described["settings"],
-                "defence": {label: params for label, params in described["defence_params"].items()}}
+                "defence": described["defence_params"]}
     if "pretrain" in sections:
         from asa_plugin.pretraining.config import load_pretrain_config
 
