@@ -90,3 +90,32 @@ def apply_threads(configured: int | None, default: int) -> ThreadChoice:
     if torch.get_num_threads() != choice.threads:
         torch.set_num_threads(choice.threads)
     return choice
+
+
+# --- threads lent by the bench's executor ------------------------------------------------------------------------
+_lent_threads = None
+"""A shared integer (``multiprocessing`` raw value) the local executor rewrites with the threads this cell
+process may use now (see :func:`asa_plugin.bench.executors.lend_idle_cores`); None outside such a process."""
+
+
+def install_thread_budget(shared) -> None:
+    """Let this process follow ``shared.value``, the thread count the executor lends it (``bench.lend_idle_cores``)."""
+    global _lent_threads
+    _lent_threads = shared
+
+
+def follow_thread_budget(choice: ThreadChoice) -> int | None:
+    """Set torch's intra-op threads to the count the executor lends this process, when it differs from the
+    current count; return the new count, else None.
+
+    Only a count chosen by default follows the budget: ``train.threads`` and ``OMP_NUM_THREADS`` win. The
+    executor never lends fewer than one thread."""
+    if _lent_threads is None or choice.source != "default":
+        return None
+    import torch
+
+    wanted = max(1, int(_lent_threads.value))
+    if wanted == torch.get_num_threads():
+        return None
+    torch.set_num_threads(wanted)
+    return wanted

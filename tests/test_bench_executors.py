@@ -187,3 +187,43 @@ def test_a_cell_with_a_bad_recipe_asset_fails_alone_and_is_reported(cluster, tmp
         assert rows(out, label, "deepwordbug") == rows(grids[2], label, "deepwordbug")
     outcome = run_grid(load_plan(config))  # a rerun retries only what is not done
     assert outcome["ran"] == [] and sorted(outcome["failed"]) == ["attack fgm/bae", "attack vanilla/bae"]
+
+
+# --- lending idle cores to training (bench.lend_idle_cores) -------------------------------------------------------
+def test_idle_cores_go_to_the_training_cells_never_to_attacks(tmp_path, tiny_bert_dir, toy_data, attack_cache):
+    from asa_plugin.bench.executors import lend_idle_cores
+
+    plan = load_plan(grid_config(tmp_path / "g.toml", tmp_path / "out", tiny_bert_dir, toy_data, attack_cache))
+    cells = {c.key: c for c in build_cells(plan)}
+    train_v, train_f = cells["train vanilla"], cells["train fgm"]
+    attack = cells["attack vanilla/pwws"]
+    assert lend_idle_cores(2, [train_f]) == [2]  # alone on 2 cores: both
+    assert lend_idle_cores(2, [train_f, attack]) == [1, 1]  # the core is taken back
+    assert lend_idle_cores(2, [attack]) == [1]  # attacks keep one thread
+    assert lend_idle_cores(8, [train_v, attack, train_f]) == [4, 1, 3]  # 5 idle cores, evenly, first first
+    assert lend_idle_cores(1, [train_v, train_f]) == [1, 1]  # more cells than cores: one each
+
+
+def test_a_training_cell_alone_trains_on_the_idle_cores_and_says_so(tmp_path, tiny_bert_dir, toy_data, attack_cache,
+                                                                    monkeypatch):
+    from asa_plugin.threads import THREAD_ENVS, cpu_count
+
+    for name in THREAD_ENVS:  # a count set in the environment is the user's: it is never changed
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "out"
+    config = grid_config(tmp_path / "g.toml", out, tiny_bert_dir, toy_data, attack_cache, defences=["vanilla"],
+                         recipes=["deepwordbug"])
+    assert main(["bench", str(config), "--no-progress", "--max-parallel", "2", "--lend-idle-cores"]) == 0
+    threads = json.loads((out / "runs" / "vanilla" / "metrics.json").read_text())["threads"]
+    cores = cpu_count()
+    assert threads["source"] == "default"
+    assert threads.get("changes", []) == ([{"step": 0, "threads": cores}] if cores > 1 else [])
+    assert len(rows(out, "vanilla", "deepwordbug")) == N
+
+
+def test_lending_cores_is_refused_on_ray_in_one_line(tmp_path, tiny_bert_dir, toy_data, attack_cache, capsys):
+    config = grid_config(tmp_path / "g.toml", tmp_path / "out", tiny_bert_dir, toy_data, attack_cache)
+    assert main(["bench", str(config), "--executor", "ray", "--lend-idle-cores"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bench.lend_idle_cores applies to the local executor" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -72,3 +72,57 @@ def test_worker_plan_on_gpu_is_one_per_device(clean_env):
     cfg = load_config(data={"attack": {}}).attack
     assert pool.plan(cfg, 100).workers == 3
     assert pool.plan(cfg, 100).device == "cuda"
+
+
+# --- threads lent by the bench's local executor (bench.lend_idle_cores) -----------------------------------------
+@pytest.fixture
+def lent(monkeypatch):
+    """A shared thread count installed as the executor's loan to this process; torch's count restored after."""
+    import multiprocessing
+
+    before = torch.get_num_threads()
+    shared = multiprocessing.RawValue("i", 1)
+    monkeypatch.setattr(tp, "_lent_threads", shared)
+    yield shared
+    torch.set_num_threads(before)
+
+
+def test_a_default_count_follows_the_lent_threads_both_ways(lent):
+    torch.set_num_threads(1)
+    default = tp.ThreadChoice(1, "default")
+    assert tp.follow_thread_budget(default) is None  # 1 lent, 1 running: nothing to do
+    lent.value = 2
+    assert tp.follow_thread_budget(default) == 2 and torch.get_num_threads() == 2
+    assert tp.follow_thread_budget(default) is None
+    lent.value = 1  # a new cell started: the core is taken back
+    assert tp.follow_thread_budget(default) == 1 and torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("source", ["config", "OMP_NUM_THREADS", "torch.set_num_threads"])
+def test_a_count_the_user_chose_is_never_changed_by_a_loan(lent, source):
+    torch.set_num_threads(1)
+    lent.value = 2
+    assert tp.follow_thread_budget(tp.ThreadChoice(1, source)) is None
+    assert torch.get_num_threads() == 1
+
+
+def test_outside_a_lending_executor_nothing_follows():
+    assert tp._lent_threads is None
+    assert tp.follow_thread_budget(tp.ThreadChoice(1, "default")) is None
+
+
+def test_training_records_when_its_thread_count_changed(lent, clean_env, run_config):
+    from asa_plugin.training.loop import train
+
+    torch.set_num_threads(1)
+    lent.value = 2
+    metrics = train(load_config(run_config(train="epochs = 1")))
+    assert metrics["threads"] == {"threads": 1, "source": "default", "changes": [{"step": 0, "threads": 2}]}
+    assert torch.get_num_threads() == 2
+
+
+def test_training_without_a_loan_records_no_changes(clean_env, run_config):
+    from asa_plugin.training.loop import train
+
+    metrics = train(load_config(run_config(train="epochs = 1")))
+    assert "changes" not in metrics["threads"]

@@ -13,7 +13,9 @@ Executors (each a pool with ``capacity``, ``submit(cell)`` and ``wait()``):
   process, as the bench always ran (attack progress bars, ``attack.workers`` processes).
 - :class:`ProcessPool` (``local``): one fresh process per cell, up to ``max_parallel`` at a time
   (default: one per GPU, else one per CPU core), each cell with one CPU thread and, on GPUs, its own
-  device. A process that dies (killed, out of memory) fails only its cell.
+  device. A process that dies (killed, out of memory) fails only its cell. With
+  ``bench.lend_idle_cores`` (CPU only), the cores no cell uses are lent to the running training cells
+  as extra torch threads (:func:`lend_idle_cores`) and taken back when a new cell starts.
 - :class:`RayPool` (``ray``): each cell a Ray task with the cell's ``num_cpus``/``num_gpus`` on the
   cluster at ``bench.ray_address`` (a local one when none is given); a task whose worker dies is
   retried ``bench.retries`` times, and its resume makes the retry continue, not restart.
@@ -78,12 +80,37 @@ class InlinePool:
             return [(cell, None, one_line(exc), time.perf_counter() - start)]
         return [(cell, line, None, seconds)]
 
+    def rebalance(self) -> None:
+        """Nothing to lend: one cell at a time."""
+
     def close(self) -> None:
         pass
 
 
-def _child(cell: GridCell, gpu: int | None, conn) -> None:
-    """Body of a local cell process: run the cell and send (ok, line or error, seconds) back."""
+def lend_idle_cores(cores: int, running: list[GridCell]) -> list[int]:
+    """Torch threads for each of the ``running`` cells on ``cores`` CPU cores: one each, and the cores no
+    cell uses lent to the training cells, evenly, the first-listed first (attack cells keep one thread,
+    so their rows do not depend on when a core fell idle)."""
+    threads = [1] * len(running)
+    trainers = [i for i, cell in enumerate(running) if cell.kind == "train"]
+    for k in range(max(0, cores - len(running)) if trainers else 0):
+        threads[trainers[k % len(trainers)]] += 1
+    return threads
+
+
+def _child(cell: GridCell, gpu: int | None, conn, lent_threads=None, thread_env: dict | None = None) -> None:
+    """Body of a local cell process: run the cell and send (ok, line or error, seconds) back.
+    ``lent_threads``: the shared thread count the pool lends this cell (``bench.lend_idle_cores``);
+    ``thread_env``: the bench's OMP/MKL_NUM_THREADS now (the forkserver holds those of its own start)."""
+    for name, value in (thread_env or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if lent_threads is not None:
+        from asa_plugin.threads import install_thread_budget
+
+        install_thread_budget(lent_threads)
     try:
         line, seconds = timed(cell, gpu=gpu, single_worker=True)
         conn.send((True, line, seconds))
@@ -95,19 +122,24 @@ def _child(cell: GridCell, gpu: int | None, conn) -> None:
 
 
 class ProcessPool:
-    """Up to ``capacity`` cells at once, each in a fresh process (forkserver: torch is imported once)."""
+    """Up to ``capacity`` cells at once, each in a fresh process (forkserver: torch is imported once).
 
-    def __init__(self, capacity: int, gpus: int = 0):
+    ``lend_idle_cores``: lend the cores no cell uses to the running training cells (CPU only)."""
+
+    def __init__(self, capacity: int, gpus: int = 0, lend_idle_cores: bool = False):
         import multiprocessing as mp
 
         self.capacity = capacity
         self.gpus = gpus
+        self.lending = lend_idle_cores and not gpus
+        self.cores = cpu_slots()
         if "forkserver" in mp.get_all_start_methods():
             self.ctx = mp.get_context("forkserver")
             self.ctx.set_forkserver_preload(["torch", "asa_plugin.bench.cells"])
         else:
             self.ctx = mp.get_context("spawn")
         self.procs: dict[Any, tuple[GridCell, Any, Any, int, float]] = {}  # sentinel -> (cell, proc, conn, slot, t0)
+        self.lent: dict[Any, Any] = {}  # sentinel -> the cell's shared thread count (lending only)
 
     def running(self) -> int:
         return len(self.procs)
@@ -117,10 +149,25 @@ class ProcessPool:
         slot = next(i for i in range(self.capacity) if i not in used)
         receive, send = self.ctx.Pipe(duplex=False)
         gpu = slot % self.gpus if self.gpus else None
-        proc = self.ctx.Process(target=_child, args=(cell, gpu, send), name=f"advrobust-{cell.key}")
+        lent = self.ctx.RawValue("i", 1) if self.lending else None
+        from asa_plugin.threads import THREAD_ENVS
+
+        thread_env = {name: os.environ.get(name) for name in THREAD_ENVS}
+        proc = self.ctx.Process(target=_child, args=(cell, gpu, send, lent, thread_env), name=f"advrobust-{cell.key}")
         proc.start()
         send.close()
         self.procs[proc.sentinel] = (cell, proc, receive, slot, time.perf_counter())
+        if lent is not None:
+            self.lent[proc.sentinel] = lent
+
+    def rebalance(self) -> None:
+        """Lend the idle cores to the running training cells (see :func:`lend_idle_cores`)."""
+        if not self.lending:
+            return
+        sentinels = list(self.procs)
+        cells = [self.procs[sentinel][0] for sentinel in sentinels]
+        for sentinel, threads in zip(sentinels, lend_idle_cores(self.cores, cells)):
+            self.lent[sentinel].value = threads
 
     def wait(self) -> list[Finished]:
         from multiprocessing.connection import wait
@@ -128,6 +175,7 @@ class ProcessPool:
         finished = []
         for sentinel in wait(list(self.procs)):
             cell, proc, conn, _, start = self.procs.pop(sentinel)
+            self.lent.pop(sentinel, None)
             message = conn.recv() if conn.poll() else None
             proc.join()
             conn.close()
@@ -148,6 +196,7 @@ class ProcessPool:
             proc.join()
             conn.close()
         self.procs.clear()
+        self.lent.clear()
 
 
 def _ray_cell(cell: GridCell) -> tuple[str, float]:
@@ -209,6 +258,9 @@ class RayPool:
                 finished.append((cell, line, None, seconds))
         return finished
 
+    def rebalance(self) -> None:
+        """Nothing to lend: Ray places each task by its own CPU request."""
+
     def close(self) -> None:
         for ref in self.refs:
             self.ray.cancel(ref, force=True)
@@ -218,13 +270,13 @@ class RayPool:
 
 
 def make_pool(executor: str, max_parallel: int | None, progress: bool = True, ray_address: str | None = None,
-              retries: int = 2):
+              retries: int = 2, lend_idle_cores: bool = False):
     """The executor named ``executor`` ("local" or "ray")."""
     if executor == "ray":
         return RayPool(ray_address, retries, num_cpus=max_parallel)
     gpus = gpu_count()
     parallel = max_parallel or gpus or cpu_slots()
-    return InlinePool(progress) if parallel == 1 else ProcessPool(parallel, gpus)
+    return InlinePool(progress) if parallel == 1 else ProcessPool(parallel, gpus, lend_idle_cores)
 
 
 def describe(pool) -> str:
@@ -233,7 +285,8 @@ def describe(pool) -> str:
         return "Ray (" + ", ".join(f"{v:g} {k}" for k, v in sorted(pool.ray.cluster_resources().items())
                                    if k in ("CPU", "GPU")) + ")"
     if isinstance(pool, ProcessPool):
-        return f"{pool.capacity} local processes" + (f" over {pool.gpus} GPUs" if pool.gpus else "")
+        return f"{pool.capacity} local processes" + (f" over {pool.gpus} GPUs" if pool.gpus else "") + \
+            (", idle cores lent to training" if pool.lending else "")
     return "this process"
 
 
@@ -343,6 +396,7 @@ def run_cells(cells: list[GridCell], pool, out_dir: Path, log: Log) -> dict[str,
                 pool.submit(cell)
             if not pool.running():
                 break
+            pool.rebalance()  # every ready cell has started: what cores are left idle may be lent
             for cell, line, error, seconds in pool.wait():
                 if error is None:
                     done.add(cell.key)

@@ -113,5 +113,5 @@ def run_grid(plan: BenchPlan, pm=None, progress: bool = True, log: Log = say,
     recipes = [r for r in plan.recipes if only_recipes is None or r in only_recipes]
     log(f"{len({c.run.name for c in cells})} training runs, recipes {', '.join(recipes)} into {plan.out_dir}")
     pool = make_pool(bench.executor, bench.max_parallel, progress=progress, ray_address=bench.ray_address,
-                     retries=bench.retries)
+                     retries=bench.retries, lend_idle_cores=bench.lend_idle_cores)
     return run_cells(cells, pool, plan.out_dir, log)

@@ -53,6 +53,9 @@ class BenchSection:
     ray_address: str | None = option(None, help="ray: cluster to join ('auto', or HOST:PORT); default: start a "
                                                 "local one")
     retries: int = option(2, ge=0, help="ray: retries of a cell whose worker died (the retry resumes)")
+    lend_idle_cores: bool = option(False, help="local, CPU: lend the cores no cell uses to the running training "
+                                               "cells as extra torch threads (faster; their weights then differ "
+                                               "from a 1-thread run's in the last bits)")
 
     def __post_init__(self) -> None:
         if not self.defences:
@@ -82,6 +85,9 @@ class BenchSection:
             if "@" in label and name not in self.backbone_paths():
                 raise ValueError(f"bench.defences: '{label}' names backbone '{name}', which bench.backbones does not "
                                  f"define; add \"{name}=PATH\" to bench.backbones")
+        if self.lend_idle_cores and self.executor == "ray":
+            raise ValueError("bench.lend_idle_cores applies to the local executor; Ray gives each cell the CPUs it "
+                             "requests: remove it, or use --executor local")
         if self.baseline is not None and self.baseline not in self.defences:
             raise ValueError(f"bench.baseline '{self.baseline}' is not in bench.defences ({', '.join(self.defences)})")
 

@@ -27,14 +27,18 @@ def add_parser(sub) -> None:
                         "else one per CPU core)")
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="Ray cluster to join: auto or HOST:PORT (bench.ray_address; default: a local cluster)")
+    p.add_argument("--lend-idle-cores", action="store_true", default=None,
+                   help="local, CPU: give the cores no cell uses to the running training cells as extra threads "
+                        "(bench.lend_idle_cores; the weights then differ from a 1-thread run's in the last bits)")
     p.set_defaults(run=run)
 
 
 def flag_overrides(args) -> list[str]:
-    """``--executor``/``--max-parallel``/``--ray-address`` as ``--set bench.*`` overrides."""
+    """``--executor``/``--max-parallel``/``--ray-address``/``--lend-idle-cores`` as ``--set bench.*`` overrides."""
     import json
 
-    pairs = (("executor", args.executor), ("max_parallel", args.max_parallel), ("ray_address", args.ray_address))
+    pairs = (("executor", args.executor), ("max_parallel", args.max_parallel), ("ray_address", args.ray_address),
+             ("lend_idle_cores", args.lend_idle_cores))
     return [f"bench.{key}={json.dumps(value)}" for key, value in pairs if value is not None]
 
 

@@ -30,7 +30,7 @@ from asa_plugin.modelcard import write_model_card
 from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
 from asa_plugin.preflight import check_resume, describe_job
-from asa_plugin.threads import TRAIN_DEFAULT_THREADS, apply_threads
+from asa_plugin.threads import TRAIN_DEFAULT_THREADS, apply_threads, follow_thread_budget
 from asa_plugin.training import checkpoint, degenerate
 from asa_plugin.training.batching import EncodedDataset, make_loader, truncation_note
 from asa_plugin.training.distributed import (
@@ -199,6 +199,9 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
         first = min(tc.checkpoint_every_steps or steps_per_epoch, steps_per_epoch)
         interrupts.record(False, f"no checkpoint written yet in {run_dir} (the first comes at step {first})")
     state.setdefault("step_history", [])
+    state.setdefault("thread_changes", [])
+    if state["thread_changes"] and state["thread_changes"][-1]["threads"] != threads.threads:  # resumed
+        state["thread_changes"].append({"step": state["global_step"], "threads": threads.threads})
     plan = describe_job(len(train_set), steps_per_epoch, total_steps, epochs, tc)
     log.info(plan)
     if truncation:
@@ -226,6 +229,10 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
             started = time.perf_counter()
             micro_losses: list[float] = []
             for batch in loader:
+                lent = follow_thread_budget(threads)  # a core the bench's executor lends this cell (or takes back)
+                if lent is not None:
+                    state["thread_changes"].append({"step": state["global_step"], "threads": lent})
+                    log.info("step %d: %d torch threads from here (bench.lend_idle_cores)", state["global_step"], lent)
                 with accelerator.accumulate(model):
                     result = defence.training_step(batch, accelerator.backward)
                     # The mean over processes: what is logged, and every process stops together.
@@ -283,6 +290,8 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
 
     metrics = _final_metrics(cfg, defence, state)
     metrics["threads"] = threads.to_dict()
+    if state["thread_changes"]:  # lent cores: the weights are not bitwise those of a 1-thread run
+        metrics["threads"]["changes"] = state["thread_changes"]
     metrics.update(task.describe(data))
     if metrics["degenerate"] and accelerator.is_main_process:
         warning = f"the trained model is degenerate: {metrics['degenerate_reason']}; its accuracy under attack " \
