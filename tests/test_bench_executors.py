@@ -227,3 +227,12 @@ def test_lending_cores_is_refused_on_ray_in_one_line(tmp_path, tiny_bert_dir, to
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bench.lend_idle_cores applies to the local executor" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_lending_where_it_cannot_apply_says_so():
+    from asa_plugin.bench.executors import InlinePool, ProcessPool, lending_note
+
+    assert "no effect with max_parallel = 1" in lending_note(InlinePool(), True)
+    assert "no effect on GPUs" in lending_note(ProcessPool(2, gpus=2, lend_idle_cores=True), True)
+    assert lending_note(ProcessPool(2, lend_idle_cores=True), True) is None  # CPU, 2 slots: it lends
+    assert lending_note(InlinePool(), False) is None  # not asked for: nothing to say

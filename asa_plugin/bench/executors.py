@@ -279,6 +279,16 @@ def make_pool(executor: str, max_parallel: int | None, progress: bool = True, ra
     return InlinePool(progress) if parallel == 1 else ProcessPool(parallel, gpus, lend_idle_cores)
 
 
+def lending_note(pool, requested: bool) -> str | None:
+    """Why ``bench.lend_idle_cores`` does nothing on ``pool``, when it was asked for; else None."""
+    if not requested or getattr(pool, "lending", False):
+        return None
+    if isinstance(pool, ProcessPool):  # GPUs
+        return "bench.lend_idle_cores has no effect on GPUs (each cell has its own device)"
+    return ("bench.lend_idle_cores has no effect with max_parallel = 1 (cells run one at a time in this process, "
+            "each with its own thread count)")
+
+
 def describe(pool) -> str:
     """The executor in words, for the log."""
     if isinstance(pool, RayPool):

@@ -102,7 +102,7 @@ def run_grid(plan: BenchPlan, pm=None, progress: bool = True, log: Log = say,
     ``pm`` is unused: each cell builds its plugin manager from its run config (in its own process).
     """
     from asa_plugin.bench.cells import build_cells
-    from asa_plugin.bench.executors import make_pool, run_cells
+    from asa_plugin.bench.executors import lending_note, make_pool, run_cells
 
     write_bench_file(plan)
     bench = plan.bench
@@ -114,4 +114,7 @@ def run_grid(plan: BenchPlan, pm=None, progress: bool = True, log: Log = say,
     log(f"{len({c.run.name for c in cells})} training runs, recipes {', '.join(recipes)} into {plan.out_dir}")
     pool = make_pool(bench.executor, bench.max_parallel, progress=progress, ray_address=bench.ray_address,
                      retries=bench.retries, lend_idle_cores=bench.lend_idle_cores)
+    note = lending_note(pool, bench.lend_idle_cores)
+    if note:
+        log(note)
     return run_cells(cells, pool, plan.out_dir, log)
