@@ -259,10 +259,11 @@ def test_bad_bench_config_is_one_line_with_exit_2(change, message, tmp_path, tin
 
 
 def test_only_defences_runs_a_subset_and_the_report_lists_the_rest_missing(tmp_path, tiny_bert_dir, toy_data,
-                                                                           attack_cache):
+                                                                           attack_cache, capfd):
     out = tmp_path / "out"
     config = bench_config(tmp_path / "bench.toml", out, tiny_bert_dir, toy_data, attack_cache)
     assert main(["bench", str(config), "--no-progress", "--only-defences", "vanilla"]) == 0
+    assert "%|" not in capfd.readouterr().err  # --no-progress: no training (or attack) progress bar
     assert (out / "runs" / "vanilla" / "metrics.json").is_file() and not (out / "runs" / "fgm").exists()
     report = read(out / "report.json")
     assert "train fgm" in report["missing"] and "train asa" in report["missing"]

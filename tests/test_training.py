@@ -52,6 +52,15 @@ def test_run_directory_holds_a_plain_hf_model_config_and_metrics(tmp_path, run_c
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "vocab.txt").is_file()
 
 
+def test_no_progress_hides_the_bar_and_train_log_keeps_the_steps(tmp_path, run_config, capfd):
+    config = run_config(train="log_every_steps = 6")
+    assert train_here(config) == 0
+    assert "train vanilla: 100%|" in capfd.readouterr().err
+    assert train_here(config, "--no-progress", "--set", f"output.run_dir={str(tmp_path / 'quiet')!r}") == 0
+    assert "%|" not in capfd.readouterr().err
+    assert "step 12:" in (tmp_path / "quiet" / "train.log").read_text()
+
+
 def test_learns_the_toy_task(tmp_path, run_config):
     assert train_here(run_config(train="epochs = 10\nlr = 3e-3\nwarmup_ratio = 0.1")) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -140,7 +140,7 @@ def execute(cell: GridCell, progress: bool = False, gpu: int | None = None, sing
     if cell.kind == "train":
         from asa_plugin.bench.grid import say, train_cell
 
-        metrics = train_cell(cell.run, pm, log=say)
+        metrics = train_cell(cell.run, pm, log=say, progress=progress)
         return (f"eval_accuracy {metrics['eval_accuracy']:.4f}, {metrics['steps']} steps, "
                 f"{metrics['train_seconds']:.1f} s")
     if cell.kind == "evaluate":

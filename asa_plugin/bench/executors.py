@@ -10,10 +10,12 @@ exactly the cells that are not done.
 Executors (each a pool with ``capacity``, ``submit(cell)`` and ``wait()``):
 
 - :class:`InlinePool` (``local`` with ``max_parallel = 1``): cells one after another in this
-  process, as the bench always ran (attack progress bars, ``attack.workers`` processes).
+  process, as the bench always ran (training and attack progress bars unless ``--no-progress``,
+  ``attack.workers`` processes).
 - :class:`ProcessPool` (``local``): one fresh process per cell, up to ``max_parallel`` at a time
   (default: one per GPU, else one per CPU core), each cell with one CPU thread and, on GPUs, its own
-  device. A process that dies (killed, out of memory) fails only its cell. With
+  device, and no progress bars (the bench's per-cell lines instead: bars of several processes would
+  interleave). A process that dies (killed, out of memory) fails only its cell. With
   ``bench.lend_idle_cores`` (CPU only), the cores no cell uses are lent to the running training cells
   as extra torch threads (:func:`lend_idle_cores`) and taken back when a new cell starts.
 - :class:`RayPool` (``ray``): each cell a Ray task with the cell's ``num_cpus``/``num_gpus`` on the

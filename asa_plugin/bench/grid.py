@@ -72,8 +72,9 @@ def check_seed(cell: Cell) -> None:
                         f"'{cell.name}' seed {cell.seed}: move that directory away, or make bench.seeds[0] = {seed}")
 
 
-def train_cell(cell: Cell, pm, log: Log = say) -> dict[str, Any]:
-    """Train ``cell`` unless its metrics.json exists; resume from a checkpoint when one exists."""
+def train_cell(cell: Cell, pm, log: Log = say, progress: bool = True) -> dict[str, Any]:
+    """Train ``cell`` unless its metrics.json exists; resume from a checkpoint when one exists.
+    ``progress``: the training's progress bar on stderr."""
     from asa_plugin.training import checkpoint
     from asa_plugin.training.loop import train
 
@@ -84,7 +85,8 @@ def train_cell(cell: Cell, pm, log: Log = say) -> dict[str, Any]:
         return res.read_json(metrics_path, "metrics.json")
     resuming = checkpoint.find(cell.run_dir) is not None
     log(f"train {cell.name}: {'resuming from checkpoint' if resuming else 'training'} into {cell.run_dir}")
-    metrics = train(cell.cfg, resume=True, pm=pm)  # resume=True: also continues a run dir with no checkpoint
+    # resume=True: also continues a run dir with no checkpoint
+    metrics = train(cell.cfg, resume=True, pm=pm, progress=progress)
     log(f"train {cell.name} (seed {cell.seed}): eval_accuracy {metrics['eval_accuracy']:.4f}, "
         f"{metrics['steps']} steps, {metrics['train_seconds']:.1f} s")
     return metrics

@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="TOML or YAML run config with a [bench] section")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set bench.out_dir=bench/try (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no attack progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (training and attacks; the per-cell lines remain)")
     p.add_argument("--only-defences", default=None, metavar="LABEL,...",
                    help="run only these defences now (the report still lists the whole grid)")
     p.add_argument("--only-recipes", default=None, metavar="NAME,...",

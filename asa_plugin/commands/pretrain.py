@@ -1,4 +1,4 @@
-"""``advrobust pretrain CONFIG [--set section.key=value ...] [--resume]``."""
+"""``advrobust pretrain CONFIG [--set section.key=value ...] [--resume] [--no-progress]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (train.log has every logged step)")
     p.set_defaults(run=run)
 
 
@@ -29,7 +30,7 @@ def run(args) -> int:
         check_model_dir(cfg.model.backbone, f"{cfg.source}: model.backbone")
     check_writable(cfg.run_dir(), "output.run_dir", "choose another with --set output.run_dir=...")
     interrupts.set_rerun(f"rerun with --resume to continue: advrobust pretrain {args.config} ... --resume")
-    metrics = pretrain(cfg, resume=args.resume, pm=pm)
+    metrics = pretrain(cfg, resume=args.resume, pm=pm, progress=not args.no_progress)
     summary = {k: metrics.get(k) for k in ("defence", "eval_mlm_loss", "eval_accuracy", "eval_perplexity", "steps",
                                            "train_seconds")}
     print(json.dumps({"run_dir": str(cfg.run_dir()), **summary}))

@@ -1,4 +1,4 @@
-"""``advrobust train CONFIG [--set section.key=value ...] [--resume]``."""
+"""``advrobust train CONFIG [--set section.key=value ...] [--resume] [--no-progress]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (train.log has every logged step)")
     p.set_defaults(run=run)
 
 
@@ -27,7 +28,7 @@ def run(args) -> int:
     interrupts.set_rerun(f"rerun with --resume to continue: advrobust train {args.config} ... --resume")
     from asa_plugin.training.loop import train
 
-    metrics = train(cfg, resume=args.resume)
+    metrics = train(cfg, resume=args.resume, progress=not args.no_progress)
     summary = {k: metrics[k] for k in ("defence", "eval_accuracy", "steps", "train_seconds")}
     print(json.dumps({"run_dir": str(cfg.run_dir()), **summary}))
     return 0

@@ -57,8 +57,9 @@ class MaskedLMTask(Task):
         return corpus.describe()
 
 
-def pretrain(cfg, resume: bool = False, pm=None) -> dict[str, Any]:
-    """Pre-train ``cfg`` (a :class:`~asa_plugin.pretraining.config.PretrainRunConfig`); return its metrics."""
+def pretrain(cfg, resume: bool = False, pm=None, progress: bool = True) -> dict[str, Any]:
+    """Pre-train ``cfg`` (a :class:`~asa_plugin.pretraining.config.PretrainRunConfig`); return its metrics.
+    ``progress``: a progress bar on stderr."""
     from asa_plugin.training.loop import train
 
-    return train(cfg, resume=resume, pm=pm, task=MaskedLMTask())
+    return train(cfg, resume=resume, pm=pm, task=MaskedLMTask(), progress=progress)

@@ -128,19 +128,20 @@ def _refuse_orphan_results(run_dir: Path) -> None:
 
 
 def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None,
-          task: Task | None = None) -> dict[str, Any]:
+          task: Task | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg``'s defence on ``task`` (default: classification); return the metrics also written to
-    ``run_dir/metrics.json``.
+    ``run_dir/metrics.json``. ``progress``: a progress bar on stderr (train.log has the steps either way).
 
     The run directory is locked for the whole run (by the main process of a multi-process launch):
     a second ``train`` (or an ``attack``) of it is refused, naming this one."""
     main_process = os.environ.get("RANK", "0") == "0"  # set by accelerate launch / torchrun
     command = task.name if task is not None else "train"  # the holder named as the user typed it
     with run_lock(cfg.run_dir(), f"advrobust {command} {cfg.source}", enabled=main_process):
-        return _train(cfg, resume, pm, task)
+        return _train(cfg, resume, pm, task, progress)
 
 
-def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | None) -> dict[str, Any]:
+def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | None,
+           progress_bar: bool) -> dict[str, Any]:
     pm = pm or get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     run_dir = prepare_run_dir(cfg, resume)
     if resume and (run_dir / "metrics.json").exists() and checkpoint.find(run_dir) is None:
@@ -216,7 +217,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
     scaling.enter_context(loss_scaler(accelerator.scaler))
     defence.attach()
     progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"{task.name} {defence.name}",
-                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+                    disable=not (progress_bar and accelerator.is_local_main_process), dynamic_ncols=True)
     try:
         while state["epoch"] < epochs and state["global_step"] < total_steps:
             epoch = state["epoch"]
