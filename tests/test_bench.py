@@ -237,6 +237,18 @@ BAD = [  # (bench section or a replacement of the [defence] section, fragment of
     ({"bench": {"recipes": ["nope"]}}, "unknown recipe 'nope'"),
     ({"bench": {"defences": "vanilla"}}, "bench.defences must be list of str"),
     ({"defence": {"name": "fgm"}}, "[defence.<name>] tables"),
+    ({"bench": {"variants": {"asa tau": {"defence": "asa"}}}}, "bench.variants.asa tau: a variant name is a run"),
+    ({"bench": {"variants": {"strong": {"asa": {"tau": 0.9}}}}}, "bench.variants.strong: needs defence = \"NAME\""),
+    ({"bench": {"variants": {"strong": {"defence": "asa", "fgm": {"epsilon": 1.0}}}}},
+     "bench.variants.strong.fgm: 'fgm' is not a defence of 'asa'"),
+    ({"bench": {"variants": {"strong": {"defence": "asa", "asa": 0.9}}}}, "bench.variants.strong.asa must be a table"),
+    ({"bench": {"defences": ["vanilla", "nope-x"], "variants": {"nope-x": {"defence": "nope"}}}},
+     "bench.variants.nope-x: unknown defence 'nope' in 'nope-x'"),
+    ({"bench": {"variants": {"fgm": {"defence": "asa"}}}}, "bench.variants.fgm: 'fgm' is a defence's own name"),
+    ({"bench": {"defences": ["vanilla", "strong+fgm"], "variants": {"strong": {"defence": "asa"}}}},
+     "'strong+fgm' composes variant 'strong'"),
+    ({"bench": {"defences": ["vanilla", "strong"], "variants": {"strong": {"defence": "asa", "asa": {"tau": -1.0}}}}},
+     "defence 'strong': defence.tau"),
     ({"defence": {"fgm": {"epsilon": -1.0}}}, "defence.epsilon"),
 ]
 
@@ -256,6 +268,32 @@ def test_bad_bench_config_is_one_line_with_exit_2(change, message, tmp_path, tin
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and str(config) in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_variant_is_a_label_with_its_own_parameters_over_the_defence_tables(tmp_path, tiny_bert_dir, toy_data,
+                                                                              attack_cache):
+    from asa_plugin.bench.cells import build_cells, step_cost
+    from asa_plugin.bench.plan import load_plan
+    from asa_plugin.bench.plots import asa_labels
+
+    variants = {"asa-tau0.9": {"defence": "asa", "asa": {"tau": 0.9}},
+                "mixed": {"defence": "asa+freelb", "freelb": {"adv_steps": 2}}}
+    config = bench_config(tmp_path / "bench.toml", tmp_path / "out", tiny_bert_dir, toy_data, attack_cache,
+                          bench={"defences": ["vanilla", "asa", "asa-tau0.9", "mixed"], "variants": variants})
+    plan = load_plan(config)
+    cells = {cell.label: cell for cell in plan.cells}
+    assert cells["asa"].cfg.defence.to_dict()["tau"] == 0.5  # the [defence.asa] table
+    assert cells["asa-tau0.9"].cfg.defence.to_dict()["tau"] == 0.9  # the variant's own tau, the rest as asa's
+    assert ({k: v for k, v in cells["asa-tau0.9"].cfg.defence.to_dict().items() if k != "tau"}
+            == {k: v for k, v in cells["asa"].cfg.defence.to_dict().items() if k != "tau"})
+    assert cells["asa-tau0.9"].run_dir == tmp_path / "out" / "runs" / "asa-tau0.9"
+    mixed = cells["mixed"].cfg.defence.to_dict()
+    assert mixed["name"] == ["asa", "freelb"] and mixed["asa"]["tau"] == 0.5 and mixed["freelb"]["adv_steps"] == 2
+    costs = {cell.run.label: cell.cost for cell in build_cells(plan) if cell.kind == "train"}
+    assert costs["asa-tau0.9"] == costs["asa"] == step_cost("asa") and costs["mixed"] == step_cost("asa+freelb")
+    recorded = plan.describe()["defence_params"]
+    assert recorded["asa-tau0.9"]["tau"] == 0.9
+    assert asa_labels({"defences": plan.labels, "defence_params": recorded}) == ["asa", "asa-tau0.9", "mixed"]
 
 
 def test_only_defences_runs_a_subset_and_the_report_lists_the_rest_missing(tmp_path, tiny_bert_dir, toy_data,

@@ -2,7 +2,10 @@
 
 A bench config is a normal run config plus ``[bench]``. Per-defence parameters live in
 ``[defence.<name>]`` tables; the label ``"asa+freelb"`` composes ``asa`` and ``freelb`` with
-both tables. A training cell is one defence with one seed: seed ``seeds[0]`` trains into
+both tables. A variant (``[bench.variants.NAME]``: ``defence = "asa"`` and a table per defence,
+e.g. ``asa = {tau = 0.3}``, merged over ``[defence.asa]``) is a label of its own, so one defence at
+several settings (an ASA tau study) sits in the grid beside its defaults. A training cell is one
+defence with one seed: seed ``seeds[0]`` trains into
 ``OUT/runs/<label>/``, any other seed ``s`` into ``OUT/runs/<label>.seed<s>/`` (``train.seed`` set
 to the seed; the data subset and the attacked examples are the same for every seed). Its attacks
 go to that run's ``attack/<recipe>/``, exactly as ``advrobust train`` / ``advrobust attack`` would
@@ -12,6 +15,7 @@ write them.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +44,9 @@ class BenchSection:
                                                               "default: all")
     baseline: str | None = option(None, help="defence the others are compared with, paired on the same examples; "
                                              "default: vanilla when the grid has it")
+    variants: dict[str, dict] = option({}, help='named defence settings, each a label of its own: '
+                                                '[bench.variants.NAME] defence = "asa" and asa = {tau = 0.3} '
+                                                '(merged over [defence.asa]); list NAME in bench.defences')
     backbones: list[str] = option([], help='named backbones as "NAME=PATH" (e.g. a model of advrobust pretrain); '
                                            'the label "DEFENCE@NAME" fine-tunes it instead of model.backbone')
     executor: Literal["local", "ray"] = option("local", help="how cells run: local processes, or Ray tasks on a "
@@ -85,6 +92,14 @@ class BenchSection:
             if "@" in label and name not in self.backbone_paths():
                 raise ValueError(f"bench.defences: '{label}' names backbone '{name}', which bench.backbones does not "
                                  f"define; add \"{name}=PATH\" to bench.backbones")
+        for name, variant in self.variants.items():
+            check_variant(name, variant)
+        for label in self.defences:
+            parts = split_label(label)
+            if len(parts) > 1 and any(p in self.variants for p in parts):
+                variant = next(p for p in parts if p in self.variants)
+                raise ValueError(f"bench.defences: '{label}' composes variant '{variant}'; compose inside a variant "
+                                 f"instead (its defence = \"a+b\" and a table per defence)")
         if self.lend_idle_cores and self.executor == "ray":
             raise ValueError("bench.lend_idle_cores applies to the local executor; Ray gives each cell the CPUs it "
                              "requests: remove it, or use --executor local")
@@ -153,9 +168,37 @@ class BenchPlan:
                 "defence_params": {c.label: c.cfg.defence.to_dict() for c in self.cells}, "settings": shared}
 
 
-def split_label(label: str) -> list[str]:
-    """The defence names of ``label`` (``"asa+freelb"``; a ``"@NAME"`` backbone suffix is not one)."""
-    return [part.strip() for part in label.partition("@")[0].split("+")]
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_variant(name: str, variant: Any) -> None:
+    """Raise ValueError (one line) unless ``variant`` is ``{defence = LABEL, <defence> = {params}, ...}``."""
+    where = f"bench.variants.{name}"
+    if not VARIANT_NAME.fullmatch(name):
+        raise ValueError(f"{where}: a variant name is a run directory name: letters, digits, '_', '.', '-' "
+                         f"(e.g. asa-tau0.3)")
+    label = variant.get("defence") if isinstance(variant, dict) else None
+    if not isinstance(label, str) or not label.strip() or "@" in label:
+        raise ValueError(f"{where}: needs defence = \"NAME\" (or \"a+b\"), the defence it sets, e.g. "
+                         f"defence = \"asa\"")
+    names = split_label(label)
+    for key, params in variant.items():
+        if key == "defence":
+            continue
+        if key not in names:
+            raise ValueError(f"{where}.{key}: '{key}' is not a defence of '{label}'; set its parameters in a "
+                             f"table named after it, e.g. {names[0]} = {{...}}")
+        if not isinstance(params, dict):
+            raise ValueError(f"{where}.{key} must be a table of {key}'s parameters, e.g. {key} = {{tau = 0.3}}")
+
+
+def split_label(label: str, variants: dict[str, dict] | None = None) -> list[str]:
+    """The defence names of ``label`` (``"asa+freelb"``; a ``"@NAME"`` backbone suffix is not one; a
+    variant stands for the defences of its ``defence``)."""
+    base = label.partition("@")[0].strip()
+    if variants and base in variants:
+        base = variants[base]["defence"]
+    return [part.strip() for part in base.split("+")]
 
 
 def _defence_tables(raw: Any, source: str, registry) -> dict[str, dict]:
@@ -173,12 +216,15 @@ def _defence_tables(raw: Any, source: str, registry) -> dict[str, dict]:
     return raw
 
 
-def cell_defence(label: str, tables: dict[str, dict]) -> dict[str, Any]:
-    """The ``[defence]`` section of cell ``label``."""
-    names = split_label(label)
+def cell_defence(label: str, tables: dict[str, dict], variants: dict[str, dict] | None = None) -> dict[str, Any]:
+    """The ``[defence]`` section of cell ``label``: each defence's ``[defence.<name>]`` table, with a
+    variant's own parameters over it."""
+    names = split_label(label, variants)
+    own = (variants or {}).get(label.partition("@")[0].strip(), {})
+    params = {n: {**copy.deepcopy(tables.get(n, {})), **copy.deepcopy(own.get(n, {}))} for n in names}
     if len(names) == 1:
-        return {"name": names[0], **copy.deepcopy(tables.get(names[0], {}))}
-    return {"name": names, **{n: copy.deepcopy(tables.get(n, {})) for n in names}}
+        return {"name": names[0], **params[names[0]]}
+    return {"name": names, **params}
 
 
 def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan:
@@ -192,10 +238,17 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan
     pm = get_plugin_manager(load_external=plugins.get("external", True), block=plugins.get("block", []))
     tables = _defence_tables(raw.pop("defence", None), source, pm.defences)
     for label in bench.defences:
-        for name in split_label(label):
+        for name in split_label(label, bench.variants):
             if name not in pm.defences:
-                raise ConfigError(f"{source}: bench.defences: unknown defence '{name}' in '{label}'; available: "
-                                  f"{', '.join(pm.defences.names())}")
+                where = (f"bench.variants.{label.partition('@')[0]}" if split_label(label) != [name]
+                         and label.partition("@")[0] in bench.variants else "bench.defences")
+                variants = f"; variants: {', '.join(bench.variants)}" if bench.variants else ""
+                raise ConfigError(f"{source}: {where}: unknown defence '{name}' in '{label}'; available: "
+                                  f"{', '.join(pm.defences.names())}{variants}")
+    clash = next((v for v in bench.variants if v in pm.defences), None)
+    if clash is not None:
+        raise ConfigError(f"{source}: bench.variants.{clash}: '{clash}' is a defence's own name; give the variant "
+                          f"another, e.g. {clash}-mine")
     attack = dict(raw.get("attack") or {})
     if bench.recipes is not None:
         attack["recipes"] = list(bench.recipes)
@@ -203,7 +256,7 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan
     out = Path(bench.out_dir)
     cells = []
     for label in bench.defences:
-        data = {**copy.deepcopy(raw), "defence": cell_defence(label, tables),
+        data = {**copy.deepcopy(raw), "defence": cell_defence(label, tables, bench.variants),
                 "output": {"run_dir": str(out / "runs" / label)}}
         if "@" in label:  # a pre-trained backbone (bench.backbones) instead of model.backbone
             data["model"] = {**data.get("model", {}), "backbone": bench.backbone_paths()[label.partition("@")[2]]}

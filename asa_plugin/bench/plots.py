@@ -179,8 +179,19 @@ def plot_delta_vs_baseline(report: dict, path: Path) -> str | None:
 
 
 def asa_labels(report: dict) -> list[str]:
-    """The defences of the grid that include ASA (``asa`` or a composition such as ``asa+freelb``)."""
-    return [d for d in report["defences"] if "asa" in [p.strip() for p in d.split("+")]]
+    """The defences of the grid that include ASA (``asa``, a composition such as ``asa+freelb``, a
+    variant of either, or either on a named backbone)."""
+    from asa_plugin.bench.plan import split_label
+
+    params = report.get("defence_params", {})
+
+    def names(label: str) -> list[str]:
+        name = params.get(label, {}).get("name")
+        if name is None:
+            return split_label(label)
+        return [name] if isinstance(name, str) else list(name)
+
+    return [d for d in report["defences"] if "asa" in names(d)]
 
 
 def plot_asa_mask_ratio(report: dict, out_dir: Path, path: Path) -> str | None:
