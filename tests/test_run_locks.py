@@ -104,7 +104,7 @@ def test_a_pre_training_run_holds_its_lock_under_its_own_command(tmp_path, monke
 
     seen = []
 
-    def record(cfg, resume, pm, task):
+    def record(cfg, resume, pm, task, progress_bar):
         seen.append(json.loads((cfg.run_dir() / LOCK_FILE).read_text())["command"])
         return {}
 
