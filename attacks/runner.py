@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -201,6 +202,9 @@ def _run_attack(job: AttackJob, pm, wrapper) -> dict[str, Any]:
     done = {r["index"] for r in done_rows}
     todo = [i for i in indices if i not in done]
     execution = pool.plan(job.cfg, len(todo), in_process=wrapper is not None)
+    crowded = pool.oversubscription(execution)
+    if crowded:
+        print(f"advrobust attack: note: {crowded}", file=sys.stderr, flush=True)
     sink = _RowSink(job, pm, len(indices), done_rows)
     try:
         if execution.workers == 1:

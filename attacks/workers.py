@@ -68,6 +68,18 @@ def plan(cfg, todo: int, in_process: bool = False) -> Execution:
     return Execution(max(1, min(workers, todo)), threads, device)
 
 
+def oversubscription(execution: Execution) -> str | None:
+    """A one-line note when CPU workers x threads exceed the cores (each worker also holds a model
+    copy in memory); None otherwise. The rows do not depend on it, only the time and the memory."""
+    cores = cpu_count()
+    wanted = execution.workers * execution.threads.threads
+    if execution.device != "cpu" or wanted <= cores:
+        return None
+    return (f"{execution.workers} workers x {execution.threads.threads} threads on {cores} CPU cores: the workers "
+            f"share cores (no faster) and each holds a model copy in memory; attack.workers = "
+            f"{max(1, cores // execution.threads.threads)} uses every core once")
+
+
 def run_workers(job, todo: list[int], execution: Execution, sink) -> list[dict]:
     """Attack ``todo`` with ``execution.workers`` processes, handing each row to ``sink.add``;
     return the assets report (the same from every worker)."""

@@ -64,6 +64,22 @@ def test_worker_plan_on_cpu(clean_env, attack, cpus, todo, in_process, workers, 
     assert execution.to_dict()["threads_per_worker"] == threads
 
 
+@pytest.mark.parametrize(("attack", "note"), [
+    ({"workers": 8}, "8 workers x 1 threads on 2 CPU cores: the workers share cores (no faster) and each holds a "
+                     "model copy in memory; attack.workers = 2 uses every core once"),
+    ({"workers": 2, "threads": 2}, "attack.workers = 1 uses every core once"),
+    ({"workers": 2}, None),  # one per core: nothing to say
+    ({}, None),  # the default never over-subscribes
+])
+def test_more_cpu_workers_than_cores_gets_a_note(clean_env, attack, note):
+    from asa_plugin.attacks import workers as pool
+
+    clean_env.setattr(pool, "cpu_count", lambda: 2)
+    cfg = load_config(data={"attack": {"device": "cpu", **attack}}).attack
+    said = pool.oversubscription(pool.plan(cfg, 100))
+    assert said is None if note is None else note in said
+
+
 def test_worker_plan_on_gpu_is_one_per_device(clean_env):
     from asa_plugin.attacks import workers as pool
 
