@@ -270,6 +270,18 @@ def test_bad_bench_config_is_one_line_with_exit_2(change, message, tmp_path, tin
     assert not (tmp_path / "out").exists()
 
 
+def test_cost_per_step_is_relative_to_vanilla_of_the_same_seed_else_its_mean():
+    from asa_plugin.bench.report import relative_cost
+
+    def run(defence, seed, per_step, status="done"):
+        return {"defence": defence, "seed": seed, "status": status, "seconds_per_step": per_step}
+
+    rows = [run("vanilla", 42, 3.0), run("vanilla", 43, 1.0), run("asa", 42, 6.0), run("asa", 43, 2.5),
+            run("asa", 44, 4.0), run("fgm", 42, None, status="missing")]
+    relative_cost(rows)
+    assert [r.get("seconds_per_step_vs_vanilla") for r in rows] == [1.0, 1.0, 2.0, 2.5, 2.0, None]
+
+
 def test_a_variant_is_a_label_with_its_own_parameters_over_the_defence_tables(tmp_path, tiny_bert_dir, toy_data,
                                                                               attack_cache):
     from asa_plugin.bench.cells import build_cells, step_cost

@@ -69,14 +69,15 @@ def training_row(run: dict, metrics: dict | None) -> dict[str, Any]:
 
 
 def relative_cost(rows: list[dict]) -> None:
-    """Add each row's seconds per step divided by vanilla's (the mean over vanilla's finished seeds)."""
-    base = [r["seconds_per_step"] for r in rows
-            if r["defence"] == "vanilla" and r["status"] == "done" and r.get("seconds_per_step")]
-    mean = statistics.mean(base) if base else None
+    """Add each row's seconds per step divided by vanilla's with the same seed (the runs of one seed
+    ran at about the same time, on the same machine), else by the mean over vanilla's finished seeds."""
+    base = {r["seed"]: r["seconds_per_step"] for r in rows
+            if r["defence"] == "vanilla" and r["status"] == "done" and r.get("seconds_per_step")}
+    mean = statistics.mean(base.values()) if base else None
     for row in rows:
         if row["status"] == "done":
-            per_step = row.get("seconds_per_step")
-            row["seconds_per_step_vs_vanilla"] = per_step / mean if mean and per_step is not None else None
+            per_step, vanilla = row.get("seconds_per_step"), base.get(row["seed"], mean)
+            row["seconds_per_step_vs_vanilla"] = per_step / vanilla if vanilla and per_step is not None else None
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
