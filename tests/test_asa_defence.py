@@ -131,8 +131,8 @@ def test_adversary_gradient_is_the_reverse_of_the_objective_gradient(adapter, mo
     (ASAParams(tau=0.3), 0.5),  # default: the average of the two KL directions (official code)
     (ASAParams(tau=0.3, divergence_weight=1.0), 1.0),  # their sum
 ])
-def test_objective_is_ce_plus_weighted_symmetric_kl_plus_tau_squared_kept_units(adapter, params, weight,
-                                                                                monkeypatch):
+def test_objective_is_ce_plus_weighted_symmetric_kl_and_tau_squared_kept_units_in_the_gradient(adapter, params, weight,
+                                                                                                  monkeypatch):
     adapter.model.eval()
     defence = ASADefence(params, adapter)
     batch = make_batch(adapter)
@@ -141,11 +141,12 @@ def test_objective_is_ce_plus_weighted_symmetric_kl_plus_tau_squared_kept_units(
         adv = adapter.forward(batch).logits
     kept = sum(m.sum() for m in masks) / batch["labels"].shape[0]
     divergence = asa_f.symmetric_kl(clean, adv)
-    expected = F.cross_entropy(clean, batch["labels"]) + weight * divergence + params.tau ** 2 * kept
+    expected = F.cross_entropy(clean, batch["labels"]) + weight * divergence  # the value: the model's loss
+    assert kept > 0
     assert defence.objective(batch, None).item() == pytest.approx(expected.item(), rel=1e-5)
     # The tiny model's divergence is small, so pin it to see the weight: loss moves by weight x 2.
     monkeypatch.setattr(asa_f, "symmetric_kl", lambda p, q: torch.tensor(2.0))
-    pinned = F.cross_entropy(clean, batch["labels"]) + weight * 2.0 + params.tau ** 2 * kept
+    pinned = F.cross_entropy(clean, batch["labels"]) + weight * 2.0
     assert defence.objective(batch, None).item() == pytest.approx(pinned.item(), rel=1e-5)
 
 
@@ -167,6 +168,22 @@ def test_the_tau_term_moves_the_adversaries_and_never_the_model(adapter):
     for name in model_0:
         assert torch.allclose(model_0[name], model_2[name], atol=1e-6), name
     assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(adversary_0, adversary_2))
+
+
+def test_the_adversary_gradient_of_the_tau_term_is_tau_squared_times_that_of_the_kept_units(adapter, monkeypatch):
+    """The tau term's value is left out of the loss; its gradient is exactly d(tau^2 * kept)/d(adversary)."""
+    adapter.model.eval()
+    _, plain = objective_gradients(adapter, ASAParams(tau=0.0))
+    _, taxed = objective_gradients(adapter, ASAParams(tau=2.0))
+    torch.manual_seed(0)
+    defence = ASADefence(ASAParams(tau=0.0), adapter)
+    batch = make_batch(adapter)
+    with defence.adversarial_attention(batch) as masks:
+        adapter.forward(batch)
+    kept = torch.stack([asa_f.kept_units(m) for m in masks]).sum(0).mean()
+    kept.backward()  # through the gradient reversal, as in the objective
+    for a, b, k in zip(plain, taxed, defence.adversary.parameters()):
+        assert torch.allclose(b - a, 4.0 * k.grad, atol=1e-5)
 
 
 def test_adversarial_ce_adds_the_cross_entropy_of_the_masked_logits(adapter):

@@ -65,6 +65,24 @@ def test_real_asa_runs_inside_every_pass_of_each_procedure_defence(tiny_bert_dir
     assert hooks_left(adapter.model) == 0
 
 
+@pytest.mark.parametrize("name,params,passes", PROCEDURES, ids=[p[0] for p in PROCEDURES])
+def test_a_composed_step_reports_the_models_loss_whatever_tau(tiny_bert_dir, name, params, passes):
+    """tau^2 x kept units (thousands on real inputs) moves only the adversary: it is not in the loss logged."""
+    adapter = load_adapter(str(tiny_bert_dir), 2)
+    adapter.model.eval()  # no dropout: the two steps compute the same passes
+    registry = get_plugin_manager().defences
+    batch = dict(adapter.tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor(LABELS)
+    losses = {}
+    for tau in (0.0, 3.0):
+        torch.manual_seed(0)  # the same adversary and random starts for both
+        composed = build_defence(["asa", name], {"asa": ASAParams(tau=tau), name: registry.get(name).Params(**params)},
+                                 adapter, registry)
+        losses[tau] = composed.training_step(batch, lambda loss: loss.backward()).loss
+        assert composed.parts[0]._last["asa_kept_units"] > 10  # 9 x kept would dominate the loss if it were in it
+    assert losses[3.0] == pytest.approx(losses[0.0], rel=1e-6)
+
+
 COMPOSED = 'name = ["asa", "freelb"]\n[asa]\ntau = 0.3\n[freelb]\nadv_steps = 2\nadv_lr = 0.05'
 
 

@@ -7,6 +7,8 @@ the scores of all heads). One objective, one backward:
 
     loss = CE(clean) + w * (KL(clean||adv) + KL(adv||clean)) + tau^2 * kept_units   (+ CE(adv) if adversarial_ce)
 
+(the tau term is added with its gradient but not its value, so the loss reported is the model's).
+
 with ``w = divergence_weight = 0.5`` by default: the average of the two directions, as the official
 code's ``divergence()`` (gingasan/adversarialSA, modeling/utils.py:38-46).
 
@@ -118,7 +120,10 @@ class ASADefence(Defence):
             model_loss = model_loss + F.cross_entropy(adv, labels)
         self._last = {"asa_model_loss": model_loss.item(), "asa_ce": ce.item(),
                       "asa_symmetric_kl": divergence.item(), "asa_kept_units": kept.item()}
-        return model_loss + self.params.tau ** 2 * kept
+        # The tau term enters with its gradient and without its value (kept - kept.detach() is 0): the
+        # gradients are those of model_loss + tau^2 * kept, and the value every caller sees, ASA alone or each
+        # pass of a procedure (FreeLB, PGD, ...), is the model's loss, not thousands of kept units x tau^2.
+        return model_loss + self.params.tau ** 2 * (kept - kept.detach())
 
     def _recomputable_logits(self):
         """``_logits`` for ``checkpoint``: the first call is the forward; a later one is the recomputation
@@ -141,12 +146,9 @@ class ASADefence(Defence):
         return self.adapter.forward(batch, inputs_embeds=inputs_embeds).logits  # (B, C)
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
-        loss = self.objective(batch, None)
+        loss = self.objective(batch, None)  # its value is the model's loss (see asa_objective)
         backward(loss)
-        # Report the model's loss: the tau term (thousands of kept units x tau^2) exerts no gradient on
-        # the model and grows as the adversaries learn to keep units, so it would hide training progress.
-        reported = self._last["asa_model_loss"] if torch.isfinite(loss) else loss.item()
-        return StepResult(loss=reported, metrics=dict(self._last))
+        return StepResult(loss=loss.item(), metrics=dict(self._last))
 
     # --- metrics ---------------------------------------------------------------------------
     def mask_ratio_per_layer(self) -> list[float | None]:
