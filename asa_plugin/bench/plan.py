@@ -96,10 +96,10 @@ class BenchSection:
             check_variant(name, variant)
         for label in self.defences:
             parts = split_label(label)
-            if len(parts) > 1 and any(p in self.variants for p in parts):
-                variant = next(p for p in parts if p in self.variants)
-                raise ValueError(f"bench.defences: '{label}' composes variant '{variant}'; compose inside a variant "
-                                 f"instead (its defence = \"a+b\" and a table per defence)")
+            composed = [p for p in parts if p in self.variants] if len(parts) > 1 else []
+            if composed:
+                raise ValueError(f"bench.defences: '{label}' composes variant '{composed[0]}'; compose inside a "
+                                 f"variant instead (its defence = \"a+b\" and a table per defence)")
         if self.lend_idle_cores and self.executor == "ray":
             raise ValueError("bench.lend_idle_cores applies to the local executor; Ray gives each cell the CPUs it "
                              "requests: remove it, or use --executor local")
@@ -192,10 +192,15 @@ def check_variant(name: str, variant: Any) -> None:
             raise ValueError(f"{where}.{key} must be a table of {key}'s parameters, e.g. {key} = {{tau = 0.3}}")
 
 
+def base_label(label: str) -> str:
+    """``label`` without its ``"@NAME"`` backbone suffix: a defence, a composition or a variant name."""
+    return label.partition("@")[0].strip()
+
+
 def split_label(label: str, variants: dict[str, dict] | None = None) -> list[str]:
     """The defence names of ``label`` (``"asa+freelb"``; a ``"@NAME"`` backbone suffix is not one; a
     variant stands for the defences of its ``defence``)."""
-    base = label.partition("@")[0].strip()
+    base = base_label(label)
     if variants and base in variants:
         base = variants[base]["defence"]
     return [part.strip() for part in base.split("+")]
@@ -220,7 +225,7 @@ def cell_defence(label: str, tables: dict[str, dict], variants: dict[str, dict] 
     """The ``[defence]`` section of cell ``label``: each defence's ``[defence.<name>]`` table, with a
     variant's own parameters over it."""
     names = split_label(label, variants)
-    own = (variants or {}).get(label.partition("@")[0].strip(), {})
+    own = (variants or {}).get(base_label(label), {})
     params = {n: {**copy.deepcopy(tables.get(n, {})), **copy.deepcopy(own.get(n, {}))} for n in names}
     if len(names) == 1:
         return {"name": names[0], **params[names[0]]}
@@ -240,8 +245,8 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan
     for label in bench.defences:
         for name in split_label(label, bench.variants):
             if name not in pm.defences:
-                where = (f"bench.variants.{label.partition('@')[0]}" if split_label(label) != [name]
-                         and label.partition("@")[0] in bench.variants else "bench.defences")
+                base = base_label(label)
+                where = f"bench.variants.{base}" if base in bench.variants else "bench.defences"
                 variants = f"; variants: {', '.join(bench.variants)}" if bench.variants else ""
                 raise ConfigError(f"{source}: {where}: unknown defence '{name}' in '{label}'; available: "
                                   f"{', '.join(pm.defences.names())}{variants}")
