@@ -35,12 +35,6 @@ KIND_ORDER = {"merge": 0, "train": 1, "evaluate": 2, "attack": 3}
 the attacks), then the rest; inside a kind, the longest first."""
 
 
-def defence_label(cfg) -> str:
-    """``"asa"`` or ``"asa+freelb"``: the defences a run config trains (a variant's, not its name)."""
-    name = cfg.defence.name
-    return name if isinstance(name, str) else "+".join(name)
-
-
 def step_cost(label: str) -> float:
     """Estimated seconds per training step of defence ``label`` relative to vanilla."""
     parts = [STEP_COST.get(name.strip(), UNKNOWN_STEP_COST) for name in label.split("+")]
@@ -107,7 +101,7 @@ def build_cells(plan: BenchPlan, only_defences: list[str] | None = None, only_re
     examples = plan.cells[0].cfg.attack.examples_for_profile()
     cells: list[GridCell] = []
     for run in runs:
-        train = GridCell("train", run, gpus=gpus, cost=step_cost(defence_label(run.cfg)))
+        train = GridCell("train", run, gpus=gpus, cost=step_cost(run.cfg.defence.name))  # a variant costs as its defence
         cells.append(train)
         for recipe in run.recipes:
             if only_recipes is not None and recipe not in only_recipes:
