@@ -101,7 +101,7 @@ def build_cells(plan: BenchPlan, only_defences: list[str] | None = None, only_re
     examples = plan.cells[0].cfg.attack.examples_for_profile()
     cells: list[GridCell] = []
     for run in runs:
-        train = GridCell("train", run, gpus=gpus, cost=step_cost(run.cfg.defence.name))  # a variant costs as its defence
+        train = GridCell("train", run, gpus=gpus, cost=step_cost(run.cfg.defence.name))  # a variant: its defence
         cells.append(train)
         for recipe in run.recipes:
             if only_recipes is not None and recipe not in only_recipes:
