@@ -19,14 +19,15 @@ def resolve_model(path: str) -> tuple[str, Path | None]:
     return path, None
 
 
-def _stderr_note(message: str) -> None:
+def stderr_note(message: str) -> None:
+    """``advrobust attack: note: MESSAGE`` on stderr: a fact the user should know, not an error."""
     import sys
 
     print(f"advrobust attack: note: {message}", file=sys.stderr, flush=True)
 
 
 def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None, resume: bool = False,
-                overwrite: bool = False, progress: bool = True, note=_stderr_note):
+                overwrite: bool = False, progress: bool = True, note=stderr_note):
     """One AttackJob per recipe on ``cfg``'s attack split, writing ``out/attack/<recipe>/``
     (``advrobust attack`` and the bench's attack cells both call it, so they write the same manifests).
 

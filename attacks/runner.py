@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -194,6 +193,7 @@ def run_attack(job: AttackJob, pm=None, wrapper=None) -> dict[str, Any]:
 
 def _run_attack(job: AttackJob, pm, wrapper) -> dict[str, Any]:
     from asa_plugin.attacks import workers as pool
+    from asa_plugin.attacks.jobs import stderr_note
 
     indices = list(range(len(job.texts)))
     if job.shard is not None:
@@ -204,7 +204,7 @@ def _run_attack(job: AttackJob, pm, wrapper) -> dict[str, Any]:
     execution = pool.plan(job.cfg, len(todo), in_process=wrapper is not None)
     crowded = pool.oversubscription(execution)
     if crowded:
-        print(f"advrobust attack: note: {crowded}", file=sys.stderr, flush=True)
+        stderr_note(crowded)
     sink = _RowSink(job, pm, len(indices), done_rows)
     try:
         if execution.workers == 1:
