@@ -339,10 +339,10 @@ def build_recipes(recipes: list[str], attack_cfg, attack_dir: Path, pm) -> None:
                     recipe_dir=attack_dir / recipes[0], data="")
     cache_dir = resolve_cache_dir(job)
     check_cache_dir(cache_dir)
-    import_textattack(cache_dir, allow_download=attack_cfg.download)
-    quiet = logging.getLogger("textattack")  # its model/goal-function compatibility note is about the stand-in
+    textattack = import_textattack(cache_dir, allow_download=attack_cfg.download)
+    quiet = textattack.shared.logger  # its model/goal-function compatibility warning is about the stand-in
     level = quiet.level
-    quiet.setLevel(logging.WARNING)
+    quiet.setLevel(logging.ERROR)
     try:
         for name in recipes:
             try:

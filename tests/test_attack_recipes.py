@@ -171,3 +171,16 @@ def test_the_textdefender_profile_offers_k_50_candidates_and_judges_with_the_off
     assert encoders[0].threshold == pytest.approx(TEXTDEFENDER_SIMILARITY) and encoders[0].metric == "angular"
     limits = [c for c in attack.constraints if isinstance(c, MaxWordsPerturbed)]
     assert [c.max_percent for c in limits] == [0.3]
+
+
+def test_checking_the_recipes_before_a_bench_warns_about_nothing(attack_cache, tmp_path, capfd):
+    """The bench builds each recipe against a stand-in model before it trains; TextAttack's note that it
+    cannot tell whether that stand-in suits the goal function is about the stand-in, not the user's model."""
+    from asa_plugin.attacks.config import AttackConfig
+
+    from asa_plugin.plugins import get_plugin_manager
+    from asa_plugin.preflight import build_recipes
+
+    cfg = AttackConfig(cache_dir=str(attack_cache), nltk_data=nltk_data_dir(), embedding_vocab_size=8000)
+    build_recipes(RECIPES, cfg, tmp_path / "attack", get_plugin_manager())
+    assert "Unknown if model" not in capfd.readouterr().err
