@@ -21,6 +21,7 @@ COMMANDS = [
     "asa_plugin.commands.asa_maps",
     "asa_plugin.commands.bench",
     "asa_plugin.commands.report",
+    "asa_plugin.commands.compare",
 ]
 
 

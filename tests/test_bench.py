@@ -108,6 +108,42 @@ def test_each_defence_is_compared_with_vanilla_on_the_same_examples(bench):
         assert 0 < test["p_value"] <= 1
 
 
+def test_compare_pairs_any_two_labels_on_the_same_examples_and_leaves_the_report_alone(bench, capsys):
+    _, out = bench
+    report_before = (out / "report.md").read_bytes()
+    capsys.readouterr()
+    assert main(["compare", str(out), "asa", "--against", "fgm", "--json"]) == 0
+    (cell,) = json.loads(capsys.readouterr().out)["cells"]
+    asa, fgm = robust_outcomes(out, "asa"), robust_outcomes(out, "fgm")
+    assert cell["recipe"] == RECIPE and cell["baseline"] == "fgm" and cell["n_examples"] == N
+    assert cell["accuracy_under_attack"]["delta"] == pytest.approx((sum(asa.values()) - sum(fgm.values())) / N)
+    (test,) = cell["mcnemar"]
+    assert test["defence_only_correct"] == sum(asa[i] and not fgm[i] for i in fgm)
+    assert test["baseline_only_correct"] == sum(fgm[i] and not asa[i] for i in fgm)
+    assert main(["compare", str(out), "asa"]) == 0  # against the bench's baseline: the report's own row
+    table = capsys.readouterr().out
+    assert "## Paired comparison with vanilla" in table
+    reported = {c["defence"]: c for c in read(out / "report.json")["cells"]}["asa"]["comparison"]
+    from asa_plugin.bench.markdown import delta_text
+    assert f"| asa | {RECIPE} | 7 | {N} |" in table and delta_text(reported["accuracy_under_attack"]) in table
+    assert (out / "report.md").read_bytes() == report_before
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nope"], "DEFENCE 'nope' is not a label of the bench"),
+    (["asa", "--against", "nope"], "--against 'nope' is not a label of the bench"),
+    (["asa", "--against", "asa"], "'asa' is the label it would be compared with"),
+    (["vanilla"], "'vanilla' is the label it would be compared with"),
+])
+def test_compare_with_a_bad_label_is_one_line_with_exit_2(bench, capsys, args, message):
+    _, out = bench
+    capsys.readouterr()
+    assert main(["compare", str(out), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
+    assert "its labels: vanilla, fgm, asa" in captured.err or "--against LABEL" in captured.err
+
+
 def test_each_defence_trains_with_its_own_table_and_the_same_budget(bench):
     _, out = bench
     resolved = {d: (out / "runs" / d / "config.resolved.toml").read_text() for d in DEFENCES}

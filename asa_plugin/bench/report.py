@@ -158,8 +158,9 @@ def add_statistics(cells: list[dict], outcomes: dict[tuple[str, str], dict[int, 
                               "degenerate": cell["degenerate"] or by_key[(baseline, cell["recipe"])]["degenerate"]}
 
 
-def collect(out_dir: str | Path) -> dict[str, Any]:
-    """The report of bench directory ``out_dir`` (without plots)."""
+def collect(out_dir: str | Path, baseline: str | None = None) -> dict[str, Any]:
+    """The report of bench directory ``out_dir`` (without plots): every cell compared with ``baseline``,
+    by default the bench's own (``bench.baseline``, else vanilla when the grid has it)."""
     out = Path(out_dir)
     info = read_bench_file(out)
     runs_dir = out / "runs"
@@ -190,7 +191,7 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
         for recipe in info["recipes"]:
             seeds = [r["seed"] for r in runs if r["defence"] == label and recipe in r["recipes"]]
             cells.append(seed_cell(label, recipe, seeds, summaries.get((label, recipe), {}), mine))
-    baseline = info.get("baseline", "vanilla" if "vanilla" in info["defences"] else None)
+    baseline = baseline or info.get("baseline", "vanilla" if "vanilla" in info["defences"] else None)
     add_statistics(cells, outcomes, baseline)
     static = [parse_static(spec)[2] for spec in info.get("static_sets", [])]
     for train in training:  # static sets: one accuracy per trained run
