@@ -126,6 +126,24 @@ def test_progress_lines_count_cells_and_estimate_the_time_left(tmp_path, grids, 
     assert all_rows(out) == all_rows(grids[1])
 
 
+def test_the_time_left_counts_the_cells_of_a_kind_not_timed_yet_instead_of_guessing_their_length():
+    from asa_plugin.bench.cells import GridCell
+    from asa_plugin.bench.executors import Progress
+
+    def train(cost: float) -> GridCell:
+        return GridCell("train", run=None, cost=cost)
+
+    attack = GridCell("attack", run=None, recipe="pwws", cost=300.0)
+    progress = Progress([], done=0, parallel=2)
+    assert progress.left([train(1.0), attack]) == "time left unknown (1 train cell, 1 attack cell not timed yet)"
+    progress.add(train(1.0), 600.0)  # 600 s per unit of training cost; an attack's length is not known yet
+    assert progress.left([train(2.0), train(1.0), attack, attack]) == (
+        "about 15 min 00 s left + 2 attack cells not timed yet")  # (1,200 s + 600 s) over 2 processes
+    progress.add(attack, 300.0)
+    assert progress.left([attack, attack, attack]) == "about 7 min 30 s left"  # 3 x 300 s over 2 processes
+    assert progress.left([]) == "nothing left"
+
+
 # --- Ray ---------------------------------------------------------------------------------------------------------
 def test_ray_with_two_shards_per_attack_writes_the_rows_of_the_local_run(cluster, tmp_path, grids, tiny_bert_dir,
                                                                          toy_data, attack_cache):

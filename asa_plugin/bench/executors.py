@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -358,20 +359,25 @@ class Progress:
         self.counts[cell.kind] = self.counts.get(cell.kind, 0) + 1
 
     def left(self, remaining: list[GridCell]) -> str:
+        """``about 1 h 05 min left``, from the cells of each kind that finished; the cells of a kind none of
+        which has finished yet are counted, not guessed (a training's seconds say nothing of an attack's)."""
         if not remaining:
             return "nothing left"
-        if not self.counts:
-            return "time left unknown"
-        mean = sum(self.seconds.values()) / sum(self.counts.values())
-        work = 0.0
+        work, timed, untimed = 0.0, 0, Counter()
         for cell in remaining:
             if self.costs.get(cell.kind):
                 work += cell.cost * self.seconds[cell.kind] / self.costs[cell.kind]
             elif self.counts.get(cell.kind):
                 work += self.seconds[cell.kind] / self.counts[cell.kind]
             else:
-                work += mean
-        return f"about {_duration(work / min(self.parallel, len(remaining)))} left"
+                untimed[cell.kind] += 1
+                continue
+            timed += 1
+        not_timed = ", ".join(f"{n} {kind} cell{'s' if n > 1 else ''}" for kind, n in untimed.items())
+        if not timed:
+            return f"time left unknown ({not_timed} not timed yet)"
+        text = f"about {_duration(work / min(self.parallel, timed))} left"
+        return f"{text} + {not_timed} not timed yet" if untimed else text
 
 
 def _duration(seconds: float) -> str:
