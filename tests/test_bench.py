@@ -15,6 +15,7 @@ import tomli_w
 from asa_plugin.attacks.results import without_timing
 from attack_support import nltk_data_dir
 
+from asa_plugin.bench.markdown import delta_text
 from asa_plugin.cli import main
 
 DEFENCES = ["vanilla", "fgm", "asa"]
@@ -124,7 +125,6 @@ def test_compare_pairs_any_two_labels_on_the_same_examples_and_leaves_the_report
     table = capsys.readouterr().out
     assert "## Paired comparison with vanilla" in table
     reported = {c["defence"]: c for c in read(out / "report.json")["cells"]}["asa"]["comparison"]
-    from asa_plugin.bench.markdown import delta_text
     assert f"| asa | {RECIPE} | 7 | {N} |" in table and delta_text(reported["accuracy_under_attack"]) in table
     assert (out / "report.md").read_bytes() == report_before
 

@@ -41,7 +41,7 @@ def compare_labels(out_dir, defence: str, against: str | None = None) -> dict:
                         f"with --against LABEL")
     if report["baseline"] == defence:
         raise UserError(f"'{defence}' is the label it would be compared with: name another with --against LABEL")
-    cells = [c for c in report["cells"] if c["defence"] == defence]
+    cells = [c for c in report["cells"] if c["defence"] == defence]  # each with a comparison, after this loop
     for cell in cells:
         if cell["status"] == "missing":  # the report leaves it out of its paired table; here it is said
             cell["comparison"] = {"baseline": report["baseline"], "status": "unavailable",
@@ -57,8 +57,7 @@ def run(args) -> int:
     report = compare_labels(args.dir, args.defence, args.against)
     if args.json:
         print(json.dumps({"defence": args.defence, "baseline": report["baseline"], "statistics": report["statistics"],
-                          "cells": [{"recipe": c["recipe"], "status": c["status"], **c.get("comparison", {})}
-                                    for c in report["cells"]]}, indent=2))
+                          "cells": [{"recipe": c["recipe"], **c["comparison"]} for c in report["cells"]]}, indent=2))
     else:
         print("\n".join(paired_table(report)).strip())
     return 0
