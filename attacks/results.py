@@ -41,6 +41,16 @@ def modifiable_words(text, columns: Sequence[str]) -> int:
     return sum(len(words) for label, words in zip(text.column_labels, text.words_per_input) if label in columns)
 
 
+def confidence(goal_result) -> float | None:
+    """The probability the model gave its predicted class (TextAttack's ``raw_output`` holds the
+    class probabilities of a classification goal), rounded to 4 digits; None where it has none."""
+    scores = getattr(goal_result, "raw_output", None)
+    try:
+        return round(float(scores[int(goal_result.output)]), 4)
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
 def result_row(index: int, gold: int, result, seconds: float, query_budget: float,
                modify_columns: Sequence[str] = ("text_pair",)) -> dict[str, Any]:
     """One results.jsonl row from a TextAttack ``AttackResult``.
@@ -65,6 +75,9 @@ def result_row(index: int, gold: int, result, seconds: float, query_budget: floa
         "gold_label": gold,
         "original_prediction": int(result.original_result.output),
         "perturbed_prediction": int(result.perturbed_result.output),
+        # the model's probability of its prediction, before and after (report.html shows them)
+        "original_confidence": confidence(result.original_result),
+        "perturbed_confidence": confidence(result.perturbed_result),
         **texts,
         "num_words": num_words,
         "words_perturbed": changed,

@@ -52,6 +52,25 @@ def _p_values(comparison: dict) -> str:
     return "; ".join(f"{m['p_value']:.3g}" for m in comparison["mcnemar"])
 
 
+def _holm(comparison: dict) -> str:
+    return "; ".join("n/a" if m.get("p_holm") is None else f"{m['p_holm']:.3g}" for m in comparison["mcnemar"])
+
+
+def _detectable(comparison: dict) -> str:
+    """``±7.2``: the smallest difference in points the comparison detects at 80 % power, ``n/a`` without one."""
+    found = comparison.get("detectable_difference") or {}
+    return "n/a" if found.get("difference") is None else f"±{100 * found['difference']:.1f}"
+
+
+def train_seconds(row: dict) -> str:
+    """Wall seconds of training, with the process's CPU seconds beside them where recorded:
+    ``2500.4 (CPU 2391.0)``."""
+    text = _spread(row, "train_seconds", _num)
+    if row.get("train_cpu_seconds") is not None:
+        text += f" (CPU {_spread(row, 'train_cpu_seconds', _num)})"
+    return text
+
+
 def _seeds(cell: dict) -> str:
     """The seeds of a cell: ``42, 43``, ``42 (43 missing)`` or ``42 missing``."""
     absent = ", ".join(str(s) for s in cell["seeds"] if s not in cell["seeds_done"])
@@ -92,7 +111,7 @@ def cell_row(cell: dict, baseline: str | None) -> list[str]:
     unperturbable = f" ({cell['unperturbable']:.0f} unperturbable)" if cell.get("unperturbable") else ""
     head = [cell["defence"], cell["recipe"], _seeds(cell), _num(cell.get("num_examples"), 0) + unperturbable,
             _spread(cell, "eval_accuracy") if trained else "missing"]
-    tail = ([_spread(cell, "train_seconds", _num), _num(cell.get("seconds_per_step_vs_vanilla"), 2, "x")]
+    tail = ([train_seconds(cell), _num(cell.get("seconds_per_step_vs_vanilla"), 2, "x")]
             if trained else ["missing", "missing"])
     if cell["status"] == "missing":
         body = ["missing"] * 5
@@ -115,22 +134,28 @@ def paired_table(report: dict) -> list[str]:
               f"there are several; {report['statistics']['bootstrap_resamples']} resamples, generator seed "
               f"{report['statistics']['bootstrap_seed']}). *Only D / only B*: examples still correct after the "
               f"attack for the defence only / for {baseline} only, per seed (`;` between seeds). *McNemar p*: "
-              f"exact test on those discordant examples, per seed. *Not significant*: the interval covers 0.", "",
-              "| Defence | Recipe | Seeds | n | Δ clean (attacked) | Δ under attack | Only D / only B | McNemar p "
-              "| Verdict |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+              f"exact test on those discordant examples, per seed. *Holm p*: McNemar's p adjusted by Holm's method over "
+              f"all {report['statistics'].get('holm_family', 'the')} tests of this table (every defence x recipe x "
+              f"seed), the p to read when asking whether *any* of these differences is real. *Detectable*: the "
+              f"smallest Δ McNemar's test would find with {100 * report['statistics'].get('power', 0.8):.0f} % power "
+              f"at p < 0.05, from the discordant rate and n (Connor 1987): a non-significant Δ with a large "
+              f"detectable Δ means too few examples, not no difference. *Not significant*: the interval covers 0.",
+              "", "| Defence | Recipe | Seeds | n | Δ clean (attacked) | Δ under attack | Only D / only B | McNemar p "
+              "| Holm p | Detectable | Verdict |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for cell in report["cells"]:
         comparison = cell.get("comparison")
         if cell["defence"] == baseline or comparison is None:
             continue
         head = [cell["defence"], cell["recipe"]]
         if comparison["status"] != "done":
-            lines.append("| " + " | ".join(head + ["-", "-", "n/a", "n/a", "n/a", "n/a", comparison["reason"]]) + " |")
+            lines.append("| " + " | ".join(head + ["-", "-", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a",
+                                                    comparison["reason"]]) + " |")
             continue
         counts = "; ".join(f"{m['defence_only_correct']}/{m['baseline_only_correct']}" for m in comparison["mcnemar"])
         robust = DEGENERATE if comparison["degenerate"] else delta_text(comparison["accuracy_under_attack"])
         row = head + [", ".join(map(str, comparison["seeds"])), str(comparison["n_examples"]),
                       delta_text(comparison["clean_accuracy"]), robust, counts, _p_values(comparison),
-                      verdict(comparison)]
+                      _holm(comparison), _detectable(comparison), verdict(comparison)]
         lines.append("| " + " | ".join(row) + " |")
     excluded = sorted({c["comparison"]["excluded_examples"] for c in report["cells"]
                        if c.get("comparison", {}).get("status") == "done"} - {0})
@@ -141,17 +166,20 @@ def paired_table(report: dict) -> list[str]:
 
 
 def training_table(report: dict) -> list[str]:
-    lines = ["", "## Training cost", "", "| Defence | Seed | Run | Clean (dev) % | Steps | Train s | s/step "
-             "| vs vanilla | Degenerate |", "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["", "## Training cost", "", "*Train s*: wall seconds of the training loop; *CPU s*: CPU seconds of the "
+             "training process over the same steps (all its threads; `n/a` for runs recorded before it was "
+             "measured). On a shared machine wall seconds grow with the load, CPU seconds much less.", "",
+             "| Defence | Seed | Run | Clean (dev) % | Steps | Train s | CPU s | s/step "
+             "| vs vanilla | Degenerate |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for t in report["training"]:
         head = f"| {t['defence']} | {t['seed']} | {t['run']} |"
         if t["status"] == "missing":
-            lines.append(head + " missing | missing | missing | missing | missing | missing |")
+            lines.append(head + " missing | missing | missing | missing | missing | missing | missing |")
         else:
             flag = f"yes: {t['degenerate_reason']}" if t["degenerate"] else \
                 f"no (BA {_pct(t['judgement']['balanced_accuracy'])})" if t.get("judgement") else "no"
             lines.append(f"{head} {_pct(t['eval_accuracy'])} | {t['steps']} | {_num(t['train_seconds'])} "
-                         f"| {_num(t['seconds_per_step'], 3)} | {_num(t['seconds_per_step_vs_vanilla'], 2, 'x')} "
+                         f"| {_num(t.get('train_cpu_seconds'))} | {_num(t['seconds_per_step'], 3)} | {_num(t['seconds_per_step_vs_vanilla'], 2, 'x')} "
                          f"| {flag} |")
     return lines
 
@@ -182,7 +210,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               "Accuracies in %, mean ± standard deviation over the seeds listed (no ± with one seed). "
               "*n*: examples attacked; *clean (dev)*: eval_accuracy of training; *clean (attacked)*: accuracy on "
               "the attacked subset; *success*: successful / (successful + failed); *words*: % words perturbed in "
-              "successful attacks; *s/step*: training seconds per step relative to vanilla (same seed); "
+              "successful attacks; *train s*: wall seconds of training (the training process's CPU seconds in brackets "
+              "where recorded); *s/step*: training seconds per step relative to vanilla (same seed); "
               "*Δ under attack*: "
               f"paired difference with {baseline or 'the baseline'} in points [95 % interval] and McNemar's p "
               "(per seed), see below. *Degenerate check*: judged from the stored predictions on the dev set and on "

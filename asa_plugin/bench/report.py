@@ -27,7 +27,7 @@ from asa_plugin.training import degenerate
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "unperturbable", "seconds")
-TRAINING_KEYS = ("eval_accuracy", "train_seconds", "seconds_per_step_vs_vanilla")
+TRAINING_KEYS = ("eval_accuracy", "train_seconds", "train_cpu_seconds", "seconds_per_step_vs_vanilla")
 SETTINGS = {"model": ("backbone", "max_length"), "data": ("dataset", "train_file", "dev_file", "max_train_examples",
                                                           "subset_seed", "eval_split"),
             "train": ("epochs", "max_steps", "batch_size", "lr", "seed"),
@@ -57,7 +57,8 @@ def training_row(run: dict, metrics: dict | None) -> dict[str, Any]:
         return {**row, "status": "missing"}
     steps, seconds = metrics.get("steps"), metrics.get("train_seconds")
     row = {**row, "status": "done", "eval_accuracy": metrics.get("eval_accuracy"), "steps": steps,
-           "train_seconds": seconds, "seconds_per_step": seconds / steps if steps else None,
+           "train_seconds": seconds, "train_cpu_seconds": metrics.get("train_cpu_seconds"),  # None: older run
+           "seconds_per_step": seconds / steps if steps else None,
            "degenerate": bool(metrics.get("degenerate", False)), "degenerate_reason": metrics.get("degenerate_reason")}
     history = metrics.get("history") or []
     matrix = degenerate.epoch_confusion(history[-1]) if history else None
@@ -156,6 +157,28 @@ def add_statistics(cells: list[dict], outcomes: dict[tuple[str, str], dict[int, 
             continue
         cell["comparison"] = {"baseline": baseline, **stats.compare(mine, theirs),
                               "degenerate": cell["degenerate"] or by_key[(baseline, cell["recipe"])]["degenerate"]}
+        if cell["comparison"]["status"] == "done":
+            cell["comparison"]["detectable_difference"] = detectable(cell["comparison"])
+    adjust_holm(cells)
+
+
+def detectable(comparison: dict) -> dict[str, Any]:
+    """The smallest difference in accuracy under attack the comparison could detect (80 % power, two-sided
+    0.05), from its discordant rate (mean over its seeds) and its number of examples."""
+    n = comparison["n_examples"]
+    rates = [(m["defence_only_correct"] + m["baseline_only_correct"]) / n for m in comparison["mcnemar"]]
+    rate = statistics.mean(rates)
+    return {"difference": stats.detectable_difference(rate, n), "discordant_rate": rate, "n_examples": n,
+            "power": stats.POWER, "alpha": stats.ALPHA}
+
+
+def adjust_holm(cells: list[dict]) -> int:
+    """Add ``p_holm`` to every McNemar test of the report: Holm's adjustment over all of them (each
+    defence x recipe x seed against the baseline is one test of the family). Returns the family's size."""
+    tests = [m for c in cells if c.get("comparison", {}).get("status") == "done" for m in c["comparison"]["mcnemar"]]
+    for test, adjusted in zip(tests, stats.holm([m["p_value"] for m in tests])):
+        test["p_holm"] = adjusted
+    return len(tests)
 
 
 def collect(out_dir: str | Path, baseline: str | None = None) -> dict[str, Any]:
@@ -206,11 +229,18 @@ def collect(out_dir: str | Path, baseline: str | None = None) -> dict[str, Any]:
     return {"bench_dir": portable_path(out), "config": info.get("source"), "defences": info["defences"],
             "recipes": info["recipes"], "seeds": list(dict.fromkeys(r["seed"] for r in runs)),
             "baseline": baseline, "statistics": {"level": stats.LEVEL, "bootstrap_resamples": stats.RESAMPLES,
-                                                 "bootstrap_seed": stats.BOOTSTRAP_SEED},
+                                                 "bootstrap_seed": stats.BOOTSTRAP_SEED,
+                                                 "holm_family": _family(cells), "power": stats.POWER,
+                                                 "alpha": stats.ALPHA},
             "settings": settings, "defence_params": info.get("defence_params", {}),
             "machines": info.get("machines", []), "training": training, "cells": cells, "static_sets": static,
             "assets": _assets([s for by_seed in summaries.values() for s in by_seed.values()]), "missing": missing,
             "failed": failed_cells(out)}
+
+
+def _family(cells: list[dict]) -> int:
+    """How many McNemar tests the Holm adjustment covered."""
+    return sum(len(c["comparison"]["mcnemar"]) for c in cells if c.get("comparison", {}).get("status") == "done")
 
 
 def failed_cells(out: Path) -> list[dict[str, str]]:
@@ -221,7 +251,8 @@ def failed_cells(out: Path) -> list[dict[str, str]]:
 
 
 def write_report(out_dir: str | Path, pm=None) -> dict[str, Any]:
-    """Collect, draw the plots, write report.json and report.md into ``out_dir``; return the report."""
+    """Collect, draw the plots, write report.json, report.md and report.html into ``out_dir``; return the report."""
+    from asa_plugin.bench.html import write_html
     from asa_plugin.bench.markdown import render_markdown
     from asa_plugin.bench.plots import draw_all
 
@@ -230,6 +261,7 @@ def write_report(out_dir: str | Path, pm=None) -> dict[str, Any]:
     report["plots"] = draw_all(report, out)
     res.write_json(out / "report.json", report)
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    write_html(out, report)
     if pm is not None:
         pm.on_report(report_dir=out, report=report)
     return report

@@ -23,6 +23,13 @@ with replacement (Owen 2007, "the pigeonhole bootstrap"), so the interval covers
 examples and seed-to-seed variation. The generator is seeded: report.json is reproducible.
 McNemar's exact test is a binomial test (``scipy.stats.binomtest``) on the discordant examples of
 one seed's pair of models.
+
+Over the whole bench the McNemar p-values form one family of tests (every defence x recipe x seed
+against the baseline): :func:`holm` adjusts them (Holm 1979), so a reader can see which differences
+survive the number of comparisons made. :func:`detectable_difference` is the smallest difference in
+accuracy under attack McNemar's test would detect with 80 % power, from the discordant rate and the
+number of examples (Connor 1987's sample size for McNemar's test, solved for the difference), so a
+"not significant" can be told from "too few examples to say".
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ RESAMPLES = 10_000
 """Bootstrap resamples per interval."""
 BOOTSTRAP_SEED = 0
 """Seed of the bootstrap generator (the same report every time it is rebuilt)."""
+
+ALPHA = 0.05
+"""Two-sided significance level of the detectable difference."""
+POWER = 0.8
+"""Power at which the detectable difference is computed."""
 
 CLEAN_CORRECT = {"skipped": False, "successful": True, "failed": True, "maximized": True}
 ROBUST_CORRECT = {"skipped": False, "successful": False, "failed": True, "maximized": True}
@@ -158,3 +170,35 @@ def accuracy_interval(runs: dict[int, Outcomes], field: str = "robust", resample
         return None
     values = np.stack([getattr(run, field)[p] for run, p in zip(runs.values(), positions)])  # (k, m)
     return list(crossed_bootstrap(values, resamples, seed))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the order given: the i-th smallest of m is
+    multiplied by m - i + 1, made monotone, and capped at 1. Rejecting where the adjusted p < alpha
+    controls the family-wise error rate at alpha over all m tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def detectable_difference(discordant_rate: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest |p10 - p01| McNemar's test detects with ``power`` at two-sided ``alpha``, for ``n``
+    paired examples of which a share ``discordant_rate`` (psi = p10 + p01) is discordant.
+
+    Connor (1987), "Sample size for testing differences in proportions for the paired-sample design",
+    Biometrics 43:207-211: n = (z_{a/2} sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2.
+    Solved for d: (n + z_b^2) d^2 - 2 z_{a/2} sqrt(n psi) d + (z_{a/2}^2 - z_b^2) psi = 0, the larger root,
+    at most psi (the difference cannot exceed the discordant share). None when nothing is discordant
+    (psi = 0: no difference was seen to size the test by) or there are no examples."""
+    from scipy.stats import norm
+
+    if n <= 0 or discordant_rate <= 0:
+        return None
+    za, zb = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    a, b, c = n + zb ** 2, -2 * za * (n * discordant_rate) ** 0.5, (za ** 2 - zb ** 2) * discordant_rate
+    root = (-b + max(b * b - 4 * a * c, 0.0) ** 0.5) / (2 * a)
+    return float(min(root, discordant_rate))

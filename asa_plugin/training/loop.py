@@ -185,7 +185,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
     adapter.runner = model  # every forward of a defence goes through the (DDP) wrapper
 
     state = {"epoch": 0, "batches_done": 0, "global_step": 0, "history": [], "train_seconds": 0.0,
-             "examples_seen": 0, "num_processes": accelerator.num_processes}
+             "train_cpu_seconds": 0.0, "examples_seen": 0, "num_processes": accelerator.num_processes}
     found = checkpoint.find(run_dir) if resume else None
     if found is not None:
         saved_processes = checkpoint.read_state(found).get("num_processes", 1)
@@ -200,6 +200,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
         first = min(tc.checkpoint_every_steps or steps_per_epoch, steps_per_epoch)
         interrupts.record(False, f"no checkpoint written yet in {run_dir} (the first comes at step {first})")
     state.setdefault("step_history", [])
+    state.setdefault("train_cpu_seconds", None)  # a checkpoint from before CPU time was recorded: unknown
     state.setdefault("thread_changes", [])
     if state["thread_changes"] and state["thread_changes"][-1]["threads"] != threads.threads:  # resumed
         state["thread_changes"].append({"step": state["global_step"], "threads": threads.threads})
@@ -227,7 +228,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
             loader = (accelerator.skip_first_batches(train_loader, state["batches_done"])
                       if state["batches_done"] else train_loader)
             model.train()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             micro_losses: list[float] = []
             for batch in loader:
                 lent = follow_thread_budget(threads)  # a core the bench's executor lends this cell (or takes back)
@@ -263,15 +264,15 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
                         log.info("step %d: %s", state["global_step"], json.dumps(logged))
                         state["step_history"].append(logged)
                     if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
-                        state["train_seconds"] += time.perf_counter() - started
+                        _add_time(state, started, cpu_started)
                         state["defence_state"] = defence.state_dict()
                         _save(accelerator, run_dir, state)
-                        started = time.perf_counter()
+                        started, cpu_started = time.perf_counter(), time.process_time()
                     if kill_at and state["global_step"] == kill_at:
                         os.kill(os.getpid(), 9)
                     if state["global_step"] >= total_steps:
                         break
-            state["train_seconds"] += time.perf_counter() - started
+            _add_time(state, started, cpu_started)
             epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"],
                              **task.evaluate(adapter, model, eval_loader, accelerator),
                              **defence.epoch_metrics()}
@@ -312,6 +313,15 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
     return metrics
 
 
+def _add_time(state: dict[str, Any], started: float, cpu_started: float) -> None:
+    """Add the wall and CPU seconds since ``started``/``cpu_started`` to the run's training time. CPU
+    seconds (``time.process_time``: every thread of this process, user and system) do not grow when other
+    processes share the machine, so they compare runs of a loaded machine where wall seconds do not."""
+    state["train_seconds"] += time.perf_counter() - started
+    if state["train_cpu_seconds"] is not None:
+        state["train_cpu_seconds"] += time.process_time() - cpu_started
+
+
 def _save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
     checkpoint.save(accelerator, run_dir, state)
     if accelerator.is_main_process:
@@ -339,6 +349,7 @@ def _final_metrics(cfg: RunConfig, defence: Defence, state: dict[str, Any]) -> d
         "steps": state["global_step"],
         "train_examples": state["examples_seen"],
         "train_seconds": round(state["train_seconds"], 3),
+        "train_cpu_seconds": None if state.get("train_cpu_seconds") is None else round(state["train_cpu_seconds"], 3),
         "train_examples_per_second": round(state["examples_seen"] / max(state["train_seconds"], 1e-9), 3),
         "history": history,
         "step_history": state.get("step_history", []),
