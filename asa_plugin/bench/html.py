@@ -112,7 +112,8 @@ def cell_labels(report: dict) -> list[dict[str, str]]:
             kind, text = "na", comparison.get("reason", "n/a")
         else:
             text = verdict(comparison)
-            kind = ("degenerate" if comparison.get("degenerate") else "higher" if text.startswith("significantly higher")
+            kind = ("degenerate" if comparison.get("degenerate")
+                    else "higher" if text.startswith("significantly higher")
                     else "lower" if text.startswith("significantly lower") else "ns")
         labels.append({"verdict": text, "kind": kind, "check": judged(cell)})
     return labels

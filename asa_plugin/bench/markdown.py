@@ -134,9 +134,9 @@ def paired_table(report: dict) -> list[str]:
               f"there are several; {report['statistics']['bootstrap_resamples']} resamples, generator seed "
               f"{report['statistics']['bootstrap_seed']}). *Only D / only B*: examples still correct after the "
               f"attack for the defence only / for {baseline} only, per seed (`;` between seeds). *McNemar p*: "
-              f"exact test on those discordant examples, per seed. *Holm p*: McNemar's p adjusted by Holm's method over "
-              f"all {report['statistics'].get('holm_family', 'the')} tests of this table (every defence x recipe x "
-              f"seed), the p to read when asking whether *any* of these differences is real. *Detectable*: the "
+              f"exact test on those discordant examples, per seed. *Holm p*: McNemar's p adjusted by Holm's method "
+              f"over all {report['statistics'].get('holm_family', 'the')} tests of this table (every defence x recipe "
+              f"x seed), the p to read when asking whether *any* of these differences is real. *Detectable*: the "
               f"smallest Δ McNemar's test would find with {100 * report['statistics'].get('power', 0.8):.0f} % power "
               f"at p < 0.05, from the discordant rate and n (Connor 1987): a non-significant Δ with a large "
               f"detectable Δ means too few examples, not no difference. *Not significant*: the interval covers 0.",
@@ -179,7 +179,8 @@ def training_table(report: dict) -> list[str]:
             flag = f"yes: {t['degenerate_reason']}" if t["degenerate"] else \
                 f"no (BA {_pct(t['judgement']['balanced_accuracy'])})" if t.get("judgement") else "no"
             lines.append(f"{head} {_pct(t['eval_accuracy'])} | {t['steps']} | {_num(t['train_seconds'])} "
-                         f"| {_num(t.get('train_cpu_seconds'))} | {_num(t['seconds_per_step'], 3)} | {_num(t['seconds_per_step_vs_vanilla'], 2, 'x')} "
+                         f"| {_num(t.get('train_cpu_seconds'))} "
+                         f"| {_num(t['seconds_per_step'], 3)} | {_num(t['seconds_per_step_vs_vanilla'], 2, 'x')} "
                          f"| {flag} |")
     return lines
 
