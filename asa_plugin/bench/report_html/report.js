@@ -127,7 +127,9 @@ function overviewTable() {
     const done = comparison.status === "done", missing = cell.status === "missing";
     const tests = done ? comparison.mcnemar : [];
     const ci = cell.accuracy_under_attack_ci;
-    const under = missing ? "missing" : pct(cell.accuracy_under_attack) + (ci ? ` [${pct(ci[0])}, ${pct(ci[1])}]` : "");
+    // As in report.md: a degenerate model's accuracy under attack and Δ are not robustness (values in report.json)
+    const under = missing ? "missing" : cell.degenerate ? "degenerate"
+      : pct(cell.accuracy_under_attack) + (ci ? ` [${pct(ci[0])}, ${pct(ci[1])}]` : "");
     const delta = done ? comparison.accuracy_under_attack : null;
     const detect = done && comparison.detectable_difference ? comparison.detectable_difference.difference : null;
     let train = spread(cell, "train_seconds", num);
@@ -141,7 +143,8 @@ function overviewTable() {
       td("accuracy_under_attack", under), td("attack_success_rate", missing ? "missing" : spread(cell, "attack_success_rate")),
       td("avg_words_perturbed_pct", missing ? "missing" : spread(cell, "avg_words_perturbed_pct", num)),
       td("avg_queries", missing ? "missing" : spread(cell, "avg_queries", num)), td("train_seconds", train),
-      td("delta", delta ? `${points(delta.delta)} [${points(delta.ci[0])}, ${points(delta.ci[1])}]` : label.kind === "baseline" ? "baseline" : "n/a"),
+      td("delta", comparison.degenerate ? "degenerate" : delta ? `${points(delta.delta)} [${points(delta.ci[0])}, ${points(delta.ci[1])}]`
+        : label.kind === "baseline" ? "baseline" : "n/a"),
       td("p_value", done ? tests.map((t) => pValue(t.p_value)).join("; ") : "n/a"),
       td("p_holm", done ? tests.map((t) => pValue(t.p_holm)).join("; ") : "n/a"),
       td("detectable", isNum(detect) ? "±" + pct(detect) : "n/a"),
@@ -383,7 +386,8 @@ function showTab(name) {
   for (const button of document.querySelectorAll("nav button")) button.classList.toggle("active", button.dataset.tab === name);
   window.scrollTo(0, 0);
   try {
-    if (location.hash !== "#" + name) history.replaceState(null, "", "#" + name);
+    // "#/name", not "#name": a fragment naming the section's id would scroll the page under the header
+    if (location.hash !== "#/" + name) history.replaceState(null, "", "#/" + name);
   } catch (error) { /* some browsers refuse history changes on file:// pages: the tab still shows */ }
 }
 document.getElementById("title").textContent = `Robustness bench: ${REPORT.bench_dir}`;
@@ -393,5 +397,6 @@ renderExampleList();
 renderPaired();
 renderTraining();
 for (const button of document.querySelectorAll("nav button")) button.addEventListener("click", () => showTab(button.dataset.tab));
-showTab(["overview", "examples", "paired", "training"].includes(location.hash.slice(1)) ? location.hash.slice(1) : "overview");
+const opened = location.hash.replace(/^#\/?/, "");
+showTab(["overview", "examples", "paired", "training"].includes(opened) ? opened : "overview");
 document.body.dataset.ready = "true";
