@@ -113,14 +113,14 @@ def shots(tmp_path_factory) -> Path:
 class Page:
     """One open report.html: the page, the console errors and every request that was not a file."""
 
-    def __init__(self, context, path: Path):
+    def __init__(self, context, path: Path, fragment: str = ""):
         self.errors: list[str] = []
         self.requests: list[str] = []
         self.page = context.new_page()
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.route("**/*", self._route)
-        self.page.goto(path.as_uri())
+        self.page.goto(path.as_uri() + fragment)
         self.page.wait_for_selector("body[data-ready=true]")
 
     def _route(self, route):
@@ -311,3 +311,13 @@ def test_a_row_of_the_overview_opens_its_examples(page, html_bench):
     assert page.page.locator("#example-attack option:checked").inner_text() == f"asa / {RECIPE}"
     assert visible_indices(page) == [r["index"] for r in result_rows(html_bench, "asa")]
     page.close()
+
+
+def test_a_link_opens_the_paired_view_on_a_chosen_pair(browser, html_bench):
+    """``report.html#/paired/A/B/RECIPE``: a link to one comparison (the README's screenshot is one)."""
+    opened = Page(browser, html_bench / "report.html", f"#/paired/asa/fgm/{RECIPE}")
+    assert opened.page.locator("#paired").is_visible() and not opened.page.locator("#overview").is_visible()
+    assert (opened.page.input_value("#pair-a"), opened.page.input_value("#pair-b")) == ("asa", "fgm")
+    only_a, _ = discordant(result_rows(html_bench, "asa"), result_rows(html_bench, "fgm"))
+    assert [int(i) for i in opened.attrs("#only-a-7 .pair", "data-index")] == only_a
+    opened.close()

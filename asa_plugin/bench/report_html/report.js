@@ -201,7 +201,9 @@ function exampleCard(row, runLabel) {
   const diff = diffWords(row.original_text || "", row.perturbed_text || "");
   const conf = (c) => (isNum(c) ? ` (${(100 * c).toFixed(1)} %)` : "");
   const lines = [el("div", { class: "text-line orig" }, el("span", { class: "lab" }, "original"), el("span", { class: "txt", html: diff.original })),
-    el("div", { class: "text-line pert" }, el("span", { class: "lab" }, "perturbed"), el("span", { class: "txt", html: diff.perturbed }))];
+    // a failed attack's text is its last attempt, which did not flip the prediction
+    el("div", { class: "text-line pert" }, el("span", { class: "lab" }, row.outcome === "failed" ? "last attempt" : "perturbed"),
+      el("span", { class: "txt", html: diff.perturbed }))];
   if (row.original_text_pair !== null && row.original_text_pair !== undefined) {
     const pair = diffWords(row.original_text_pair, row.perturbed_text_pair || "");
     lines.push(el("div", { class: "text-line orig" }, el("span", { class: "lab" }, "original 2"), el("span", { html: pair.original })),
@@ -318,13 +320,19 @@ function renderPairLists() {
 function renderPaired() {
   const view = document.getElementById("paired");
   const labels = REPORT.defences, baseline = REPORT.baseline || labels[0];
-  const first = labels.find((l) => l !== baseline) || labels[0];
+  // "#/paired/A/B/RECIPE" opens that pair (a link to one comparison); else a defence against the baseline
+  const [tab, wantA, wantB, wantRecipe] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const asked = tab === "paired" && labels.includes(wantA) && labels.includes(wantB);
+  const first = asked ? wantA : labels.find((l) => l !== baseline) || labels[0];
+  const second = asked ? wantB : baseline;
+  const recipe = asked && REPORT.recipes.includes(wantRecipe) ? wantRecipe : REPORT.recipes[0];
   const pick = (id, value) => el("select", { id, onchange: renderPairLists }, labels.map((l) => el("option", { value: l, selected: l === value ? "" : null }, l)));
   view.append(el("h2", {}, "Paired view"),
     el("p", { class: "note" }, "The examples behind McNemar's test: those exactly one of two models keeps correct after the attack, " +
       "with each model's perturbation side by side. Any two labels of the bench; by default a defence against the baseline."),
-    el("div", { class: "controls" }, el("label", {}, "label A ", pick("pair-a", first)), el("label", {}, "against B ", pick("pair-b", baseline)),
-      el("label", {}, "recipe ", el("select", { id: "pair-recipe", onchange: renderPairLists }, REPORT.recipes.map((r) => el("option", { value: r }, r))))),
+    el("div", { class: "controls" }, el("label", {}, "label A ", pick("pair-a", first)), el("label", {}, "against B ", pick("pair-b", second)),
+      el("label", {}, "recipe ", el("select", { id: "pair-recipe", onchange: renderPairLists },
+        REPORT.recipes.map((r) => el("option", { value: r, selected: r === recipe ? "" : null }, r))))),
     el("div", { id: "pair-lists" }));
   renderPairLists();
 }
@@ -387,7 +395,7 @@ function showTab(name) {
   window.scrollTo(0, 0);
   try {
     // "#/name", not "#name": a fragment naming the section's id would scroll the page under the header
-    if (location.hash !== "#/" + name) history.replaceState(null, "", "#/" + name);
+    if (location.hash.replace(/^#\/?/, "").split("/")[0] !== name) history.replaceState(null, "", "#/" + name);
   } catch (error) { /* some browsers refuse history changes on file:// pages: the tab still shows */ }
 }
 document.getElementById("title").textContent = `Robustness bench: ${REPORT.bench_dir}`;
@@ -397,6 +405,6 @@ renderExampleList();
 renderPaired();
 renderTraining();
 for (const button of document.querySelectorAll("nav button")) button.addEventListener("click", () => showTab(button.dataset.tab));
-const opened = location.hash.replace(/^#\/?/, "");
+const opened = location.hash.replace(/^#\/?/, "").split("/")[0];
 showTab(["overview", "examples", "paired", "training"].includes(opened) ? opened : "overview");
 document.body.dataset.ready = "true";
