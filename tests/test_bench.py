@@ -237,11 +237,13 @@ def test_plots_are_valid_png_images(bench):
 def test_report_command_rebuilds_the_identical_report(bench):
     _, out = bench
     before = (out / "report.json").read_bytes()
-    for name in ("report.json", "report.md", "accuracy_under_attack.png"):
+    html = (out / "report.html").read_text(encoding="utf-8")  # the bench wrote it at its end (issue 36)
+    for name in ("report.json", "report.md", "report.html", "accuracy_under_attack.png"):
         (out / name).unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.json").read_bytes() == before
     assert (out / "report.md").is_file() and (out / "accuracy_under_attack.png").is_file()
+    assert (out / "report.html").read_text(encoding="utf-8") == html
 
 
 def test_missing_cells_are_reported_missing_never_invented(bench, tmp_path):

@@ -80,8 +80,12 @@ function lcsPairs(a, b) {
   return pairs;
 }
 function charMarks(word, other) {
-  // The word with the characters absent from `other` (by LCS) wrapped in <span class="c">.
-  const chars = Array.from(word), kept = new Set(lcsPairs(chars, Array.from(other)).map((p) => p[0]));
+  // The word with the characters absent from `other` (by LCS) wrapped in <span class="c">: a character edit
+  // (DeepWordBug's "sense" -> "seVnse"). A word replaced by a different word (PWWS's synonym: less than
+  // half its characters in common) is marked as a whole, without character marks.
+  const chars = Array.from(word), common = lcsPairs(chars, Array.from(other));
+  if (2 * common.length < Math.max(chars.length, Array.from(other).length)) return escapeHtml(word);
+  const kept = new Set(common.map((p) => p[0]));
   return chars.map((c, i) => (kept.has(i) ? escapeHtml(c) : `<span class="c">${escapeHtml(c)}</span>`)).join("");
 }
 function diffWords(original, perturbed) {
