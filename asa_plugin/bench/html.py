@@ -55,7 +55,7 @@ def compact_row(row: dict, strings: Strings) -> list:
     return [strings.id(row.get(k)) if k in STRING_FIELDS else row.get(k) for k in ROW_FIELDS]
 
 
-def attacked_examples(out: Path, report: dict, strings: Strings) -> list[dict[str, Any]]:
+def attacked_examples(out: Path, strings: Strings) -> list[dict[str, Any]]:
     """Every finished attack of the grid (one per run and recipe) with its rows, in the grid's order."""
     found = []
     for run in grid_runs(_bench(out)):
@@ -122,7 +122,7 @@ def cell_labels(report: dict) -> list[dict[str, str]]:
 def page_data(out: Path, report: dict) -> dict[str, Any]:
     """Everything the page shows, as one JSON-able object."""
     strings = Strings()
-    examples = attacked_examples(out, report, strings)
+    examples = attacked_examples(out, strings)
     return {"report": report, "labels": cell_labels(report), "fields": list(ROW_FIELDS), "strings": strings.table,
             "examples": examples, "curves": training_curves(out, report), "plots": plot_images(out, report)}
 
