@@ -22,7 +22,7 @@ import pytest
 import tomli_w
 from test_bench import DEFENCES, RECIPE, bench_config
 
-from asa_plugin.bench.html import ROW_FIELDS, STRING_FIELDS, page_data
+from asa_plugin.bench.html import ROW_FIELDS, STRING_FIELDS, page_data, render
 from asa_plugin.bench.markdown import verdict
 from asa_plugin.cli import main
 
@@ -74,6 +74,14 @@ def test_report_html_is_one_self_contained_file_with_every_attacked_row(html_ben
         assert decoded == [{k: r.get(k) for k in ROW_FIELDS} for r in stored]
     assert {a["run"] for a in data["examples"]} == set(DEFENCES)
     assert all(p["src"].startswith("data:image/png;base64,") for p in data["plots"] if "src" in p)
+
+
+def test_the_page_of_the_committed_grid_stays_under_5_mb():
+    """results/sst2-minilm-cpu: 42 attacks of 300 examples and 16 trained runs; each text is stored once."""
+    grid = Path(__file__).resolve().parents[1] / "results" / "sst2-minilm-cpu"
+    data = page_data(grid, read(grid / "report.json"))
+    assert sum(len(a["rows"]) for a in data["examples"]) == 42 * 300
+    assert len(render(data).encode("utf-8")) < 5 * 2 ** 20
 
 
 # ---------------------------------------------------------------- the browser
