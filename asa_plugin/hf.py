@@ -153,6 +153,9 @@ class DefenceTrainer(Trainer):
         if optimizers[0] is not None and self.defence.trainable_modules():
             raise ValueError(f"DefenceTrainer: defence {self.defence.name} trains modules of its own, which a "
                              f"given optimizer would not update; leave optimizers unset")
+        if args is not None:  # before Trainer builds its Accelerator (which may fail on them less clearly)
+            check_parallelism(None, "DefenceTrainer", deepspeed=bool(args.deepspeed), fsdp=bool(args.fsdp))
+            check_compile(args.torch_compile, self.defence_config.names, "DefenceTrainer", fix=" (torch_compile=False)")
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         super().__init__(model, args, *trainer_args, callbacks=[*callbacks, _DefenceModulesCallback(self)],
                          **trainer_kwargs)

@@ -95,12 +95,12 @@ def check_parallelism(accelerator, who: str = "", deepspeed: bool = False, fsdp:
     back-propagate several times per step (they would take several optimizer steps). FSDP: the
     perturbation defences read the word-embedding weight outside the wrapped forward, where it is a
     shard, and the defences' own modules are outside the sharded model. ``deepspeed`` / ``fsdp``:
-    asked for by the caller's own settings (e.g. ``TrainingArguments``) besides Accelerate's state;
-    ``who`` prefixes the line.
+    asked for by the caller's own settings (e.g. ``TrainingArguments``) besides Accelerate's state
+    (``accelerator`` None: those settings alone); ``who`` prefixes the line.
     """
     from accelerate.utils import DistributedType
 
-    kind = accelerator.distributed_type
+    kind = accelerator.distributed_type if accelerator is not None else None
     if deepspeed or kind == DistributedType.DEEPSPEED:
         mode = "DeepSpeed (it steps the optimizer at every backward, and FGM/PGD/FreeLB back-propagate " \
                "several times per step)"
