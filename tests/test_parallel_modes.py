@@ -14,9 +14,9 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
-from asa_plugin.adapters.loading import load_adapter
 from safetensors.torch import load_file
 
+from asa_plugin.adapters.loading import load_adapter
 from asa_plugin.cli import main
 from asa_plugin.config import _build_defence
 from asa_plugin.defences.base import build_defence
@@ -71,7 +71,8 @@ def test_train_compiled_gives_the_weights_of_eager_training(fresh_accelerate, mo
     """PGD (input gradients through ``autograd.grad``, several passes a step) through the compiled model."""
     compiled_modules = []
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled_modules.append(model) or real_compile(model, **kw))
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled_modules.append(model)
+                        or real_compile(model, **kw))
     for backend in ("NO", "EAGER"):
         monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", backend)
         AcceleratorState._reset_state(reset_partial_state=True)
