@@ -123,11 +123,13 @@ class DefenceTrainer(Trainer):
             ``name`` and the defence's parameters (the keys of its ``[defence]`` table).
         plugin_manager: the registries to look the defence and the adapter up in (default: the
             process-wide one, with third-party plugins of entry-point group ``advrobust``).
-        model_card: fields of :class:`asa_plugin.modelcard.CardFacts` the trainer cannot know, e.g.
-            ``{"datasets": ["sst2"], "data_description": "SST-2 train, 4000 examples"}``.
+        model_card: fields of :class:`asa_plugin.modelcard.CardFacts` the trainer cannot know
+            (:data:`CARD_KEYS`), e.g. ``{"datasets": ["sst2"], "data_description": "SST-2 train, 4000 examples"}``.
 
-    Not supported: ``model_init`` (hyper-parameter search), ``compute_loss_func`` (the defence
-    supplies the loss) and an optimizer of one's own when the defence has trainable modules.
+    Refused in one line when built (each would be ignored or wrong): ``model_init`` (hyper-parameter
+    search), ``compute_loss_func`` or a ``compute_loss`` override and ``label_smoothing_factor`` (the
+    defence supplies the loss), an optimizer of one's own when the defence has trainable modules,
+    ``fp16`` without a GPU, DeepSpeed, FSDP, ``torch_compile`` with ASA, an unknown ``model_card`` key.
     """
 
     def __init__(self, model: nn.Module | None = None, args=None, *trainer_args, defence: DefenceSpec = "vanilla",
