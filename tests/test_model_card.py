@@ -216,8 +216,8 @@ def test_a_bench_rerun_keeps_every_hand_written_readme(bench, tmp_path, tiny_ber
     shutil.copytree(out, copy)
     for label in DEFENCES:
         readme = copy / "runs" / label / "model" / "README.md"
-        readme.write_text(readme.read_text().replace("<!-- advrobust:card:start -->",
-                                                     f"{HAND_WRITTEN}\n<!-- advrobust:card:start -->"))
+        metadata, body = readme.read_text().split("\n---\n", 1)  # the user's text right after the metadata
+        readme.write_text(f"{metadata}\n---\n{HAND_WRITTEN}\n{body}")
     config = bench_config(tmp_path / "bench.toml", copy, tiny_bert_dir, toy_data, attack_cache)
     assert main(["bench", str(config), "--no-progress"]) == 0
     err = capsys.readouterr().err
