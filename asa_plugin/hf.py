@@ -276,9 +276,10 @@ class DefenceTrainer(Trainer):
         generic one, with ``language``, ``license`` and ``tags`` added to its metadata."""
         if not self.is_world_process_zero():
             return
-        if ignored:
-            log.info("DefenceTrainer.create_model_card: %s are Trainer's card fields; the robustness card "
-                     "states its own", ", ".join(sorted(ignored)))
+        unused = sorted(k for k, v in ignored.items() if v is not None and k != "model_name")  # push_to_hub's own
+        if unused:
+            log.warning("DefenceTrainer.create_model_card: %s not used; the robustness card states its own model "
+                        "and data (DefenceTrainer(model_card=...) sets them)", ", ".join(unused))
         tags = [tags] if isinstance(tags, str) else tags
         write_card(self.args.output_dir, self.card_facts(), {"language": language, "license": license, "tags": tags})
 
