@@ -178,6 +178,9 @@ class DefenceTrainer(Trainer):
                           fsdp=bool(args.fsdp) or self.is_fsdp_enabled)
         check_compile(args.torch_compile or compiled(self.accelerator), self.defence_config.names, "DefenceTrainer",
                       fix=" (torch_compile=False)")
+        if self.use_apex:
+            raise ValueError("DefenceTrainer: half_precision_backend='apex' is not supported (the defence "
+                             "back-propagates through Accelerate's loss scaler); use half_precision_backend='auto'")
         if args.fp16 and self.accelerator.scaler is None:
             raise ValueError(f"DefenceTrainer: fp16=True on {args.device.type} would train in float32 (Accelerate "
                              f"autocasts fp16 and scales its loss on a GPU only); on CPU use bf16=True")

@@ -152,6 +152,16 @@ def test_a_compute_loss_override_is_refused_in_one_line(accelerate_state, monkey
         plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], "fgm")
 
 
+def test_apex_is_refused_in_one_line(accelerate_state, tmp_path, tiny_bert_dir, toy_data):
+    """Trainer's apex backend (``use_apex``; apex cannot even be configured without it installed, as here):
+    its loss scaling is not the one the defence's backward goes through."""
+    trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], "pgd")
+    trainer.use_apex = True  # what Trainer sets for fp16=True, half_precision_backend="apex"
+    with pytest.raises(ValueError, match="half_precision_backend='apex' is not supported .*'auto'") as caught:
+        trainer._refuse_what_would_be_ignored()
+    assert "\n" not in str(caught.value)
+
+
 class DeepSpeedAccelerator(Accelerator):
     """What ``accelerate launch --use_deepspeed`` gives (DeepSpeed itself is not installed here)."""
 
