@@ -24,6 +24,13 @@ BiasProvider = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def ddp_wrapper(runner: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DistributedDataParallel wrapper ``runner`` is, or holds under ``torch.compile`` (whose
+    ``OptimizedModule`` keeps the compiled module as ``_orig_mod``); None for a plain model."""
+    module = getattr(runner, "_orig_mod", runner)
+    return module if isinstance(module, nn.parallel.DistributedDataParallel) else None
+
+
 class BackboneAdapter:
     """Wraps an ``AutoModelForSequenceClassification`` model and its tokenizer."""
 
@@ -69,11 +76,11 @@ class BackboneAdapter:
 
     @contextmanager
     def unwrapped_runner(self) -> Iterator[None]:
-        """Forwards inside go to the module a DistributedDataParallel ``runner`` wraps: the same
+        """Forwards inside go to the module a DistributedDataParallel ``runner`` wraps (compiled or not): the same
         computation without DDP's per-forward bookkeeping (for a recomputation inside the backward)."""
         wrapper = self.runner
-        if isinstance(wrapper, nn.parallel.DistributedDataParallel):
-            self.runner = wrapper.module
+        if (ddp := ddp_wrapper(wrapper)) is not None:
+            self.runner = ddp.module
         try:
             yield
         finally:

@@ -42,9 +42,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from asa_plugin.config import DefenceConfig, _build_defence
 from asa_plugin.defences.base import Defence, build_defence
+from asa_plugin.defences.perturbation import loss_scaler
 from asa_plugin.errors import ConfigError, UserError
-from asa_plugin.modelcard import CardFacts, write_card
+from asa_plugin.modelcard import TASKS, CardFacts, write_card
 from asa_plugin.plugins import PluginManager, get_plugin_manager
+from asa_plugin.training.distributed import check_compile, check_parallelism, compiled
 from asa_plugin.training.optim import build_optimizer
 
 log = logging.getLogger("advrobust.hf")
@@ -55,6 +57,8 @@ MODULES_FILE = "defence_modules.safetensors"
 STATE_FILE = "defence_state.json"
 """Checkpoint file: the defence's running state (metric counters) and the unlogged metric window."""
 ADAMW_OPTIMS = ("adamw_torch", "adamw_torch_fused")
+CARD_KEYS = ("datasets", "data_description", "eval_split", "backbone", "task", "attacks", "comparisons")
+"""The keys of ``model_card=``: the :class:`CardFacts` fields the trainer cannot know itself."""
 
 
 def defence_config(spec: DefenceSpec, registry, source: str = "DefenceTrainer(defence=...)") -> DefenceConfig:
@@ -86,6 +90,18 @@ def _flatten(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def check_card_keys(model_card: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_card`` as a dict, refused in one line when it has a key the card does not state."""
+    unknown = sorted(set(model_card) - set(CARD_KEYS))
+    if unknown:
+        raise ValueError(f"DefenceTrainer(model_card=...): unknown key {unknown[0]!r}; valid keys: "
+                         f"{', '.join(CARD_KEYS)}")
+    if model_card.get("task", "text-classification") not in TASKS:
+        raise ValueError(f"DefenceTrainer(model_card=...): task {model_card['task']!r} is not one of "
+                         f"{', '.join(TASKS)}")
+    return dict(model_card)
+
+
 def _backbone_name(name_or_path: str) -> str:
     """A backbone alias (``minilm``) when ``name_or_path`` is the directory its offline package ships."""
     from asa_plugin.adapters.loading import ALIASES, resolve_backbone
@@ -107,11 +123,13 @@ class DefenceTrainer(Trainer):
             ``name`` and the defence's parameters (the keys of its ``[defence]`` table).
         plugin_manager: the registries to look the defence and the adapter up in (default: the
             process-wide one, with third-party plugins of entry-point group ``advrobust``).
-        model_card: fields of :class:`asa_plugin.modelcard.CardFacts` the trainer cannot know, e.g.
-            ``{"datasets": ["sst2"], "data_description": "SST-2 train, 4000 examples"}``.
+        model_card: fields of :class:`asa_plugin.modelcard.CardFacts` the trainer cannot know
+            (:data:`CARD_KEYS`), e.g. ``{"datasets": ["sst2"], "data_description": "SST-2 train, 4000 examples"}``.
 
-    Not supported: ``model_init`` (hyper-parameter search), ``compute_loss_func`` (the defence
-    supplies the loss) and an optimizer of one's own when the defence has trainable modules.
+    Refused in one line when built (each would be ignored or wrong): ``model_init`` (hyper-parameter
+    search), ``compute_loss_func`` or a ``compute_loss`` override and ``label_smoothing_factor`` (the
+    defence supplies the loss), an optimizer of one's own when the defence has trainable modules,
+    ``fp16`` without a GPU, DeepSpeed, FSDP, ``torch_compile`` with ASA, an unknown ``model_card`` key.
     """
 
     def __init__(self, model: nn.Module | None = None, args=None, *trainer_args, defence: DefenceSpec = "vanilla",
@@ -122,7 +140,7 @@ class DefenceTrainer(Trainer):
         if trainer_kwargs.get("compute_loss_func") is not None:
             raise ValueError("DefenceTrainer: the defence supplies the training loss; drop compute_loss_func")
         pm = plugin_manager or get_plugin_manager()
-        self.model_card = dict(model_card or {})
+        self.model_card = check_card_keys(model_card or {})
         self._backbone = _backbone_name(getattr(model.config, "_name_or_path", "") or model.config.model_type)
         self.defence_config = defence_config(defence, pm.defences)
         tokenizer = trainer_kwargs.get("processing_class")
@@ -137,9 +155,13 @@ class DefenceTrainer(Trainer):
         if optimizers[0] is not None and self.defence.trainable_modules():
             raise ValueError(f"DefenceTrainer: defence {self.defence.name} trains modules of its own, which a "
                              f"given optimizer would not update; leave optimizers unset")
+        if args is not None:  # before Trainer builds its Accelerator (which may fail on them less clearly)
+            check_parallelism(None, "DefenceTrainer", deepspeed=bool(args.deepspeed), fsdp=bool(args.fsdp))
+            check_compile(args.torch_compile, self.defence_config.names, "DefenceTrainer", fix=" (torch_compile=False)")
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         super().__init__(model, args, *trainer_args, callbacks=[*callbacks, _DefenceModulesCallback(self)],
                          **trainer_kwargs)
+        self._refuse_what_would_be_ignored()
         # The defence's losses are means over each micro-batch: Trainer must scale them for gradient
         # accumulation itself (it would not with num_items_in_batch).
         self.model_accepts_loss_kwargs = False
@@ -147,6 +169,28 @@ class DefenceTrainer(Trainer):
             module.to(self.args.device)
         self._window: dict[str, float] = {}
         self._window_steps = 0
+
+    def _refuse_what_would_be_ignored(self) -> None:
+        """One line for each setting the defence's training steps would not honour (checked at start)."""
+        args = self.args
+        check_parallelism(self.accelerator, "DefenceTrainer",
+                          deepspeed=bool(args.deepspeed) or self.is_deepspeed_enabled,
+                          fsdp=bool(args.fsdp) or self.is_fsdp_enabled)
+        check_compile(args.torch_compile or compiled(self.accelerator), self.defence_config.names, "DefenceTrainer",
+                      fix=" (torch_compile=False)")
+        if self.use_apex:
+            raise ValueError("DefenceTrainer: half_precision_backend='apex' is not supported (the defence "
+                             "back-propagates through Accelerate's loss scaler); use half_precision_backend='auto'")
+        if args.fp16 and self.accelerator.scaler is None:
+            raise ValueError(f"DefenceTrainer: fp16=True on {args.device.type} would train in float32 (Accelerate "
+                             f"autocasts fp16 and scales its loss on a GPU only); on CPU use bf16=True")
+        if args.label_smoothing_factor:
+            raise ValueError(f"DefenceTrainer: label_smoothing_factor={args.label_smoothing_factor} would be "
+                             f"ignored (each defence computes its own cross-entropy); leave it at 0")
+        if type(self).compute_loss is not Trainer.compute_loss:
+            raise ValueError(f"DefenceTrainer: {type(self).__name__}.compute_loss would be ignored in training (the "
+                             f"defence supplies each step's loss); remove it, or register a defence plugin "
+                             f"with that loss (defence=its name)")
 
     # --- the defence's modules ------------------------------------------------------------
     def defence_parameters(self) -> list[nn.Parameter]:
@@ -187,8 +231,12 @@ class DefenceTrainer(Trainer):
         def backward(loss: torch.Tensor) -> None:
             self.accelerator.backward(loss / scale)
 
-        with self.compute_loss_context_manager():  # CPU autocast under bf16, as Trainer's compute_loss
+        # CPU autocast under bf16, as Trainer's compute_loss; under fp16 the defences' input gradients
+        # (PGD, SCAL, USCAL) are taken at the scale of Accelerate's loss scaler, as in ``advrobust train``.
+        with self.compute_loss_context_manager(), loss_scaler(self.accelerator.scaler):
             result = self.defence.training_step(inputs, backward)
+        if self.accelerator.sync_gradients:  # the step's last micro-batch: before Trainer unscales and clips
+            _average_across_processes(self.defence_parameters(), self.accelerator.num_processes)
         for key, value in _flatten(result.metrics).items():
             self._window[key] = self._window.get(key, 0.0) + value
         self._window_steps += 1
@@ -224,6 +272,19 @@ class DefenceTrainer(Trainer):
         folder = Path(output_dir or self.args.output_dir)
         self.defence.save_extras(folder)
         write_card(folder, self.card_facts())
+
+    def create_model_card(self, language: str | None = None, license: str | None = None, tags=None,
+                          **ignored) -> None:
+        """``push_to_hub``'s card: the robustness card (merged with a README the user wrote), not Trainer's
+        generic one, with ``language``, ``license`` and ``tags`` added to its metadata."""
+        if not self.is_world_process_zero():
+            return
+        unused = sorted(k for k, v in ignored.items() if v is not None and k != "model_name")  # push_to_hub's own
+        if unused:
+            log.warning("DefenceTrainer.create_model_card: %s not used; the robustness card states its own model "
+                        "and data (DefenceTrainer(model_card=...) sets them)", ", ".join(unused))
+        tags = [tags] if isinstance(tags, str) else tags
+        write_card(self.args.output_dir, self.card_facts(), {"language": language, "license": license, "tags": tags})
 
     def card_facts(self) -> CardFacts:
         """What the model card of a model saved now states (training budget and clean accuracy so far)."""
@@ -288,12 +349,30 @@ class DefenceTrainer(Trainer):
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
+def _average_across_processes(params: list[nn.Parameter], world: int) -> None:
+    """DDP's mean of the gradients of ``params`` over ``world`` processes (nothing for one process).
+
+    Called at the end of a step's last backward, while the gradients are still loss-scaled (fp16), as
+    DDP reduces the model's: Trainer's unscaling then finds the same overflow on every process, so all
+    of them take, or all skip, the step."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(world)
+
+
 class _DefenceModulesCallback(TrainerCallback):
     """What DDP and ``model.zero_grad()`` do for the model, done for the defence's own modules.
 
     Trainer wraps and zeroes only ``trainer.model``; the defence's modules (called from inside the
-    model's forward) are outside it. Start: every process takes process 0's weights. Before each
-    optimizer step: their gradients are averaged over the processes (DDP's mean). After it: zeroed.
+    model's forward) are outside it. Start: every process takes process 0's weights. After each
+    optimizer step: their gradients are zeroed. (Their mean over the processes is taken in
+    ``training_step``, before Trainer unscales and clips.)
     """
 
     def __init__(self, trainer: DefenceTrainer):
@@ -308,17 +387,6 @@ class _DefenceModulesCallback(TrainerCallback):
 
             for p in self.trainer.defence_parameters():
                 dist.broadcast(p.data, src=0)
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self._distributed():
-            import torch.distributed as dist
-
-            world = self.trainer.accelerator.num_processes
-            for p in self.trainer.defence_parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad.div_(world)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         for p in self.trainer.defence_parameters():

@@ -17,9 +17,12 @@ The metadata (YAML front matter, parsed by ``huggingface_hub.ModelCard.load``) h
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from asa_plugin.errors import UserError
 
 try:
     import tomllib
@@ -143,11 +146,120 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=float))
 
 
-def write_card(model_dir: str | Path, facts: CardFacts) -> Path:
-    """Write ``model_dir/README.md``; return its path."""
+# --- writing next to a user's own text ------------------------------------------------------
+CARD_START, CARD_END = "<!-- advrobust:card:start -->", "<!-- advrobust:card:end -->"
+"""The generated section of a ``README.md`` lies between these markers; text outside them is the user's."""
+OWNED_METADATA = ("advrobust", "model-index", "model_name")
+"""Metadata keys the card always states (the run's own numbers); a user's other keys win over ours."""
+BESIDE_FILE = "README.advrobust.md"
+"""Where the card goes when a user's ``README.md`` has a metadata block that does not parse."""
+
+
+def _split(text: str) -> tuple[dict[str, Any], str]:
+    """(metadata, body) of a card's text; a ``ValueError`` when its YAML block is not a mapping."""
+    import yaml
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    found = REGEX_YAML_BLOCK.search(text)
+    if not found:
+        return {}, text
+    try:
+        meta = yaml.safe_load(found.group(2)) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(str(error)) from error
+    if not isinstance(meta, dict):
+        raise ValueError("its metadata block is not a mapping")
+    return meta, text[found.end():]
+
+
+def _tags(value: Any) -> list[Any]:
+    return [value] if isinstance(value, str) else list(value) if isinstance(value, list) else []
+
+
+def _merged_metadata(user: dict[str, Any], ours: dict[str, Any], user_first: bool = True) -> dict[str, Any]:
+    """The user's keys and ours, tags united. ``user_first``: the user's value wins where both have a key,
+    except the keys the card owns (:data:`OWNED_METADATA`); otherwise ours wins wherever we have one."""
+    merged = dict(user)
+    for key, value in ours.items():
+        if key == "tags" and "tags" in user:
+            merged["tags"] = [*_tags(user["tags"]), *(t for t in _tags(value) if t not in _tags(user["tags"]))]
+        elif not user_first or key in OWNED_METADATA or key not in user:
+            merged[key] = value
+    return merged
+
+
+def _users_text(body: str) -> tuple[str, str, bool]:
+    """(text before, text after) the generated section of ``body``, and whether it has one (else all of
+    ``body`` is before)."""
+    if CARD_START in body and CARD_END in body.split(CARD_START, 1)[1]:
+        before, rest = body.split(CARD_START, 1)
+        return before, rest.split(CARD_END, 1)[1], True
+    return body, "", False
+
+
+def merge_card(existing: str | None, generated: str) -> tuple[str, bool]:
+    """The ``README.md`` text that states ``generated`` and keeps every word of ``existing``.
+
+    Returns (text, whether ``existing`` held text or metadata of the user's own). The generated body
+    goes between :data:`CARD_START` and :data:`CARD_END`: where these markers already are, only what
+    lies between them is replaced and our metadata keys are updated; otherwise (a README the user wrote)
+    the section is appended after the user's text and the user's metadata values win, except the card's
+    own numbers (:data:`OWNED_METADATA`). Tags are united either way.
+    """
+    ours, body = _split(generated)
+    user: dict[str, Any] = {}
+    before, after, ours_before = "", "", False
+    if existing is not None:
+        user, existing_body = _split(existing)
+        before, after, ours_before = _users_text(existing_body)
+    kept = bool(before.strip() or after.strip() or set(user) - set(ours))
+    meta = _merged_metadata(user, ours, user_first=not ours_before)
+    section = f"{CARD_START}\n{body.strip()}\n{CARD_END}\n"
+    lead = before.rstrip() + "\n\n" if before.strip() else "\n"
+    tail = "\n" + after.lstrip("\n") if after.strip() else ""
+    return f"---\n{_yaml(meta)}---\n{lead}{section}{tail}", kept
+
+
+def write_card(model_dir: str | Path, facts: CardFacts, metadata: dict[str, Any] | None = None) -> Path:
+    """Write the card of ``facts`` to ``model_dir/README.md`` and return its path.
+
+    A ``README.md`` already there with text of the user's own keeps it (:func:`merge_card`), and one
+    line on stderr says so; one whose metadata block cannot be parsed is left as it is and the card is
+    written beside it (``README.advrobust.md``). ``metadata``: extra YAML keys (``license``, ``language``,
+    ``tags``), e.g. from ``Trainer.push_to_hub``'s arguments.
+    """
     path = Path(model_dir) / CARD_FILE
-    render(facts).save(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, where the model card goes; move it away and save again")
+    generated = str(render(facts))
+    if metadata:
+        ours, body = _split(generated)
+        extra = {k: v for k, v in metadata.items() if v is not None}
+        generated = f"---\n{_yaml(_merged_metadata(ours, extra))}---\n{body}"
+    existing = path.read_text(encoding="utf-8") if path.is_file() else None
+    try:
+        text, kept = merge_card(existing, generated)
+    except ValueError as error:
+        beside = path.with_name(BESIDE_FILE)
+        beside.write_text(merge_card(None, generated)[0], encoding="utf-8")
+        _say(f"{path} is not changed (its metadata block does not parse: {str(error).splitlines()[0]}); "
+             f"the model card is written beside it, to {beside.name}")
+        return beside
+    path.write_text(text, encoding="utf-8")
+    if kept:
+        _say(f"{path} has text of its own: it is kept, and the model card is merged into it between "
+             f"{CARD_START} and {CARD_END}")
     return path
+
+
+def _yaml(meta: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+
+
+def _say(note: str) -> None:
+    print(f"advrobust: note: {note}", file=sys.stderr, flush=True)
 
 
 # --- advrobust train / bench run directories --------------------------------------------------

@@ -119,9 +119,11 @@ def perturbed_loss(defence: Defence, batch: Batch, delta: torch.Tensor) -> torch
 @contextmanager
 def without_gradient_sync(adapter: BackboneAdapter) -> Iterator[None]:
     """Passes that only need the input gradient skip DDP's gradient synchronisation."""
-    runner = adapter.runner
-    if isinstance(runner, torch.nn.parallel.DistributedDataParallel):
-        with runner.no_sync():
+    from asa_plugin.adapters.base import ddp_wrapper
+
+    ddp = ddp_wrapper(adapter.runner)  # also under torch.compile
+    if ddp is not None:
+        with ddp.no_sync():
             yield
     else:
         yield

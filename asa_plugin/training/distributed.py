@@ -83,3 +83,54 @@ def sum_across_processes(values: torch.Tensor) -> torch.Tensor:
     summed = values.to(PartialState().device)
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)
     return summed.to(values.device)
+
+
+SUPPORTED_PARALLELISM = "one process, or several with DDP (accelerate launch --multi_gpu, or --multi_cpu)"
+
+
+def check_parallelism(accelerator, who: str = "", deepspeed: bool = False, fsdp: bool = False) -> None:
+    """Refuse, in one line, the distributed modes the defences would silently get wrong.
+
+    DeepSpeed: Accelerate steps the optimizer at every synced backward, and FGM, PGD and FreeLB
+    back-propagate several times per step (they would take several optimizer steps). FSDP: the
+    perturbation defences read the word-embedding weight outside the wrapped forward, where it is a
+    shard, and the defences' own modules are outside the sharded model. ``deepspeed`` / ``fsdp``:
+    asked for by the caller's own settings (e.g. ``TrainingArguments``) besides Accelerate's state
+    (``accelerator`` None: those settings alone); ``who`` prefixes the line.
+    """
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type if accelerator is not None else None
+    if deepspeed or kind == DistributedType.DEEPSPEED:
+        mode = "DeepSpeed (it steps the optimizer at every backward, and FGM/PGD/FreeLB back-propagate " \
+               "several times per step)"
+    elif fsdp or kind == DistributedType.FSDP:
+        mode = "FSDP (the defences read the word embeddings and run modules outside the sharded model)"
+    elif kind == DistributedType.MEGATRON_LM:
+        mode = "Megatron-LM"
+    else:
+        return
+    raise UserError(f"{who + ': ' if who else ''}{mode} is not supported; supported: {SUPPORTED_PARALLELISM}")
+
+
+HOOKED_DEFENCES = ("asa",)
+"""Defences that reach the model through forward hooks added per pass (ASA's attention bias)."""
+
+
+def compiled(accelerator) -> bool:
+    """Whether Accelerate will ``torch.compile`` the prepared model (``--dynamo_backend``, ``torch_compile``)."""
+    from accelerate.utils import DynamoBackend
+
+    plugin = getattr(accelerator.state, "dynamo_plugin", None)
+    return plugin is not None and plugin.backend != DynamoBackend.NO
+
+
+def check_compile(is_compiled: bool, names: list[str], who: str = "", fix: str = "") -> None:
+    """A ``torch.compile``'d model runs the hooks it had when it was compiled (dynamo does not guard on
+    module hooks): ASA's attention bias, hooked in per pass, would silently be left out. The
+    embedding-perturbation defences and vanilla feed ``inputs_embeds`` and work compiled (tested)."""
+    hooked = [n for n in names if n in HOOKED_DEFENCES]
+    if is_compiled and hooked:
+        raise UserError(f"{who + ': ' if who else ''}defence {hooked[0]} adds its attention bias through forward "
+                        f"hooks, which a torch.compile'd model ignores; train it without torch.compile{fix} "
+                        f"(compiled training is supported for vanilla, fgm, pgd, freelb, scal and uscal)")

@@ -35,8 +35,11 @@ from asa_plugin.training import checkpoint, degenerate
 from asa_plugin.training.batching import EncodedDataset, make_loader, truncation_note
 from asa_plugin.training.distributed import (
     TrainedModules,
+    check_compile,
     check_mixed_precision,
+    check_parallelism,
     check_process_group,
+    compiled,
     local_batches,
     mean_across_processes,
 )
@@ -155,6 +158,8 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
                               step_scheduler_with_optimizer=False)
     check_mixed_precision(tc.mixed_precision, accelerator.device, cfg.source)
     check_process_group(accelerator.num_processes)
+    check_parallelism(accelerator)  # DeepSpeed, FSDP: one line naming what is supported
+    check_compile(compiled(accelerator), cfg.defence.names, fix=" (accelerate launch without --dynamo_backend)")
     task = task or Task()
     data = task.load_data(cfg, pm)  # validated before the model loads
     if accelerator.is_main_process:
