@@ -14,9 +14,9 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
+from asa_plugin.adapters.loading import load_adapter
 from safetensors.torch import load_file
 
-from asa_plugin.adapters.loading import load_adapter
 from asa_plugin.cli import main
 from asa_plugin.config import _build_defence
 from asa_plugin.defences.base import build_defence
