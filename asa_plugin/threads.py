@@ -5,7 +5,8 @@ Order of precedence, highest first:
 1. the config (``attack.threads``, ``train.threads``);
 2. ``OMP_NUM_THREADS`` (or ``MKL_NUM_THREADS``) in the environment;
 3. a count the user already set with ``torch.set_num_threads`` in this process (any count other than
-   torch's own default);
+   torch's own default and other than the count this module set itself for an earlier command in the process:
+   a second ``train`` in one Python session resolves as the first did, not as if the user had chosen it);
 4. the command's default (``1`` per attack worker, :data:`TRAIN_DEFAULT_THREADS` for training).
 
 Every command records its :class:`ThreadChoice` (threads and source) in its summary or metrics.
@@ -25,6 +26,9 @@ SEED_MAX = 2**32 - 1
 SEED_WHY = "numpy seeds are 0..2**32-1"
 TRAIN_DEFAULT_THREADS = 1
 """Measured on the shared 2-core machines (benchmarks/train_threads.py, benchmarks/README.md)."""
+_applied: int | None = None
+"""The count :func:`apply_threads` or :func:`follow_thread_budget` last set in this process (None: never): torch
+running at it is this module's doing, not a count the user chose."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def resolve_threads(configured: int | None, default: int) -> ThreadChoice:
     if from_env is not None:
         return ThreadChoice(*from_env)
     current = torch.get_num_threads()
-    if current not in torch_default_threads():
+    if current not in torch_default_threads() and current != _applied:
         return ThreadChoice(current, "torch.set_num_threads")
     return ThreadChoice(max(1, int(default)), "default")
 
@@ -88,8 +92,17 @@ def apply_threads(configured: int | None, default: int) -> ThreadChoice:
 
     choice = resolve_threads(configured, default)
     if torch.get_num_threads() != choice.threads:
-        torch.set_num_threads(choice.threads)
+        _set_threads(choice.threads)
     return choice
+
+
+def _set_threads(count: int) -> None:
+    """``torch.set_num_threads(count)``, remembered as this module's own choice (see :func:`resolve_threads`)."""
+    global _applied
+    import torch
+
+    torch.set_num_threads(count)
+    _applied = count
 
 
 # --- threads lent by the bench's executor ------------------------------------------------------------------------
@@ -117,5 +130,5 @@ def follow_thread_budget(choice: ThreadChoice) -> int | None:
     wanted = max(1, int(_lent_threads.value))
     if wanted == torch.get_num_threads():
         return None
-    torch.set_num_threads(wanted)
+    _set_threads(wanted)
     return wanted

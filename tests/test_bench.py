@@ -573,6 +573,43 @@ def test_a_cell_is_degenerate_when_its_attacked_examples_say_so():
     assert cell["balanced_accuracy_attacked"] == 0.51
 
 
+CELL_STATUS = [  # (the seeds of 7, 8 whose attack finished, the cell's status)
+    pytest.param([7, 8], "done", id="done"),
+    pytest.param([7], "partial", id="partial"),
+    pytest.param([8], "partial", id="partial-first-seed-missing"),
+    pytest.param([], "missing", id="missing"),
+]
+
+
+@pytest.mark.parametrize("finished,status", CELL_STATUS)
+def test_a_cell_is_done_only_when_every_seed_finished(finished, status):
+    from asa_plugin.bench.report import seed_cell
+
+    summaries = {seed: {"accuracy_under_attack": seed / 10} for seed in finished}
+    cell = seed_cell("asa", "pwws", [7, 8], summaries, {7: {"eval_accuracy": 0.9}, 8: {"eval_accuracy": 0.8}})
+    assert (cell["status"], cell["seeds_done"]) == (status, finished)
+    if finished:  # the mean is over the finished seeds only
+        assert cell["accuracy_under_attack"] == pytest.approx(sum(s / 10 for s in finished) / len(finished))
+    else:
+        assert "accuracy_under_attack" not in cell
+
+
+def test_a_cell_with_a_seed_missing_is_reported_partial(seeded, tmp_path):
+    _, out, _ = seeded
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / "runs" / "asa.seed8" / "attack" / RECIPE / "summary.json").unlink()
+    assert main(["report", str(copy)]) == 0
+    report = read(copy / "report.json")
+    assert report["missing"] == [f"attack asa.seed8/{RECIPE}"]
+    cells = {(c["defence"], c["recipe"]): c for c in report["cells"]}
+    cell = cells[("asa", RECIPE)]
+    assert (cell["status"], cell["seeds"], cell["seeds_done"]) == ("partial", SEEDS, [7])
+    assert cell["accuracy_under_attack"] == cell["per_seed"]["7"]["accuracy_under_attack"]
+    assert "accuracy_under_attack" not in cell["per_seed"]["8"]  # seed 8 trained, never attacked
+    assert cells[("vanilla", RECIPE)]["status"] == "done"
+
+
 def test_a_bench_json_without_seeds_is_read_as_one_seed(bench, tmp_path):
     _, out = bench
     copy = tmp_path / "old"

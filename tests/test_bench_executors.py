@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -20,6 +22,7 @@ from asa_plugin.attacks.runner import KILL_AFTER_ENV
 from attack_support import nltk_data_dir
 
 from asa_plugin.bench.cells import build_cells, priority, step_cost
+from asa_plugin.bench.executors import read_failures
 from asa_plugin.bench.grid import run_grid
 from asa_plugin.bench.plan import load_plan
 from asa_plugin.bench.report import write_report
@@ -177,12 +180,67 @@ def test_a_ray_worker_killed_mid_attack_is_retried_and_every_example_is_kept_onc
     outcome = run_grid(load_plan(config))  # no retries: the kill is visible
     assert outcome["failed"] == ["attack vanilla/deepwordbug"]
     assert [r["index"] for r in read_rows(results)] == [0, 1]
-    outcome = run_grid(load_plan(config, ["bench.retries=3"]))  # killed again after 2 more rows, then retried
+    # Exactly bench.retries retries: 1 retry is 2 attempts, each SIGKILLed after its one new row.
+    monkeypatch.setenv(KILL_AFTER_ENV, "1")
+    outcome = run_grid(load_plan(config, ["bench.retries=1"]))
+    assert outcome["failed"] == ["attack vanilla/deepwordbug"]
+    assert [r["index"] for r in read_rows(results)] == [0, 1, 2, 3]
+    assert read_failures(out)["attack vanilla/deepwordbug"].startswith("Ray gave up after 1 retries: ")
+    outcome = run_grid(load_plan(config, ["bench.retries=3"]))  # killed after the last row, then retried
     assert outcome["failed"] == [] and outcome["ran"] == ["attack vanilla/deepwordbug"]
     kept = read_rows(results)
     assert sorted(r["index"] for r in kept) == list(range(N))  # every example exactly once
     assert [without_timing(r) for r in kept] == rows(grids[2], "vanilla", "deepwordbug")
     assert not (out / "failures.json").exists()
+
+
+class RecordingRay:
+    """The part of the ``ray`` module RayPool uses, on a cluster that is already up: it records each task's
+    options, and every task's worker dies (Ray has used up the retries it was given)."""
+
+    def __init__(self):
+        self.options: list[dict] = []
+
+    def is_initialized(self):
+        return True
+
+    def cluster_resources(self):
+        return {"CPU": 2}
+
+    def remote(self, function):
+        ray = self
+
+        class Task:
+            def options(self, **options):
+                ray.options.append(options)
+                return SimpleNamespace(remote=lambda cell: object())
+
+        return Task()
+
+    def wait(self, refs, num_returns):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        from ray.exceptions import WorkerCrashedError
+
+        raise WorkerCrashedError()
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_ray_gets_exactly_bench_retries_as_each_tasks_max_retries(monkeypatch, retries):
+    """Ray reads max_retries = -1 as unlimited: an off-by-one at retries = 0 would retry a killed cell forever."""
+    import asa_plugin.bench.executors as executors
+    from asa_plugin.bench.cells import GridCell
+
+    fake = RecordingRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    pool = executors.RayPool(retries=retries)
+    pool.submit(GridCell("attack", run=SimpleNamespace(name="vanilla"), recipe="deepwordbug"))
+    (options,) = fake.options
+    assert options["max_retries"] == retries and options["retry_exceptions"] is False
+    ((cell, line, error, _),) = pool.wait()
+    assert cell.key == "attack vanilla/deepwordbug" and line is None
+    assert error.startswith(f"Ray gave up after {retries} retries: ")
 
 
 def test_a_cell_with_a_bad_recipe_asset_fails_alone_and_is_reported(cluster, tmp_path, grids, tiny_bert_dir,

@@ -72,6 +72,44 @@ def test_defence_trainer_writes_a_card_with_its_state(tmp_path, tiny_bert_dir, t
     assert loaded.data.datasets == ["toy"] and "the toy set" in loaded.content
 
 
+def test_defence_trainer_card_states_the_last_evaluation_not_the_first(tmp_path, tiny_bert_dir, toy_data):
+    """Two evaluations that differ (the metric is the test's own, so they surely differ): the card is the model's
+    as saved, after the last one."""
+    from test_hf_trainer import plain_trainer
+
+    shares = iter([0.25, 0.75])
+    trainer = plain_trainer(tmp_path / "out", tiny_bert_dir, toy_data["train"], "vanilla",
+                            trainer_kwargs={"compute_metrics": lambda prediction: {"accuracy": next(shares)}},
+                            num_train_epochs=2, eval_strategy="epoch")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "model"))
+    assert [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h] == [0.25, 0.75]
+    assert metric(card(tmp_path / "model"), "clean accuracy") == 0.75
+
+
+def test_a_cards_attack_entry_is_the_accuracy_under_attack_not_the_clean_one(tmp_path):
+    """A run whose attack succeeded (clean 0.9, 0.25 under attack), written as advrobust train and attack do."""
+    import tomli_w
+
+    from asa_plugin.modelcard import write_model_card
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "attack" / "pwws").mkdir(parents=True)
+    (run / "config.resolved.toml").write_text(tomli_w.dumps({"model": {"backbone": "minilm"},
+                                                             "defence": {"name": "asa", "tau": 0.3}}))
+    (run / "metrics.json").write_text(json.dumps({"defence": "asa", "eval_accuracy": 0.9, "steps": 6}))
+    summary = {"recipe": "pwws", "clean_accuracy": 0.9, "accuracy_under_attack": 0.25, "attack_success_rate": 0.72,
+               "num_examples": 40, "split": "dev"}
+    (run / "attack" / "pwws" / "summary.json").write_text(json.dumps(summary))
+    loaded = card(write_model_card(run).parent)
+    assert metric(loaded, "accuracy under pwws") == 0.25 and metric(loaded, "clean accuracy") == 0.9
+    (under,) = [r for r in loaded.data.eval_results if r.metric_config == "pwws"]
+    assert under.dataset_split == "dev"
+    assert loaded.data.to_dict()["advrobust"]["attacks"]["pwws"]["accuracy_under_attack"] == 0.25
+    assert "| pwws | 25.0% | 72.0% | 40 |" in loaded.content
+
+
 BASE_MODELS = [  # (backbone as configured, base_model in the card)
     ("minilm", "sentence-transformers/all-MiniLM-L6-v2"),
     ("bert-base-uncased", "bert-base-uncased"),

@@ -75,12 +75,20 @@ def _collate(tokenizer, texts, seed=0, epoch=0, max_length=64, **options):
     return collate([data[i] for i in range(len(data))])
 
 
-def test_masking_selects_15_percent_and_replaces_80_10_10(tmp_path):
+MASKING_RATES = [  # (pretrain.mlm_probability, mask_replace_prob, random_replace_prob)
+    pytest.param(0.15, 0.8, 0.1, id="bert-15-80-10-10"),  # the defaults (BERT's)
+    pytest.param(0.4, 0.5, 0.3, id="40-50-30-20"),  # a rate the collator must not replace with 15 %
+]
+
+
+@pytest.mark.parametrize("rate,mask_share,random_share", MASKING_RATES)
+def test_masking_selects_the_configured_share_and_replaces_as_configured(tmp_path, rate, mask_share, random_share):
     tokenizer = _tokenizer(tmp_path)
     texts = [" ".join(["the dog walked", "a cat jumping", "play talk"][i % 3] for _ in range(1 + i % 5))
              for i in range(400)]
     original = tokenizer(texts, padding=True, return_tensors="pt")["input_ids"]  # (B, L)
-    batch = _collate(tokenizer, texts)
+    batch = _collate(tokenizer, texts, mlm_probability=rate, mask_replace_prob=mask_share,
+                     random_replace_prob=random_share)
     labels, ids, positions = batch["mlm_labels"], batch["input_ids"], batch["mlm_positions"]
     ordinary = ~torch.isin(original, torch.tensor(tokenizer.all_special_ids))  # (B, L): real, non-special
     assert not positions[~ordinary].any()  # never a special token or padding
@@ -90,10 +98,12 @@ def test_masking_selects_15_percent_and_replaces_80_10_10(tmp_path):
     def within(count, total, p):  # 5 binomial standard deviations
         return abs(count - p * total) <= 5 * (total * p * (1 - p)) ** 0.5
 
-    assert within(k, n, 0.15), (k, n)
+    assert within(k, n, rate), (k, n)
+    vocab = len(tokenizer)  # a random replacement is any token: the original or the mask token 1 time in `vocab` each
     masked = int((ids[positions] == tokenizer.mask_token_id).sum())
     unchanged = int((ids[positions] == original[positions]).sum())
-    assert within(masked, k, 0.8) and within(k - masked - unchanged, k, 0.1 * (1 - 1 / 15)), (masked, unchanged, k)
+    assert within(masked, k, mask_share + random_share / vocab), (masked, k)
+    assert within(k - masked - unchanged, k, random_share * (1 - 2 / vocab)), (masked, unchanged, k)
     assert torch.equal(ids[~positions], original[~positions])  # only selected positions change
 
 
@@ -163,10 +173,22 @@ def mlm_setup(tiny_bert_dir, tmp_path):
     return adapter, defence, batch
 
 
+def _attention_weights_times(model, factor: float) -> None:
+    """Scale every attention projection of ``model``: at its init (std 0.02) the tiny model's attention adds
+    about 1 % to each hidden state, so masking it moves the predictions by a KL near 1e-7, the size of float32's
+    rounding between two matmul shapes; scaled by 20 the KL is about 4e-3 and a 1e-5 relative check means
+    something."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".attention." in name and name.endswith(".weight") and "LayerNorm" not in name:
+                parameter.mul_(factor)
+
+
 def test_asa_objective_on_mlm_uses_the_selected_positions_only(mlm_setup):
     from asa_plugin.defences.asa import functional as asa_f
 
     adapter, defence, batch = mlm_setup
+    _attention_weights_times(adapter.model, 20.0)
     positions = batch["mlm_positions"]
     assert 0 < positions.sum() < batch["attention_mask"].sum()
     inputs = adapter.model_inputs(batch)
@@ -180,8 +202,41 @@ def test_asa_objective_on_mlm_uses_the_selected_positions_only(mlm_setup):
     assert defence._last["asa_ce"] == pytest.approx(hf_loss.item(), rel=1e-5)
     expected = asa_f.symmetric_kl(clean[positions], adv[positions]).item()
     everywhere = asa_f.symmetric_kl(clean[batch["attention_mask"].bool()], adv[batch["attention_mask"].bool()]).item()
+    assert expected > 1e-3  # a divergence far above float32's rounding (see _attention_weights_times)
     assert defence._last["asa_symmetric_kl"] == pytest.approx(expected, rel=1e-5)
-    assert expected != pytest.approx(everywhere, rel=1e-3)  # the unselected positions are left out
+    assert expected != pytest.approx(everywhere, rel=1e-2)  # the unselected positions are left out
+
+
+def test_held_out_loss_and_accuracy_are_means_over_the_predicted_tokens(mlm_setup):
+    """evaluate_mlm against transformers' own loss (labels=) on the same masked batches, weighted by each
+    batch's predicted tokens; half of each batch's labels are the model's own top-1, so accuracy is not 0."""
+    from accelerate import Accelerator
+
+    from asa_plugin.pretraining.mlm import IGNORE, MLMCollator, MLMDataset, evaluate_mlm
+
+    adapter, _, first = mlm_setup
+    texts = ["the plot was dull", "what a great and moving story it was", "fine"]
+    data = MLMDataset(texts, adapter.tokenizer, 16, packing=False)
+    second = MLMCollator(adapter.tokenizer, PretrainConfig(corpus="x", mlm_probability=0.6), 1)(list(data))
+    nll = correct = count = 0.0
+    for batch in (first, second):
+        positions, labels = batch["mlm_positions"], batch["mlm_labels"]  # (B, L) each
+        with torch.no_grad():
+            top1 = adapter.model(**adapter.model_inputs(batch)).logits.argmax(-1)  # (B, L)
+        rows, cols = positions.nonzero(as_tuple=True)
+        labels[rows[::2], cols[::2]] = top1[rows[::2], cols[::2]]  # every other predicted token: right
+        assert (labels != IGNORE).sum() == positions.sum() < batch["attention_mask"].sum()
+        with torch.no_grad():
+            out = adapter.model(**adapter.model_inputs(batch), labels=labels)
+        n = int(positions.sum())
+        nll, count = nll + out.loss.item() * n, count + n
+        correct += int((out.logits.argmax(-1)[positions] == labels[positions]).sum())
+    assert first["mlm_positions"].sum() != second["mlm_positions"].sum()  # a mean of batch means would differ
+    metrics = evaluate_mlm(adapter, adapter.model, [first, second], Accelerator(cpu=True))
+    assert metrics["eval_predicted_tokens"] == count
+    assert metrics["eval_mlm_loss"] == pytest.approx(nll / count, rel=1e-5)
+    assert metrics["eval_accuracy"] == pytest.approx(correct / count) and 0.4 < metrics["eval_accuracy"] < 1
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
 def test_gradient_reversal_reaches_the_adversaries_on_mlm(mlm_setup, monkeypatch):

@@ -14,6 +14,7 @@ def clean_env(monkeypatch):
     for name in tp.THREAD_ENVS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(tp, "torch_default_threads", lambda: {torch.get_num_threads()})
+    monkeypatch.setattr(tp, "_applied", None, raising=False)  # no earlier command of this process set a count
     return monkeypatch
 
 
@@ -34,6 +35,20 @@ def test_thread_precedence(clean_env, configured, env, default, expected):
 def test_a_count_set_with_torch_is_respected(clean_env):
     clean_env.setattr(tp, "torch_default_threads", lambda: {torch.get_num_threads() + 5})
     assert tp.resolve_threads(None, 1) == tp.ThreadChoice(torch.get_num_threads(), "torch.set_num_threads")
+
+
+def test_a_count_an_earlier_command_set_is_not_taken_for_the_users(clean_env):
+    """Two commands in one process resolve alike: the first one's torch.set_num_threads is no user's choice."""
+    before = torch.get_num_threads()
+    clean_env.setattr(tp, "torch_default_threads", lambda: {3})  # torch's own count, as a fresh process has it
+    try:
+        torch.set_num_threads(3)
+        assert tp.apply_threads(None, 1) == tp.ThreadChoice(1, "default") and torch.get_num_threads() == 1
+        assert tp.apply_threads(None, 1) == tp.ThreadChoice(1, "default")  # not "torch.set_num_threads"
+        torch.set_num_threads(2)  # the user's own count, set after that command, still wins
+        assert tp.apply_threads(None, 1) == tp.ThreadChoice(2, "torch.set_num_threads")
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_apply_threads_sets_torch(clean_env):
@@ -99,6 +114,7 @@ def lent(monkeypatch):
     before = torch.get_num_threads()
     shared = multiprocessing.RawValue("i", 1)
     monkeypatch.setattr(tp, "_lent_threads", shared)
+    monkeypatch.setattr(tp, "_applied", tp._applied)  # restored with torch's count
     yield shared
     torch.set_num_threads(before)
 
