@@ -125,10 +125,11 @@ def build_jobs(args):
 
         check_cache_dir(resolve_cache_dir(jobs[0]))
     if args.resume:
-        from asa_plugin.attacks.results import read_rows
+        from asa_plugin.attacks.results import check_indices, read_rows
 
         for job in jobs:  # a damaged results.jsonl is named now, not after the model has loaded
-            read_rows(job.out_dir / "results.jsonl")
+            path = job.out_dir / "results.jsonl"
+            check_indices(path, read_rows(path), len(job.texts))
     return cfg, jobs
 
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asa_plugin.errors import UserError
+from asa_plugin.errors import UserError, writing
+from asa_plugin.preflight import check_safetensors
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -36,7 +37,8 @@ def save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     _test_delay(accelerator.process_index)
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with writing(tmp):
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()  # every process has written its files into tmp
     if accelerator.is_main_process:
         files = sorted(p.name for p in tmp.iterdir())
@@ -88,6 +90,12 @@ def check_complete(path: Path) -> None:
         raise UserError(f"{path} is incomplete (missing {', '.join(missing)}); resuming it would not continue "
                         f"the interrupted run: restore the files, or train into another directory with "
                         f"--set output.run_dir=...")
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            check_safetensors(weights, "checkpoint file")
+        except UserError as exc:
+            raise UserError(str(exc).split("; copy or save")[0] + "; this checkpoint cannot be resumed: restore "
+                            "it, or train into another directory with --set output.run_dir=...") from None
 
 
 def load(accelerator, path: Path) -> dict[str, Any]:
