@@ -35,6 +35,11 @@ def static_set(data_file: str | None, task: str | None, dataset: str | None, spl
 
     data = settings.get("data", {})
     columns = {k: data[k] for k in ("text_column", "text_pair_column", "label_column") if data.get(k)}
+    if data_file and task is not None and Path(data_file).suffix != ".json":
+        raise UserError(f"{data_file}: a task ('{task}') picks one list of a per-task .json file (AdvGLUE's "
+                        f"layout), but this is a {Path(data_file).suffix or 'suffix-less'} file of one set; "
+                        + ("drop --task" if task_hint == TASK_HINT else "drop '#TASK' from its bench.static_sets "
+                                                                        "entry"))
     if data_file:
         if task is None and Path(data_file).suffix == ".json" and Path(data_file).is_file():
             task = ADVGLUE_TASKS.get(str(data.get("dataset")))
@@ -85,13 +90,28 @@ def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, d
                         task_hint: str = TASK_HINT) -> tuple[dict, Path]:
     """Evaluate ``checkpoint`` on one static set; write ``out_root/evaluate/<name>/``; (summary, that dir)."""
     from asa_plugin.attacks import results as res
-    from asa_plugin.data.labels import checkpoint_labels
+    from asa_plugin.data.labels import checkpoint_labels, class_mismatch
     from asa_plugin.data.loading import check_same_inputs
+    from asa_plugin.errors import UserError
+    from asa_plugin.outputs import path_name_problem
 
+    problem = path_name_problem(name) if name is not None else None
+    if problem:
+        raise UserError(f"--name {name!r} cannot name a folder under {out_root / 'evaluate'} ({problem}); give a "
+                        f"plain name such as 'advglue-sst2' (--out DIR chooses where)")
     settings = _run_settings(run_dir)
     labels = checkpoint_labels(checkpoint)
     examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
+    problem = path_name_problem(default_name) if name is None else None
+    if problem:
+        raise UserError(f"the output name {default_name!r} (from the file, task or dataset) cannot name a folder "
+                        f"under {out_root / 'evaluate'} ({problem}); give one with --name NAME")
     check_same_inputs(examples, where, run_dir, "evaluate")
+    mismatch = class_mismatch(labels, [e.label for e in examples], where)
+    if mismatch:
+        import sys
+
+        print(f"advrobust evaluate: {mismatch}", file=sys.stderr, flush=True)
     max_length = settings.get("model", {}).get("max_length", 512)
     summary, rows = evaluate(checkpoint, examples, max_length, batch_size)
     out = out_root / "evaluate" / (name or default_name)

@@ -142,8 +142,9 @@ def test_an_incomplete_wordnet_is_named(capsys, tmp_path, tiny_bert_dir):
     data = write(tmp_path / "dev.tsv", "sentence\tlabel\nthe film was good\t1\nthe plot was bad\t0\n")
     argv = ["attack", "--model", tiny_bert_dir, "--recipe", "pwws", "--data-file", data, "--out", tmp_path / "out",
             "--set", f"attack.nltk_data={tmp_path / 'nltk'}", "--no-progress"]
-    assert one_line(capsys, argv) == (f"advrobust attack: error: WordNet in {wordnet} is incomplete (no lexnames); install it again "
-                    f"(python -m nltk.downloader wordnet), or point attack.nltk_data (or NLTK_DATA) at a whole copy")
+    assert one_line(capsys, argv) == (
+        f"advrobust attack: error: WordNet in {wordnet} is incomplete (no lexnames); install it again (python -m "
+        f"nltk.downloader wordnet), or point attack.nltk_data (or NLTK_DATA) at a whole copy")
 
 
 def test_asa_maps_into_an_unwritable_place(capsys, tmp_path):
@@ -292,3 +293,163 @@ def test_a_run_of_the_other_command_says_what_it_is(capsys, run_config, tmp_path
         f"advrobust {given}: error: {tmp_path / 'run'} holds {kinds[was]}, not {kinds[given].split(' (')[0]}: "
         f"continue it with `advrobust {was} CONFIG --resume`, or choose another directory with "
         f"--set output.run_dir=...")
+
+
+# --- names used as paths stay inside their directory ------------------------------------------------------
+def _sst2_run(root: Path, tiny: Path, max_length: int = 32) -> Path:
+    shutil.copytree(tiny, root / "run" / "model")
+    write(root / "run" / "config.resolved.toml", f"[data]\ndataset = \"sst2\"\n[model]\nmax_length = {max_length}\n")
+    return root / "run"
+
+
+@pytest.mark.parametrize("name,problem", [("../../x", "it holds a path separator"),
+                                          ("..", "'..' is the directory itself or its parent"),
+                                          ("", "it is empty")])
+def test_evaluate_name_cannot_leave_the_run(capsys, tmp_path, tiny_bert_dir, toy_data, name, problem):
+    run = _sst2_run(tmp_path, tiny_bert_dir)
+    assert one_line(capsys, ["evaluate", run, "--data-file", toy_data["dev"], "--name", name]) == (
+        f"advrobust evaluate: error: --name {name!r} cannot name a folder under {run / 'evaluate'} ({problem}); "
+        f"give a plain name such as 'advglue-sst2' (--out DIR chooses where)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _bench_cfg(tmp_path: Path, tiny: Path, toy_data, bench: str) -> Path:
+    return write(tmp_path / "bench.toml", f"""[bench]
+recipes = ["deepwordbug"]
+out_dir = "{tmp_path / 'bench'}"
+{bench}
+[model]
+backbone = "{tiny}"
+num_labels = 2
+[data]
+train_file = "{toy_data['train']}"
+dev_file = "{toy_data['dev']}"
+[train]
+max_steps = 1
+""")
+
+
+BENCH_NAME_CASES = [
+    ('defences = ["vanilla", "."]\n[bench.variants."."]\ndefence = "asa"\n',
+     "bench.defences: '.' cannot name a run directory under runs/ ('.' is the directory itself or its parent); "
+     "use a plain name such as \"asa-tau0.3\""),
+    ('defences = ["vanilla", ".."]\n[bench.variants.".."]\ndefence = "asa"\n',
+     "bench.defences: '..' cannot name a run directory under runs/ ('..' is the directory itself or its parent); "
+     "use a plain name such as \"asa-tau0.3\""),
+    ('defences = ["vanilla", "../asa"]\n',
+     "bench.defences: '../asa' cannot name a run directory under runs/ (it holds a path separator); use a plain name "
+     "such as \"asa-tau0.3\""),
+    ('defences = ["asa+freelb", "freelb+asa"]\n',
+     "bench.defences lists 'asa+freelb' and 'freelb+asa': one composition (the objective defence runs inside the "
+     "perturbation defence's passes whatever the order), which would train twice; keep one"),
+]
+
+
+@pytest.mark.parametrize("bench,expected", BENCH_NAME_CASES)
+def test_bench_labels_name_one_run_directory_each(capsys, tmp_path, tiny_bert_dir, toy_data, bench, expected):
+    cfg = _bench_cfg(tmp_path, tiny_bert_dir, toy_data, bench)
+    line = one_line(capsys, ["bench", cfg])
+    assert line.startswith("advrobust bench: error: ") and line.endswith(expected), line
+    assert not (tmp_path / "bench").exists()
+
+
+# --- options that silently do nothing --------------------------------------------------------------------
+def test_task_on_a_file_of_one_set_is_refused(capsys, tmp_path, tiny_bert_dir, toy_data):
+    run = _sst2_run(tmp_path, tiny_bert_dir)
+    assert one_line(capsys, ["evaluate", run, "--data-file", toy_data["dev"], "--task", "qqp"]) == (
+        f"advrobust evaluate: error: {toy_data['dev']}: a task ('qqp') picks one list of a per-task .json file "
+        f"(AdvGLUE's layout), but this is a .tsv file of one set; drop --task")
+    assert not (run / "evaluate").exists()
+
+
+def test_a_variant_defined_but_not_listed_is_said(capsys, tmp_path, tiny_bert_dir, toy_data):
+    from asa_plugin.bench.plan import load_plan
+
+    cfg = _bench_cfg(tmp_path, tiny_bert_dir, toy_data,
+                     'defences = ["vanilla"]\n[bench.variants."asa-tau0.3"]\ndefence = "asa"\nasa = {tau = 0.3}\n')
+    load_plan(cfg)
+    assert capsys.readouterr().err.strip() == (
+        f"advrobust bench: warning: {cfg}: bench.variants.asa-tau0.3 is defined but not listed in bench.defences, "
+        f"so no cell trains it; add \"asa-tau0.3\" to bench.defences (--only-defences runs a part of the grid), or "
+        f"remove the variant")
+
+
+# --- data that is wrong but would train --------------------------------------------------------------------
+def _tsv(rows: list[tuple], header: str = "sentence\tlabel") -> str:
+    return header + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows)
+
+
+GOOD = [(f"good film {i}", i % 2) for i in range(6)]
+DATA_CASES = [
+    # (file name, its text, extra [data]/[model] settings, the message after "advrobust train: error: ")
+    ("train.tsv", _tsv([(t, "other " + t, y) for t, y in GOOD], "sentence\tsentence\tlabel"), {},
+     "{f}: line 1: the header names column 'sentence' 2 times; give each column its own name"),
+    ("train.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "text": "c", "label": 1}\n', {},
+     "{f}: line 2: key 'text' appears twice in the object; keep one (JSON keeps only the last)"),
+    ("train.jsonl", '{"text": "a", "label": 0}\n{"text": null, "label": 1}\n', {},
+     "{f}: row 2: text is null (no text); give it a text or remove the row"),
+    ("train.jsonl", '{"text": "a", "label": 0}\n{"text": ["b", "c"], "label": 1}\n', {},
+     "{f}: row 2: text is a list, not a text; every text must be a string"),
+    ("train.tsv", _tsv(GOOD + [("  ", 1)]), {},
+     "{f}: row 7: sentence is empty; a training example needs a text: give it one or remove the row"),
+    ("train.tsv", _tsv([("good", "pos"), ("bad", "neg")]), {"data": {"label_names": ["neg", ""]}},
+     "data.label_names: name 2 of 2 is empty (['neg', '']); a class needs a name a row can have: fix or remove it"),
+    ("train.tsv", _tsv(GOOD), {"model": {"num_labels": 5}},
+     "{f}: model.num_labels = 5, but no training row has label LABEL_2, LABEL_3, LABEL_4 (the labels are 0, 1): "
+     "the model could never predict them; set model.num_labels = 2 (or remove it), or add such examples"),
+    ("train.tsv", "sentence,label\n" + "".join(f"good film {i},{i % 2}\n" for i in range(6)), {},
+     "{f}: no text column 'text/sentence/review/content'; columns are sentence,label; set data.text_column (its "
+     "header line is split by commas, not tabs: a .csv file named .tsv? rename it train.csv)"),
+]
+
+
+@pytest.mark.parametrize("name,text,extra,expected", DATA_CASES)
+def test_data_that_is_wrong_is_refused_before_training(capsys, run_config, tmp_path, name, text, extra, expected):
+    data = write(tmp_path / name, text)
+    sections = {"data": {"train_file": str(data), "dev_file": str(data)}}
+    for section, values in extra.items():
+        sections.setdefault(section, {}).update(values)
+    cfg = run_config(extra=sections)
+    assert one_line(capsys, ["train", cfg]) == "advrobust train: error: " + fill(expected, f=data)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_model_of_many_classes_on_two_class_data_warns(capsys, tmp_path, toy_data):
+    from tiny import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path / "ten", "bert", num_labels=10)
+    assert main(["evaluate", str(model), "--data-file", str(toy_data["dev"]), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"advrobust evaluate: warning: the model has 10 classes, but the labels of {toy_data['dev']} use only 2 of "
+        f"them (LABEL_0, LABEL_1): a model of another task? its accuracy on this data means little")
+
+
+# --- counts that are off ---------------------------------------------------------------------------------
+def test_an_empty_shard_is_refused(capsys, tmp_path, tiny_bert_dir):
+    data = write(tmp_path / "dev.tsv", "sentence\tlabel\nthe film was good\t1\nthe plot was bad\t0\n")
+    assert one_line(capsys, _attack(tiny_bert_dir, data, tmp_path / "out", "--shard", "3/4")) == (
+        "advrobust attack: error: --shard 3/4: shard 3 of 4 holds no example (there are 2); use at most 2 shards, "
+        "e.g. --shard 0/2")
+    assert not (tmp_path / "out" / "attack").exists()
+
+
+# --- an attack of a run uses the run's settings -----------------------------------------------------------
+def test_attack_of_a_run_uses_its_max_length(capsys, tmp_path, tiny_bert_dir):
+    from asa_plugin.cli import build_parser
+    from asa_plugin.commands.attack import build_jobs
+
+    run = _sst2_run(tmp_path, tiny_bert_dir, max_length=16)
+    data = write(tmp_path / "dev.tsv", "sentence\tlabel\nthe film was good\t1\nthe plot was bad\t0\n")
+    for extra, expected in (([], 16), (["--set", "model.max_length=24"], 24)):
+        args = build_parser().parse_args([str(a) for a in _attack(run, data, tmp_path / "o", *extra)])
+        cfg, (job,) = build_jobs(args)
+        assert (cfg.model.max_length, job.max_length) == (expected, expected)
+
+
+def test_a_dev_file_is_named_as_the_file_not_the_dataset(tmp_path, tiny_bert_dir, toy_data):
+    from asa_plugin.attacks.jobs import data_source
+    from asa_plugin.config import DataConfig
+
+    data = DataConfig(dataset="sst2", dev_file=str(toy_data["dev"]))
+    assert data_source(data, "dev") == f"{toy_data['dev']}:dev"
+    assert data_source(DataConfig(dataset="sst2"), "dev") == "sst2:dev"

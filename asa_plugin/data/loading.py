@@ -84,11 +84,17 @@ def text_columns(row: dict, where: str, text_column: str | None,
     text_col = text_column or next((c for c in TEXT_COLUMNS if c in row), None)
     if text_col is None or text_col not in row:
         raise DataError(f"{where}: no text column '{text_column or '/'.join(TEXT_COLUMNS)}'; columns are "
-                        f"{columns}; set {key}")
+                        f"{columns}; set {key}{_delimiter_hint(where)}")
     if pair_column is not None and pair_column not in row:
         raise DataError(f"{where}: no text pair column '{pair_column}'; columns are {columns}; "
                         f"set data.text_pair_column")
     return text_col, pair_column
+
+
+def _delimiter_hint(where: str) -> str:
+    from asa_plugin.data.files import delimiter_hint
+
+    return delimiter_hint(Path(where))
 
 
 def cell_text(value, where: str, row: int, column: str) -> str | None:
@@ -119,7 +125,7 @@ def split_columns(split: Split, data_cfg) -> tuple[str, str | None, str]:
     label_col = data_cfg.label_column
     if label_col not in rows[0]:
         raise DataError(f"{where}: no label column '{label_col}'; columns are "
-                        f"{', '.join(map(str, rows[0]))}; set data.label_column")
+                        f"{', '.join(map(str, rows[0]))}; set data.label_column{_delimiter_hint(where)}")
     for key, column in (("text_column", text_col), ("text_pair_column", pair_col)):
         if column == label_col:
             raise DataError(f"{where}: data.{key} '{column}' is also data.label_column: the model would read "
@@ -199,7 +205,7 @@ def load_training_data(data_cfg, num_labels: int | None, registry=None) -> Train
     labels = label_map(data_cfg, train, num_labels)
     train_examples = to_examples(train, data_cfg, labels, training=True)
     check_training_classes([e.label for e in train_examples], labels, train.where,
-                           getattr(data_cfg, "label_names", None))
+                           getattr(data_cfg, "label_names", None), num_labels)
     train_examples = subset(train_examples, data_cfg.max_train_examples, data_cfg.subset_seed)
     evaluated = read_split(data_cfg, data_cfg.eval_split, registry)
     eval_examples = subset(to_examples(evaluated, data_cfg, labels), data_cfg.max_eval_examples,
