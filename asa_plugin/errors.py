@@ -104,6 +104,25 @@ def write_failure(exc: BaseException, command: str) -> str | None:
     return f"cannot write{where}: {reason}; free space (or choose another output directory), then {_rerun(command)}"
 
 
+_COMMAND: list[str] = []
+"""The ``advrobust`` command running in this process (set by the CLI), so a shared message suggests only
+flags that command has."""
+
+
+def set_command(name: str | None) -> None:
+    _COMMAND[:] = [name] if name else []
+
+
+def current_command() -> str | None:
+    return _COMMAND[0] if _COMMAND else None
+
+
+def start_over_hint(path, attack_words: str = "rerun with --overwrite") -> str:
+    """How to discard earlier results at ``path``: ``attack_words`` (``--overwrite``) under ``advrobust
+    attack`` (the only command with that flag), else moving them away."""
+    return attack_words if current_command() in (None, "attack") else f"move {path} away to start it again"
+
+
 def is_main_rank() -> bool:
     """False in the processes other than rank 0 of a distributed launch (``accelerate launch``,
     ``torchrun``): they hit the same bad input, and one copy of its line is enough."""

@@ -84,6 +84,21 @@ def evaluate(model_path: str, examples: list, max_length: int, batch_size: int =
     return {"accuracy": correct / len(rows), "correct": correct, "num_examples": len(rows)}, rows
 
 
+DATA_KEY_FIXES = {
+    "set data.text_column": "name the file's text column text, sentence, review or content",
+    "set data.label_column": "name the file's label column 'label'",
+    "set data.text_pair_column": "name the file's columns as a known pair (premise/hypothesis, "
+                                 "sentence1/sentence2, question1/question2)",
+}
+"""``evaluate`` reads columns by these names (or the run's): the fixes its messages give instead of a key."""
+
+
+def _without_data_keys(message: str) -> str:
+    for key, fix in DATA_KEY_FIXES.items():
+        message = message.replace(key, fix)
+    return message
+
+
 def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, data_file: str | None = None,
                         task: str | None = None, dataset: str | None = None, split: str = "dev",
                         name: str | None = None, batch_size: int = 64,
@@ -101,7 +116,10 @@ def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, d
                         f"plain name such as 'advglue-sst2' (--out DIR chooses where)")
     settings = _run_settings(run_dir)
     labels = checkpoint_labels(checkpoint)
-    examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
+    try:
+        examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
+    except UserError as exc:  # evaluate takes no config: a [data] key is no fix here
+        raise type(exc)(_without_data_keys(str(exc))) from None
     problem = path_name_problem(default_name) if name is None else None
     if problem:
         raise UserError(f"the output name {default_name!r} (from the file, task or dataset) cannot name a folder "

@@ -230,7 +230,8 @@ def test_merge_over_a_damaged_shard(capsys, tmp_path):
     write(shard / "run.json", json.dumps({"shard": [0, 1], "selection_size": 2}))
     results = write(shard / "results.jsonl", json.dumps(ROW) + "\nnot json\n")
     assert one_line(capsys, ["merge", tmp_path / "run"]) == (
-        f"advrobust merge: error: {results}: line 2: not valid JSON (Expecting value); {UNTOUCHED}")
+        f"advrobust merge: error: {results}: line 2: not valid JSON (Expecting value); "
+        + UNTOUCHED.replace("rerun with --overwrite", f"move {results} away to start it again"))
 
 
 REPORT_CASES = [

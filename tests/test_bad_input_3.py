@@ -82,7 +82,8 @@ def test_a_merged_shard_row_with_a_string_index_is_named(capsys, tmp_path):
     write(shard / "run.json", json.dumps({"shard": [0, 1], "selection_size": 2}))
     results = write(shard / "results.jsonl", json.dumps(ROW) + "\n" + json.dumps(ROW | {"index": "1"}) + "\n")
     assert one_line(capsys, ["merge", tmp_path / "run"]) == (
-        f"advrobust merge: error: {results}: line 2: index '1' is not an example number (0, 1, 2, ...); {UNTOUCHED}")
+        f"advrobust merge: error: {results}: line 2: index '1' is not an example number (0, 1, 2, ...); "
+        + UNTOUCHED.replace("rerun with --overwrite", f"move {results} away to start it again"))
 
 
 # --- settings that leave nothing -------------------------------------------------------------------------
@@ -453,3 +454,36 @@ def test_a_dev_file_is_named_as_the_file_not_the_dataset(tmp_path, tiny_bert_dir
     data = DataConfig(dataset="sst2", dev_file=str(toy_data["dev"]))
     assert data_source(data, "dev") == f"{toy_data['dev']}:dev"
     assert data_source(DataConfig(dataset="sst2"), "dev") == "sst2:dev"
+
+
+# --- every fix names a flag or key the command has -----------------------------------------------------------
+def test_evaluate_does_not_suggest_config_keys(capsys, tmp_path, tiny_bert_dir):
+    run = _sst2_run(tmp_path, tiny_bert_dir)
+    data = write(tmp_path / "dev.tsv", "words\tlabel\ngood\t1\n")
+    assert one_line(capsys, ["evaluate", run, "--data-file", data]) == (
+        f"advrobust evaluate: error: {data}: no text column 'text/sentence/review/content'; columns are words, "
+        f"label; name the file's text column text, sentence, review or content")
+
+
+def test_pretrain_names_its_own_text_column_key(capsys, tmp_path, tiny_bert_dir):
+    corpus = write(tmp_path / "c.tsv", "words\tx\ngood film\t1\n")
+    assert one_line(capsys, ["pretrain", _pretrain_cfg(tmp_path, tiny_bert_dir, corpus)]) == (
+        f"advrobust pretrain: error: {corpus}: no text column 'text/sentence/review/content'; columns are words, x; "
+        f"set pretrain.text_column")
+
+
+SET_CASES = [
+    # (command, override, the line after "error: "): a bad --set value is blamed on the --set
+    ("train", "data.train_file=nope.tsv", "--set 'data.train_file=nope.tsv': data.train_file: file not found: "
+                                            "nope.tsv"),
+    ("train", "model.backbone=./nope", "--set 'model.backbone=./nope': model.backbone ./nope: directory not found"),
+    ("pretrain", "pretrain.corpus=nope.txt", "--set 'pretrain.corpus=nope.txt': pretrain.corpus: file not found: "
+                                               "nope.txt"),
+]
+
+
+@pytest.mark.parametrize("command,override,expected", SET_CASES)
+def test_set_mistakes_are_blamed_on_the_set(capsys, run_config, tmp_path, tiny_bert_dir, command, override, expected):
+    corpus = write_corpus(tmp_path / "c.txt")
+    cfg = run_config() if command == "train" else _pretrain_cfg(tmp_path, tiny_bert_dir, corpus)
+    assert one_line(capsys, [command, cfg, "--set", override]) == f"advrobust {command}: error: {expected}"
