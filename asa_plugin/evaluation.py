@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from asa_plugin.data.files import TASK_HINT
+TASK_HINT = "choose one with --task"
+"""How ``advrobust evaluate`` picks a task of a per-task JSON file; a bench says it its own way."""
 
 ADVGLUE_TASKS = {"sst2": "sst2", "qqp": "qqp", "mnli": "mnli", "qnli": "qnli", "rte": "rte"}
 """A run's dataset -> its AdvGLUE key, used when --task is not given (mnli-mm needs --task)."""

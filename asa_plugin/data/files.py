@@ -10,8 +10,9 @@ from asa_plugin.errors import DataError
 EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet", ".json")
 
 
-TASK_HINT = "choose one with --task"
-"""How ``advrobust evaluate`` picks a task of a per-task JSON file; a bench says it its own way."""
+TASK_HINT = "give a file of one task (its list of records on its own)"
+"""What to do about a per-task JSON file given as training or attack data; ``advrobust evaluate`` (its
+--task) and a bench's static sets (FILE#TASK) say it their own way."""
 
 
 def read_json_file(p: Path):
