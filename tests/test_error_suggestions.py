@@ -93,7 +93,7 @@ def test_every_suggested_flag_and_key_exists_for_its_command():
     flags, keys = _flags(), _keys()
     every_flag = set().union(*flags.values())
     wrong = []
-    for path, line, kind, item, text in _suggestions():
+    for path, line, kind, item, _text in _suggestions():
         for command in REACHED_BY.get(path.relative_to(ROOT).as_posix(), (_command_of(path),)):
             wrong += _check(path, line, kind, item, command, flags, keys, every_flag)
     assert not wrong, "\n".join(wrong)
