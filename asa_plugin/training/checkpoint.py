@@ -10,6 +10,7 @@ rename: a checkpoint never lacks a rank's RNG state, and no rank writes into a r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -28,6 +29,18 @@ DELAY_ENV = "ADVROBUST_TEST_SAVE_DELAY"
 (a slow rank, as a loaded machine makes one; tests/test_distributed.py)."""
 
 
+class _TiedWeightsNote(logging.Filter):
+    """Drop Accelerate's "Removed shared tensor {...} while saving" warning (three per pre-training run):
+    the shared tensors are weights the model ties (a masked-LM decoder and the word embeddings), which
+    ``load_state`` restores into the same tied model, so there is nothing to check."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Removed shared tensor")
+
+
+_TIED = _TiedWeightsNote()
+
+
 def save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
     """Write model/optimizer/scheduler/RNG state plus ``state`` and swap it in atomically."""
     final = run_dir / CHECKPOINT
@@ -37,8 +50,13 @@ def save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     _test_delay(accelerator.process_index)
-    with writing(tmp):
-        accelerator.save_state(str(tmp), safe_serialization=True)
+    noisy = logging.getLogger("accelerate.utils.other")
+    noisy.addFilter(_TIED)
+    try:
+        with writing(tmp):
+            accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        noisy.removeFilter(_TIED)
     accelerator.wait_for_everyone()  # every process has written its files into tmp
     if accelerator.is_main_process:
         files = sorted(p.name for p in tmp.iterdir())
