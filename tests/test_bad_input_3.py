@@ -487,3 +487,65 @@ def test_set_mistakes_are_blamed_on_the_set(capsys, run_config, tmp_path, tiny_b
     corpus = write_corpus(tmp_path / "c.txt")
     cfg = run_config() if command == "train" else _pretrain_cfg(tmp_path, tiny_bert_dir, corpus)
     assert one_line(capsys, [command, cfg, "--set", override]) == f"advrobust {command}: error: {expected}"
+
+
+# --- noise ------------------------------------------------------------------------------------------------
+def test_pretraining_checkpoints_do_not_warn_about_tied_weights(capsys, caplog, tmp_path, tiny_bert_dir):
+    corpus = write_corpus(tmp_path / "corpus.txt", n=40)
+    assert main(["pretrain", str(_pretrain_cfg(tmp_path, tiny_bert_dir, corpus)), "--no-progress"]) == 0
+    said = capsys.readouterr().err + caplog.text
+    assert "Removed shared tensor" not in said
+
+
+# --- shards and bench reruns --------------------------------------------------------------------------------
+def test_shards_of_other_settings_name_the_key(capsys, tmp_path):
+    recipe = tmp_path / "run" / "attack" / "pwws"
+    for i, model in enumerate(["runs/a/model", "runs/b/model"]):
+        shard = recipe / "shards" / f"{i}-of-2"
+        write(shard / "summary.json", json.dumps({"assets": []}))
+        write(shard / "run.json", json.dumps({"shard": [i, 2], "selection_size": 2, "model": model, "seed": 1}))
+        write(shard / "results.jsonl", json.dumps(ROW | {"index": i}) + "\n")
+    assert one_line(capsys, ["merge", tmp_path / "run"]) == (
+        f"advrobust merge: error: {recipe}: shard 1/2 was run with other settings than shard 0 (model 'runs/a/model' "
+        f"vs 'runs/b/model'); rerun it with shard 0's settings (or all shards alike) and merge again")
+
+
+def test_a_bench_run_that_lost_its_resolved_config_keeps_the_report(capsys, tmp_path, tiny_bert_dir):
+    from asa_plugin.modelcard import write_bench_cards
+
+    run = tmp_path / "bench" / "runs" / "vanilla"
+    shutil.copytree(tiny_bert_dir, run / "model")
+    write(run / "metrics.json", json.dumps({"defence": "vanilla", "eval_accuracy": 0.5}))
+    report = {"training": [{"run": "vanilla", "defence": "vanilla", "status": "done"}], "cells": []}
+    assert write_bench_cards(tmp_path / "bench", report) == []
+    assert capsys.readouterr().err.strip() == (
+        f"advrobust bench: warning: {run} has no config.resolved.toml, so its model card was not updated; restore "
+        f"the file (or retrain: move {run} away and rerun the bench)")
+
+
+def test_a_readme_that_is_a_directory_is_one_line(capsys, run_config, tmp_path):
+    (tmp_path / "run" / "model" / "README.md").mkdir(parents=True)
+    assert main(["train", str(run_config(train="max_steps = 1")), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"advrobust train: error: cannot write {tmp_path / 'run' / 'model' / 'README.md'}: it (or a folder on its "
+        f"path) is a directory, which this command writes as a file; move it away, then rerun the same command "
+        f"with --resume (the last checkpoint is kept)")
+
+
+# --- asa-maps says what it draws and where ---------------------------------------------------------------
+def test_asa_maps_says_when_it_cuts_and_prints_the_file_it_wrote(capsys, tmp_path, tiny_bert_dir, toy_data):
+    import tomli_w as tw
+
+    cfg = write(tmp_path / "asa.toml", tw.dumps({
+        "model": {"backbone": str(tiny_bert_dir), "num_labels": 2, "max_length": 8},
+        "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},
+        "defence": {"name": "asa"}, "train": {"max_steps": 1, "batch_size": 8},
+        "output": {"run_dir": str(tmp_path / "run")}}))
+    assert main(["train", str(cfg), "--no-progress"]) == 0
+    capsys.readouterr()
+    text = "the film was good and the plot was fine but the acting was bad"
+    assert main(["asa-maps", str(tmp_path / "run"), "--text", text, "--out", str(tmp_path / "maps")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "maps.png") and (tmp_path / "maps.png").is_file()
+    assert err.strip() == ("advrobust asa-maps: note: --text has 16 tokens; the run's model.max_length is 8, so the "
+                           "maps show its first 8 (what the model sees)")
