@@ -256,9 +256,14 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_rows(path: Path, rows: Iterable[dict]) -> None:
+    """Write JSONL atomically (temp file + rename); a failed write names ``path``, the old file stays."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     tmp.replace(path)
 
 

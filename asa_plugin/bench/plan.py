@@ -126,7 +126,7 @@ def _check_labels(labels: list[str], variants: dict[str, dict]) -> None:
 
     for where, name in [*(("bench.defences", label) for label in labels),
                         *(("bench.variants", name) for name in variants)]:
-        problem = path_name_problem(name.partition("@")[0] if where == "bench.defences" else name)
+        problem = path_name_problem(name)
         if problem:
             raise ValueError(f"{where}: '{name}' cannot name a run directory under runs/ ({problem}); use a plain "
                              f"name such as \"asa-tau0.3\"")
