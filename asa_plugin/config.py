@@ -261,9 +261,10 @@ def blame_override(message: str, source: str, overrides: list[str]) -> str:
     instead of the config file, which does not hold the value."""
     import re
 
+    blamed = message.startswith(f"{source}: ")  # else only a message that starts with the key is about it
     body = message.removeprefix(f"{source}: ")
     body = re.sub(r"^\[[\w-]+\] ", "", body)
-    head = body.split(";")[0]
+    head = body.split(";")[0] if blamed else body.split(" ")[0]
     for text in reversed(overrides):
         keys = [k.strip() for k in text.split("=", 1)[0].split(".")]
         if head.startswith(f"unknown section [{keys[0]}]"):
