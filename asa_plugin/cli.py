@@ -8,7 +8,7 @@ import importlib
 import sys
 
 from asa_plugin import __version__, interrupts
-from asa_plugin.errors import UserError, is_main_rank, write_failure
+from asa_plugin.errors import UserError, is_main_rank, set_command, write_failure
 
 COMMANDS = [
     "asa_plugin.commands.train",
@@ -55,15 +55,26 @@ def _join_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _blamed(exc: UserError, args) -> str:
+    """The message, naming the ``--set`` that gave a bad value rather than the config file that did not."""
+    overrides = getattr(args, "overrides", None)
+    if not overrides or str(exc).startswith("--set "):
+        return str(exc)
+    from asa_plugin.config import blame_override
+
+    return blame_override(str(exc), str(getattr(args, "config", None)), overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else list(argv)))
     interrupts.reset()
     interrupts.sigterm_as_interrupt()
+    set_command(args.command)
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
         if is_main_rank():
-            print(f"advrobust {args.command}: error: {exc}", file=sys.stderr)
+            print(f"advrobust {args.command}: error: {_blamed(exc, args)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and the like
         return 0

@@ -256,13 +256,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def blame_override(message: str, source: str, overrides: list[str]) -> str:
-    """Rewrite ``message`` (``"SOURCE: section.key ..."``) to name the ``--set`` that set that key."""
+    """Rewrite ``message`` (``"SOURCE: [section] section.key ..."`` or ``"section.key ..."``) to name the
+    ``--set`` that set that key (or a table above it, ``defence.asa`` of ``--set defence.asa.tau=5``)
+    instead of the config file, which does not hold the value."""
+    import re
+
+    blamed = message.startswith(f"{source}: ")  # else only a message that starts with the key is about it
+    body = message.removeprefix(f"{source}: ")
+    body = re.sub(r"^\[[\w-]+\] ", "", body)
+    head = body.split(";")[0] if blamed else body.split(" ")[0]
     for text in reversed(overrides):
         keys = [k.strip() for k in text.split("=", 1)[0].split(".")]
-        dotted = ".".join(keys)
-        body = message.removeprefix(f"{source}: ")
-        if body.startswith((f"{dotted} ", f"{dotted}:", f"unknown key {dotted};", f"unknown section [{keys[0]}]")):
+        if head.startswith(f"unknown section [{keys[0]}]"):
             return f"--set {text!r}: {body}"
+        for n in range(len(keys), 1, -1):
+            dotted = re.escape(".".join(keys[:n]))
+            if re.search(rf"(?<![\w.]){dotted}(?![\w])", head):
+                return f"--set {text!r}: {body}"
     return message
 
 

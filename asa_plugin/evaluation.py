@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from asa_plugin.data.files import TASK_HINT
+TASK_HINT = "choose one with --task"
+"""How ``advrobust evaluate`` picks a task of a per-task JSON file; a bench says it its own way."""
 
 ADVGLUE_TASKS = {"sst2": "sst2", "qqp": "qqp", "mnli": "mnli", "qnli": "qnli", "rte": "rte"}
 """A run's dataset -> its AdvGLUE key, used when --task is not given (mnli-mm needs --task)."""
@@ -35,6 +36,11 @@ def static_set(data_file: str | None, task: str | None, dataset: str | None, spl
 
     data = settings.get("data", {})
     columns = {k: data[k] for k in ("text_column", "text_pair_column", "label_column") if data.get(k)}
+    if data_file and task is not None and Path(data_file).suffix != ".json":
+        raise UserError(f"{data_file}: a task ('{task}') picks one list of a per-task .json file (AdvGLUE's "
+                        f"layout), but this is a {Path(data_file).suffix or 'suffix-less'} file of one set; "
+                        + ("drop --task" if task_hint == TASK_HINT else "drop '#TASK' from its bench.static_sets "
+                                                                        "entry"))
     if data_file:
         if task is None and Path(data_file).suffix == ".json" and Path(data_file).is_file():
             task = ADVGLUE_TASKS.get(str(data.get("dataset")))
@@ -79,19 +85,52 @@ def evaluate(model_path: str, examples: list, max_length: int, batch_size: int =
     return {"accuracy": correct / len(rows), "correct": correct, "num_examples": len(rows)}, rows
 
 
+DATA_KEY_FIXES = {
+    "set data.text_column": "name the file's text column text, sentence, review or content",
+    "set data.label_column": "name the file's label column 'label'",
+    "set data.text_pair_column": "name the file's columns as a known pair (premise/hypothesis, "
+                                 "sentence1/sentence2, question1/question2)",
+}
+"""``evaluate`` reads columns by these names (or the run's): the fixes its messages give instead of a key."""
+
+
+def _without_data_keys(message: str) -> str:
+    for key, fix in DATA_KEY_FIXES.items():
+        message = message.replace(key, fix)
+    return message
+
+
 def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, data_file: str | None = None,
                         task: str | None = None, dataset: str | None = None, split: str = "dev",
                         name: str | None = None, batch_size: int = 64,
                         task_hint: str = TASK_HINT) -> tuple[dict, Path]:
     """Evaluate ``checkpoint`` on one static set; write ``out_root/evaluate/<name>/``; (summary, that dir)."""
     from asa_plugin.attacks import results as res
-    from asa_plugin.data.labels import checkpoint_labels
+    from asa_plugin.data.labels import checkpoint_labels, class_mismatch
     from asa_plugin.data.loading import check_same_inputs
+    from asa_plugin.errors import UserError
+    from asa_plugin.outputs import path_name_problem
 
+    problem = path_name_problem(name) if name is not None else None
+    if problem:
+        raise UserError(f"--name {name!r} cannot name a folder under {out_root / 'evaluate'} ({problem}); give a "
+                        f"plain name such as 'advglue-sst2' (--out DIR chooses where)")
     settings = _run_settings(run_dir)
     labels = checkpoint_labels(checkpoint)
-    examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
+    try:
+        examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
+    except UserError as exc:  # evaluate takes no config: a [data] key is no fix here
+        raise type(exc)(_without_data_keys(str(exc))) from None
+    problem = path_name_problem(default_name) if name is None else None
+    if problem:
+        raise UserError(f"the output name {default_name!r} (from the file, task or dataset) cannot name a folder "
+                        f"under {out_root / 'evaluate'} ({problem}); give one with --name NAME")
     check_same_inputs(examples, where, run_dir, "evaluate")
+    mismatch = class_mismatch(labels, [e.label for e in examples], where)
+    if mismatch:
+        import sys
+
+        print(f"advrobust evaluate: {mismatch}", file=sys.stderr, flush=True)
     max_length = settings.get("model", {}).get("max_length", 512)
     summary, rows = evaluate(checkpoint, examples, max_length, batch_size)
     out = out_root / "evaluate" / (name or default_name)

@@ -318,6 +318,12 @@ def write_bench_cards(out_dir: str | Path, report: dict[str, Any]) -> list[Path]
         run_dir = out / "runs" / row["run"]
         if row.get("status") != "done" or not (run_dir / "model").is_dir():
             continue
+        lost = [name for name in ("config.resolved.toml", "metrics.json") if not (run_dir / name).is_file()]
+        if lost:  # the card is written from them: say so, keep the bench's report
+            print(f"advrobust bench: warning: {run_dir} has no {' or '.join(lost)}, so its model card was not "
+                  f"updated; restore the file (or retrain: move {run_dir} away and rerun the bench)",
+                  file=sys.stderr, flush=True)
+            continue
         comparisons = {c["recipe"]: c["comparison"] for c in report.get("cells", [])
                        if c["defence"] == row["defence"] and "comparison" in c}
         written.append(write_model_card(run_dir, comparisons))

@@ -70,3 +70,18 @@ def _site_dirs() -> list[Path]:
     paths = sysconfig.get_paths()
     dirs = {paths["purelib"], paths["platlib"], *getattr(site, "getsitepackages", list)()}
     return [Path(d) for d in sorted(dirs)]
+
+
+def path_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one folder or file name inside an output directory (None when it can): a
+    user-given name joined to a directory must not climb out of it (``..``), be the directory itself
+    (``.``, empty), or reach elsewhere (a separator, an absolute path)."""
+    if not name or not name.strip():
+        return "it is empty"
+    if name in (".", ".."):
+        return f"'{name}' is the directory itself or its parent"
+    if "/" in name or "\\" in name or os.sep in name:
+        return "it holds a path separator"
+    if "\0" in name:
+        return "it holds a NUL byte"
+    return None

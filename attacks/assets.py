@@ -56,6 +56,23 @@ class EmbeddingFiles:
     index: Path | None = None  # parquet word list (kumo layout) or None for a glove .txt
 
 
+WORDNET_FILES = ("lexnames", *(f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj",
+                                                                                          "adv")))
+"""What NLTK's WordNet reader opens when it loads (a folder without one fails inside the attack)."""
+
+
+def _check_wordnet(found: str) -> None:
+    """An unzipped WordNet folder holds every file NLTK's reader opens; one line naming the missing ones."""
+    folder = Path(found)
+    if not folder.is_dir():
+        return  # a zip: NLTK reads it whole
+    missing = [name for name in WORDNET_FILES if not (folder / name).is_file()]
+    if missing:
+        raise MissingAsset(f"WordNet in {folder} is incomplete (no {', '.join(missing)}); install it again "
+                           f"(python -m nltk.downloader wordnet), or point attack.nltk_data (or NLTK_DATA) at a "
+                           f"whole copy")
+
+
 class Assets:
     """Resolves assets for one attack run and remembers every :class:`AssetUse`."""
 
@@ -96,6 +113,7 @@ class Assets:
         if found is None:
             raise self.missing("WordNet", "set attack.nltk_data (or NLTK_DATA) to a directory holding "
                                           "corpora/wordnet, e.g. after `python -m nltk.downloader wordnet`")
+        _check_wordnet(found)
         self.record(AssetUse("wordnet", found))
         return found
 

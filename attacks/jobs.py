@@ -26,6 +26,13 @@ def stderr_note(message: str) -> None:
     print(f"advrobust attack: note: {message}", file=sys.stderr, flush=True)
 
 
+def data_source(data, split: str) -> str:
+    """How the attacked data is named (results' ``data``, messages): ``FILE:SPLIT`` for the file the split is
+    read from (a file named in [data] wins over the dataset, as the loader reads it), else ``DATASET:SPLIT``."""
+    explicit = {"train": data.train_file, "dev": data.dev_file, "test": data.test_file}.get(split)
+    return f"{explicit or data.dataset or data.train_file}:{split}"
+
+
 def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None, resume: bool = False,
                 overwrite: bool = False, progress: bool = True, note=stderr_note):
     """One AttackJob per recipe on ``cfg``'s attack split, writing ``out/attack/<recipe>/``
@@ -39,14 +46,18 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
     from transformers import AutoTokenizer
 
     from asa_plugin.data import load_split
-    from asa_plugin.data.labels import checkpoint_labels
+    from asa_plugin.data.labels import checkpoint_labels, class_mismatch
     from asa_plugin.data.loading import check_same_inputs
 
     data = cfg.data
-    examples = load_split(data, cfg.attack.split, checkpoint_labels(checkpoint),
-                          limit=cfg.attack.examples_for_profile(), seed=cfg.attack.seed)
-    source = data.dev_file if data.dataset is None and data.dev_file else (data.dataset or data.train_file)
-    check_same_inputs(examples, f"{source}:{cfg.attack.split}", resolve_model(checkpoint)[1], "attack")
+    labels = checkpoint_labels(checkpoint)
+    examples = load_split(data, cfg.attack.split, labels, limit=cfg.attack.examples_for_profile(),
+                          seed=cfg.attack.seed)
+    source = data_source(data, cfg.attack.split)
+    check_same_inputs(examples, source, resolve_model(checkpoint)[1], "attack")
+    mismatch = class_mismatch(labels, [e.label for e in examples], source)
+    if mismatch:
+        note(mismatch.removeprefix("warning: "))
     max_length = cfg.attack.max_length or cfg.model.max_length
     pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
     texts, pairs, cut = visible_texts(AutoTokenizer.from_pretrained(resolve_backbone(checkpoint)),
@@ -56,7 +67,7 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
              f"attacked (and its words counted) up to the last word the model sees")
     return [AttackJob(recipe=name, cfg=cfg.attack, model_path=checkpoint, texts=texts,
                       labels=[e.label for e in examples], recipe_dir=out / "attack" / name, text_pairs=pairs,
-                      data=f"{source}:{cfg.attack.split}", max_length=cfg.model.max_length, shard=shard,
+                      data=source, max_length=cfg.model.max_length, shard=shard,
                       resume=resume, overwrite=overwrite, progress=progress,
                       load_external=cfg.plugins.external, block=tuple(cfg.plugins.block))
             for name in recipes]

@@ -57,8 +57,13 @@ def _merge_recipe(recipe_dir: Path) -> dict[str, Any]:
         if res.without_timing(shard_assets) != res.without_timing(assets):
             raise UserError(f"{d}: shard {i}/{n} used different assets than shard 0; rerun it with the same "
                             f"assets")
-    if any(m != manifests[0] for m in manifests):
-        raise UserError(f"{recipe_dir}: shards were run with different settings; rerun them alike")
+    for i, m in enumerate(manifests):
+        changed = sorted(k for k in {*m, *manifests[0]} if m.get(k) != manifests[0].get(k))
+        if changed:
+            shown = ", ".join(f"{k} {manifests[0].get(k)!r} vs {m.get(k)!r}" for k in changed[:3])
+            raise UserError(f"{recipe_dir}: shard {i}/{n} was run with other settings than shard 0 ({shown}"
+                            f"{', ...' if len(changed) > 3 else ''}); rerun it with shard 0's settings (or all "
+                            f"shards alike) and merge again")
     manifest = manifests[0] | {"shard": None}
     expected = manifest["selection_size"]
     indices = sorted(r["index"] for r in rows)

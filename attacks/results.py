@@ -149,6 +149,8 @@ def read_rows(path: Path, repair: bool = False, dedupe: bool = True) -> list[dic
     A damaged complete line (not JSON, not an object, no ``index``/``outcome``) is one
     :class:`UserError` naming the file and line; the file is left untouched.
     """
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path}: is a directory, not a results file; move it away (or rerun with --overwrite)")
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -157,7 +159,7 @@ def read_rows(path: Path, repair: bool = False, dedupe: bool = True) -> list[dic
         text = data[:end].decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"{path}: line {line}: not UTF-8; {_DAMAGED}") from None
+        raise UserError(f"{path}: line {line}: not UTF-8; {_damaged(path)}") from None
     rows = [_parse_row(path, number, line) for number, line in enumerate(text.splitlines(), start=1)
             if line.strip()]
     rows, repeated = _first_per_index(rows) if dedupe else (rows, [])
@@ -185,21 +187,46 @@ def _first_per_index(rows: list[dict]) -> tuple[list[dict], list[int]]:
     return kept, sorted(repeated)
 
 
-_DAMAGED = "the file was left untouched: remove or fix that line (it is attacked again), or rerun with --overwrite"
+def _damaged(path: Path) -> str:
+    """What to do about a damaged line of ``path`` (only ``advrobust attack`` has --overwrite)."""
+    from asa_plugin.errors import start_over_hint
+
+    return f"the file was left untouched: remove or fix that line (it is attacked again), or {start_over_hint(path)}"
 
 
 def _parse_row(path: Path, number: int, line: str) -> dict:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: line {number}: not valid JSON ({exc.msg}); {_DAMAGED}") from None
+        raise UserError(f"{path}: line {number}: not valid JSON ({exc.msg}); {_damaged(path)}") from None
     if not isinstance(row, dict):
-        raise UserError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}; {_DAMAGED}")
+        raise UserError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}; {_damaged(path)}")
     missing = [k for k in ROW_KEYS if k not in row]
     if missing or row.get("outcome") not in OUTCOMES:
         what = f"no '{missing[0]}'" if missing else f"unknown outcome {row.get('outcome')!r}"
-        raise UserError(f"{path}: line {number}: a result row with {what}; {_DAMAGED}")
+        raise UserError(f"{path}: line {number}: a result row with {what}; {_damaged(path)}")
+    index = row["index"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise UserError(f"{path}: line {number}: index {index!r} is not an example number (0, 1, 2, ...); "
+                        f"{_damaged(path)}")
     return row
+
+
+def check_indices(path: Path, rows: list[dict], count: int) -> None:
+    """Every row of ``path`` is one of the ``count`` examples attacked: a row beyond them (another run's,
+    or edited) would be counted in the summary (7 of 6)."""
+    beyond = next((row["index"] for row in rows if row["index"] >= count), None)
+    if beyond is None:
+        return
+    number = "?"
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            if json.loads(line).get("index") == beyond:
+                break
+        except (ValueError, AttributeError):
+            continue
+    raise UserError(f"{path}: line {number}: index {beyond} is beyond the {count} examples attacked "
+                    f"(0..{count - 1}); {_damaged(path)}")
 
 
 def read_json(path: Path, what: str = "file") -> Any:
@@ -242,9 +269,14 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_rows(path: Path, rows: Iterable[dict]) -> None:
+    """Write JSONL atomically (temp file + rename); a failed write names ``path``, the old file stays."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     tmp.replace(path)
 
 

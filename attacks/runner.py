@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from asa_plugin.attacks import results as res
 
-from asa_plugin.errors import UserError
+from asa_plugin.errors import UserError, start_over_hint
 from asa_plugin.locks import run_lock
 
 KILL_AFTER_ENV = "ADVROBUST_ATTACK_KILL_AFTER"
@@ -144,11 +144,12 @@ def _prepare_out_dir(job: AttackJob) -> list[dict]:
                 raise UserError(f"--resume: the model's weights in {job.model_path} changed since {out} was "
                                 f"started (sha256 {str(old['model_sha256'])[:12]}... -> "
                                 f"{str(manifest['model_sha256'])[:12]}...): its rows and new ones would mix two "
-                                f"models; restore those weights, or start again with --overwrite")
+                                f"models; restore those weights, or "
+                                f"{start_over_hint(out, 'start again with --overwrite')}")
             changed = sorted(k for k in manifest if old.get(k) != manifest[k])
             if changed:
                 raise UserError(f"--resume: {out} was started with different settings ({', '.join(changed)}); "
-                                f"use the same settings, or --overwrite")
+                                f"use the same settings, or {start_over_hint(out, '--overwrite')}")
     out.mkdir(parents=True, exist_ok=True)
     res.write_json(manifest_path, manifest)
     return res.read_rows(results_path, repair=True)
@@ -199,6 +200,7 @@ def _run_attack(job: AttackJob, pm, wrapper) -> dict[str, Any]:
     if job.shard is not None:
         indices = job.shard.select(indices)
     done_rows = _prepare_out_dir(job)
+    res.check_indices(job.out_dir / "results.jsonl", done_rows, len(job.texts))
     done = {r["index"] for r in done_rows}
     todo = [i for i in indices if i not in done]
     execution = pool.plan(job.cfg, len(todo), in_process=wrapper is not None)

@@ -136,7 +136,7 @@ def _duplicate_row(shards: Path) -> None:
 
 MERGE_REFUSALS = [  # (how the shards are spoiled, fragment of the one-line error)
     (_mixed_counts, "mixes shard counts (2, 3)"),
-    (_other_seed, "shards were run with different settings"),
+    (_other_seed, "shard 1/2 was run with other settings than shard 0 (seed "),
     (_other_assets, "shard 1/2 used different assets than shard 0"),
     (_duplicate_row, "a shard is incomplete or duplicated"),
 ]

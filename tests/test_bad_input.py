@@ -230,7 +230,8 @@ def test_merge_over_a_damaged_shard(capsys, tmp_path):
     write(shard / "run.json", json.dumps({"shard": [0, 1], "selection_size": 2}))
     results = write(shard / "results.jsonl", json.dumps(ROW) + "\nnot json\n")
     assert one_line(capsys, ["merge", tmp_path / "run"]) == (
-        f"advrobust merge: error: {results}: line 2: not valid JSON (Expecting value); {UNTOUCHED}")
+        f"advrobust merge: error: {results}: line 2: not valid JSON (Expecting value); "
+        + UNTOUCHED.replace("rerun with --overwrite", f"move {results} away to start it again"))
 
 
 REPORT_CASES = [
@@ -610,8 +611,8 @@ WRITE_FAILURES = [
      "cannot write: Disk quota exceeded; free space (or choose another output directory), then rerun the same "
      "command with --resume (finished examples are kept)"),
     (OSError(30, "Read-only file system", "b/x"), "bench",
-     "cannot write b/x: Read-only file system; free space (or choose another output directory), then rerun the "
-     "same command (finished cells are kept)"),
+     "cannot write b/x: Read-only file system; choose an output directory you can write (or make this one "
+     "writable), then rerun the same command (finished cells are kept)"),
     (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
                   "on device\" })"), "evaluate",
      f"cannot write: {NO_SPACE}; free space (or choose another output directory), then rerun the same command"),
@@ -622,7 +623,8 @@ WRITE_FAILURES = [
      "command with --resume (the last checkpoint is kept)"),
     (RuntimeError("basic_ios::clear: iostream error"), "pretrain",
      "cannot write: torch's file writer failed (basic_ios::clear: iostream error), as it does on a full disk; free "
-     "space (or choose another output directory), then rerun the same command"),
+     "space (or choose another output directory), then rerun the same command with --resume (the last checkpoint "
+     "is kept)"),
     (OSError(2, "No such file or directory", "x"), "train", None),
     (ValueError("a bug"), "train", None),
 ]
@@ -630,7 +632,10 @@ WRITE_FAILURES = [
 
 @pytest.mark.parametrize("exc,command,expected", WRITE_FAILURES)
 def test_which_failures_are_a_full_disk(exc, command, expected):
+    from asa_plugin import interrupts
     from asa_plugin.errors import write_failure
+
+    interrupts.record(True, "a checkpoint was written")  # train/pretrain offer --resume only then
 
     assert write_failure(exc, command) == expected
 
@@ -662,8 +667,9 @@ def test_a_full_disk_while_train_writes_its_metrics(capsys, monkeypatch, run_con
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err  # the progress of the one step, then the error
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        f"advrobust train: error: cannot write: {NO_SPACE}; free space (or choose another output directory), then "
-        f"rerun the same command with --resume (the last checkpoint is kept)")
+        f"advrobust train: error: cannot write {tmp_path / 'run' / 'metrics.json'}: {NO_SPACE}; free space (or "
+        f"choose another output directory), then rerun the same command with --resume (the last checkpoint is "
+        f"kept)")
 
 
 def test_a_full_disk_while_train_saves_a_checkpoint(capsys, monkeypatch, run_config, tmp_path):
@@ -685,7 +691,8 @@ def test_a_full_disk_while_train_saves_a_checkpoint(capsys, monkeypatch, run_con
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
-        "advrobust train: error: cannot write: torch's file writer failed ([enforce fail at inline_container.cc")
+        f"advrobust train: error: cannot write {tmp_path / 'run' / 'checkpoint.tmp'}: torch's file writer failed "
+        f"([enforce fail at inline_container.cc")
     assert (tmp_path / "run" / "checkpoint" / "optimizer.bin").is_file()  # the first checkpoint, kept
     monkeypatch.setattr(torch, "save", real)
     assert main(["train", str(cfg), "--resume"]) == 0

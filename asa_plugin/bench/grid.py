@@ -85,8 +85,8 @@ def train_cell(cell: Cell, pm, log: Log = say, progress: bool = True) -> dict[st
         return res.read_json(metrics_path, "metrics.json")
     resuming = checkpoint.find(cell.run_dir) is not None
     log(f"train {cell.name}: {'resuming from checkpoint' if resuming else 'training'} into {cell.run_dir}")
-    # resume=True: also continues a run dir with no checkpoint
-    metrics = train(cell.cfg, resume=True, pm=pm, progress=progress)
+    # a run dir with no checkpoint yet (the cell stopped before its first) starts over without --resume
+    metrics = train(cell.cfg, resume=resuming, pm=pm, progress=progress)
     log(f"train {cell.name} (seed {cell.seed}): eval_accuracy {metrics['eval_accuracy']:.4f}, "
         f"{metrics['steps']} steps, {metrics['train_seconds']:.1f} s")
     return metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -94,6 +95,7 @@ class BenchSection:
                                  f"define; add \"{name}=PATH\" to bench.backbones")
         for name, variant in self.variants.items():
             check_variant(name, variant)
+        _check_labels(self.defences, self.variants)
         for label in self.defences:
             parts = split_label(label)
             composed = [p for p in parts if p in self.variants] if len(parts) > 1 else []
@@ -116,6 +118,28 @@ class BenchSection:
         if self.baseline is not None:
             return self.baseline
         return "vanilla" if "vanilla" in self.defences else None
+
+
+def _check_labels(labels: list[str], variants: dict[str, dict]) -> None:
+    """Every label names a folder under ``runs/`` (no escape, no two labels for one composition)."""
+    from asa_plugin.outputs import path_name_problem
+
+    for where, name in [*(("bench.defences", label) for label in labels),
+                        *(("bench.variants", name) for name in variants)]:
+        problem = path_name_problem(name)
+        if problem:
+            raise ValueError(f"{where}: '{name}' cannot name a run directory under runs/ ({problem}); use a plain "
+                             f"name such as \"asa-tau0.3\"")
+    seen: dict[tuple, str] = {}
+    for label in labels:
+        base, at, backbone = label.partition("@")
+        key = (frozenset(base.split("+")), backbone) if "+" in base else None
+        if key is not None and key in seen:
+            raise ValueError(f"bench.defences lists '{seen[key]}' and '{label}': one composition (the objective "
+                             f"defence runs inside the perturbation defence's passes whatever the order), which "
+                             f"would train twice; keep one")
+        if key is not None:
+            seen[key] = label
 
 
 def run_name(label: str, seed: int, first_seed: int) -> str:
@@ -254,6 +278,11 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan
     if clash is not None:
         raise ConfigError(f"{source}: bench.variants.{clash}: '{clash}' is a defence's own name; give the variant "
                           f"another, e.g. {clash}-mine")
+    listed = {base_label(label) for label in bench.defences}
+    for name in (v for v in bench.variants if v not in listed):
+        print(f"advrobust bench: warning: {source}: bench.variants.{name} is defined but not listed in "
+              f"bench.defences, so no cell trains it; add \"{name}\" to bench.defences (--only-defences runs a "
+              f"part of the grid), or remove the variant", file=sys.stderr, flush=True)
     attack = dict(raw.get("attack") or {})
     if bench.recipes is not None:
         attack["recipes"] = list(bench.recipes)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from asa_plugin.errors import UserError
+from pathlib import Path
+
+from asa_plugin.errors import UserError, writing
 
 
 def add_parser(sub) -> None:
@@ -27,15 +29,33 @@ def parse_layers(text: str | None) -> list[int] | None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found; give the run directory of an `advrobust train` "
                         f"run with defence asa")
+    out = output_path(args.out, run_dir)
     from asa_plugin.defences.asa.maps import compute_maps, render
 
     tokens, maps = compute_maps(run_dir, args.text, parse_layers(args.layers))
-    out = render(tokens, maps, args.out or run_dir / "asa_maps.png", title=args.text)
+    with writing(out):
+        out = render(tokens, maps, out, title=args.text)
     print(out)
     return 0
+
+
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+"""What matplotlib writes by the name's suffix; a name without one gets ``.png`` (as matplotlib adds it)."""
+
+
+def output_path(out: str | None, run_dir) -> Path:
+    """The file asa-maps writes (``--out`` with ``.png`` added when it has no image suffix, as matplotlib
+    would add it), checked writable before the model loads."""
+    from asa_plugin.preflight import check_writable
+
+    path = Path(out) if out else Path(run_dir) / "asa_maps.png"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        path = path.with_name(path.name + ".png")
+    if path.is_dir():
+        raise UserError(f"asa-maps --out {path} is a directory; give a file name such as {path / 'maps.png'}")
+    check_writable(path.parent, "asa-maps --out", "choose another with --out FILE.png")
+    return path

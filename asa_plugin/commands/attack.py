@@ -74,6 +74,22 @@ def _hub_num_labels(checkpoint: str, model_arg: str) -> int:
         raise UserError(f"--model {model_arg}: cannot load: {str(exc).splitlines()[0]}") from None
 
 
+def _run_model_settings(model_arg: str) -> dict:
+    """The [model] settings the run of ``--model RUN`` trained with (max_length): the model is attacked on
+    what it saw in training unless ``--set model.max_length=N`` says otherwise. {} for a bare checkpoint."""
+    from asa_plugin.config import read_file
+
+    _, run_dir = resolve_model(model_arg)
+    resolved = run_dir / "config.resolved.toml" if run_dir is not None else None
+    if resolved is None or not resolved.is_file():
+        return {}
+    try:
+        model = read_file(resolved).get("model") or {}
+    except UserError:
+        return {}
+    return {"max_length": model["max_length"]} if isinstance(model.get("max_length"), int) else {}
+
+
 def build_jobs(args):
     """The config (validated) and one AttackJob per recipe."""
     from asa_plugin.attacks.jobs import recipe_jobs
@@ -98,7 +114,8 @@ def build_jobs(args):
             num_labels = _local_num_labels(Path(checkpoint))  # no transformers import for a local model
         else:
             num_labels = _hub_num_labels(checkpoint, model_arg)
-        raw["model"] = {"backbone": checkpoint, "num_labels": num_labels, **raw["model"]}
+        raw["model"] = {"backbone": checkpoint, "num_labels": num_labels, **_run_model_settings(model_arg),
+                        **raw["model"]}
     source = args.config or "command line"
     cfg = load_config(None, args.overrides, data=raw, source=source)
     cfg.source = source
@@ -120,15 +137,20 @@ def build_jobs(args):
     shard = Shard.parse(args.shard) if args.shard else None
     jobs = recipe_jobs(cfg, checkpoint, out, cfg.attack.recipes, shard=shard, resume=args.resume,
                        overwrite=args.overwrite, progress=not args.no_progress)
+    if shard is not None and jobs and not shard.select(range(len(jobs[0].texts))):
+        total = len(jobs[0].texts)
+        raise UserError(f"--shard {args.shard}: shard {shard.index} of {shard.count} holds no example (there are "
+                        f"{total}); use at most {total} shards, e.g. --shard 0/{total}")
     if jobs:
         from asa_plugin.attacks.runner import resolve_cache_dir
 
         check_cache_dir(resolve_cache_dir(jobs[0]))
     if args.resume:
-        from asa_plugin.attacks.results import read_rows
+        from asa_plugin.attacks.results import check_indices, read_rows
 
         for job in jobs:  # a damaged results.jsonl is named now, not after the model has loaded
-            read_rows(job.out_dir / "results.jsonl")
+            path = job.out_dir / "results.jsonl"
+            check_indices(path, read_rows(path), len(job.texts))
     return cfg, jobs
 
 

@@ -30,6 +30,7 @@ def run(args) -> int:
         check_model_dir(cfg.model.backbone, f"{cfg.source}: model.backbone")
     check_writable(cfg.run_dir(), "output.run_dir", "choose another with --set output.run_dir=...")
     interrupts.set_rerun(f"rerun with --resume to continue: advrobust pretrain {args.config} ... --resume")
+    interrupts.record_checkpoint(cfg.run_dir(), args.resume)  # until the loop knows better
     metrics = pretrain(cfg, resume=args.resume, pm=pm, progress=not args.no_progress)
     summary = {k: metrics.get(k) for k in ("defence", "eval_mlm_loss", "eval_accuracy", "eval_perplexity", "steps",
                                            "train_seconds")}

@@ -26,6 +26,7 @@ def run(args) -> int:
         check_model_dir(cfg.model.backbone, f"{cfg.source}: model.backbone")
     check_writable(cfg.run_dir(), "output.run_dir", "choose another with --set output.run_dir=...")
     interrupts.set_rerun(f"rerun with --resume to continue: advrobust train {args.config} ... --resume")
+    interrupts.record_checkpoint(cfg.run_dir(), args.resume)  # until the loop knows better
     from asa_plugin.training.loop import train
 
     metrics = train(cfg, resume=args.resume, progress=not args.no_progress)

@@ -10,8 +10,9 @@ from asa_plugin.errors import DataError
 EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet", ".json")
 
 
-TASK_HINT = "choose one with --task"
-"""How ``advrobust evaluate`` picks a task of a per-task JSON file; a bench says it its own way."""
+TASK_HINT = "give a file of one task (its list of records on its own)"
+"""What to do about a per-task JSON file given as training or attack data; ``advrobust evaluate`` (its
+--task) and a bench's static sets (FILE#TASK) say it their own way."""
 
 
 def read_json_file(p: Path):
@@ -71,8 +72,45 @@ def read_rows(path: str | Path, task: str | None = None, task_hint: str = TASK_H
     except UnicodeDecodeError as exc:
         raise DataError(f"{p}: undecodable bytes at position {exc.start}; save the file as UTF-8") from None
     except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{p}: cannot parse: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{p}: cannot parse: {str(exc).splitlines()[0]}{delimiter_hint(p)}") from None
+    if p.suffix in (".tsv", ".csv"):
+        _check_header(p)
     return frame.to_dict("records")
+
+
+def _header(p: Path) -> list[str]:
+    """The column names of a TSV/CSV file's first line, as written (pandas renames repeats to ``x.1``)."""
+    with p.open(encoding="utf-8", newline="") as f:
+        first = f.readline().rstrip("\r\n")
+    if p.suffix == ".tsv":
+        return first.split("\t")
+    return next(csv.reader([first]), [])
+
+
+def _check_header(p: Path) -> None:
+    """A column named twice would be read as ``text`` and ``text.1``: one of them trained on unseen."""
+    names = _header(p)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{p}: line 1: the header names column '{repeated[0]}' {names.count(repeated[0])} times; "
+                        f"give each column its own name")
+
+
+def delimiter_hint(p: Path) -> str:
+    """A hint when a .tsv file's first line has commas and no tab (or a .csv's tabs and no comma)."""
+    if p.suffix not in (".tsv", ".csv") or not p.is_file():
+        return ""
+    try:
+        first = p.open(encoding="utf-8").readline()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    wrong, right = ("," , "\t") if p.suffix == ".tsv" else ("\t", ",")
+    if wrong in first and right not in first:
+        named = {",": "commas", "\t": "tabs"}
+        other = ".csv" if p.suffix == ".tsv" else ".tsv"
+        return (f" (its header line is split by {named[wrong]}, not {named[right]}: a {other} file named "
+                f"{p.suffix}? rename it {p.with_suffix(other).name})")
+    return ""
 
 
 def _check_utf8(p: Path) -> None:
@@ -86,6 +124,18 @@ def _check_utf8(p: Path) -> None:
                         f"UTF-8") from None
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object with a key twice (``json`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = next((k for k in keys if keys.count(k) > 1), None)
+    if repeated is not None:
+        raise _RepeatedKey(repeated)
+    return dict(pairs)
+
+
 def _read_jsonl(p: Path) -> list[dict]:
     """Rows of a JSONL file; a bad line is named by its number."""
     import json
@@ -95,7 +145,10 @@ def _read_jsonl(p: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
+        except _RepeatedKey as exc:
+            raise DataError(f"{p}: line {number}: key '{exc.args[0]}' appears twice in the object; keep one "
+                            f"(JSON keeps only the last)") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}: line {number}: not valid JSON ({exc.msg}); one JSON object per line") from None
         if not isinstance(row, dict):

@@ -73,6 +73,10 @@ class LabelMap:
                 raise DataError(f"{where}: row {i + 1}: empty label")
         if label_names:
             names = tuple(str(n) for n in label_names)
+            if any(not n.strip() for n in names):
+                position = next(i for i, n in enumerate(names, start=1) if not n.strip())
+                raise DataError(f"data.label_names: name {position} of {len(names)} is empty ({list(names)}); a "
+                                f"class needs a name a row can have: fix or remove it")
             if len(set(names)) != len(names):
                 raise DataError(f"data.label_names lists a name twice: {', '.join(names)}")
             found = cls(len(names), names)
@@ -194,8 +198,10 @@ def _few(values: Sequence) -> str:
     return shown + (f" and {len(values) - 6} more" if len(values) > 6 else "")
 
 
-def check_training_classes(ids: Sequence[int], labels: LabelMap, where: str, label_names: Sequence | None) -> None:
-    """The encoded training labels hold two classes or more, and every name of ``data.label_names``."""
+def check_training_classes(ids: Sequence[int], labels: LabelMap, where: str, label_names: Sequence | None,
+                           num_labels: int | None = None) -> None:
+    """The encoded training labels hold two classes or more, every name of ``data.label_names``, and every
+    class of ``model.num_labels`` (a class no row has is one the model never learns)."""
     seen = set(ids)
     if len(seen) < 2:
         only = next(iter(seen))
@@ -205,6 +211,11 @@ def check_training_classes(ids: Sequence[int], labels: LabelMap, where: str, lab
     if label_names and unseen:
         raise DataError(f"{where}: data.label_names lists {_few(unseen)}, which no training row has; remove "
                         f"{'it' if len(unseen) == 1 else 'them'} from data.label_names, or add such examples")
+    if num_labels is not None and unseen:
+        raise DataError(f"{where}: model.num_labels = {num_labels}, but no training row has label "
+                        f"{_few(unseen)} (the labels are {_few(sorted(seen))}): the model could never predict "
+                        f"{'it' if len(unseen) == 1 else 'them'}; set model.num_labels = {len(seen)} (or remove it), "
+                        f"or add such examples")
 
 
 def checkpoint_labels(path: str) -> LabelMap:
@@ -218,3 +229,14 @@ def checkpoint_labels(path: str) -> LabelMap:
         return LabelMap.from_model_config(AutoConfig.from_pretrained(resolve_backbone(path)))
     except OSError as exc:
         raise UserError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
+
+
+def class_mismatch(labels: LabelMap, gold: Sequence[int], where: str) -> str | None:
+    """A warning when data evaluated on a model of N > 2 classes uses half of them or fewer (a 10-class
+    model on a 2-class set: another task's model, or another task's data); None otherwise."""
+    used = sorted(set(gold))
+    if labels.num_labels <= 2 or len(gold) < labels.num_labels or len(used) > labels.num_labels // 2:
+        return None
+    shown = _few([labels.name(i) for i in used])
+    return (f"warning: the model has {labels.num_labels} classes, but the labels of {where} use only {len(used)} "
+            f"of them ({shown}): a model of another task? its accuracy on this data means little")

@@ -13,6 +13,7 @@ Labels: see :mod:`asa_plugin.data.labels`.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -72,8 +73,9 @@ def read_split(data_cfg, split: str, registry=None) -> Split:
 
 
 def text_columns(row: dict, where: str, text_column: str | None,
-                 pair_column: str | None) -> tuple[str, str | None]:
-    """(text column, pair column or None) of rows shaped like ``row``; one line if absent."""
+                 pair_column: str | None, key: str = "data.text_column") -> tuple[str, str | None]:
+    """(text column, pair column or None) of rows shaped like ``row``; one line if absent, whose fix
+    names ``key`` (the setting that picks the column in the command at hand)."""
     columns = ", ".join(map(str, row))
     if text_column is None and pair_column is None:
         for first, second in PAIR_COLUMNS:
@@ -82,15 +84,30 @@ def text_columns(row: dict, where: str, text_column: str | None,
     text_col = text_column or next((c for c in TEXT_COLUMNS if c in row), None)
     if text_col is None or text_col not in row:
         raise DataError(f"{where}: no text column '{text_column or '/'.join(TEXT_COLUMNS)}'; columns are "
-                        f"{columns}; set data.text_column")
+                        f"{columns}; set {key}{_delimiter_hint(where)}")
     if pair_column is not None and pair_column not in row:
         raise DataError(f"{where}: no text pair column '{pair_column}'; columns are {columns}; "
                         f"set data.text_pair_column")
     return text_col, pair_column
 
 
-def _as_text(value) -> str:
-    return value if isinstance(value, str) else ("" if value is None else str(value))
+def _delimiter_hint(where: str) -> str:
+    from asa_plugin.data.files import delimiter_hint
+
+    return delimiter_hint(Path(where))
+
+
+def cell_text(value, where: str, row: int, column: str) -> str | None:
+    """The text in a cell: a string as it is, a number as written, None for a missing value (null, NaN);
+    a list or an object is no text (one line naming the row)."""
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (list, tuple, dict, set)) or hasattr(value, "tolist"):
+        kind = "an object" if isinstance(value, dict) else "a list"
+        raise DataError(f"{where}: row {row}: {column} is {kind}, not a text; every text must be a string")
+    return str(value)
 
 
 def split_columns(split: Split, data_cfg) -> tuple[str, str | None, str]:
@@ -108,7 +125,7 @@ def split_columns(split: Split, data_cfg) -> tuple[str, str | None, str]:
     label_col = data_cfg.label_column
     if label_col not in rows[0]:
         raise DataError(f"{where}: no label column '{label_col}'; columns are "
-                        f"{', '.join(map(str, rows[0]))}; set data.label_column")
+                        f"{', '.join(map(str, rows[0]))}; set data.label_column{_delimiter_hint(where)}")
     for key, column in (("text_column", text_col), ("text_pair_column", pair_col)):
         if column == label_col:
             raise DataError(f"{where}: data.{key} '{column}' is also data.label_column: the model would read "
@@ -123,11 +140,24 @@ def split_columns(split: Split, data_cfg) -> tuple[str, str | None, str]:
     return text_col, pair_col, label_col
 
 
-def to_examples(split: Split, data_cfg, labels: LabelMap) -> list[Example]:
-    """Validated examples of ``split``: every problem is one line naming the file and the row."""
+def _row_text(row: dict, column: str, where: str, number: int, training: bool) -> str:
+    """The text of ``column`` in row ``number``: a null is refused, and so is an empty text to train on."""
+    text = cell_text(row[column], where, number, column)
+    if text is None:
+        raise DataError(f"{where}: row {number}: {column} is null (no text); give it a text or remove the row")
+    if training and not text.strip():
+        raise DataError(f"{where}: row {number}: {column} is empty; a training example needs a text: give it "
+                        f"one or remove the row")
+    return text
+
+
+def to_examples(split: Split, data_cfg, labels: LabelMap, training: bool = False) -> list[Example]:
+    """Validated examples of ``split``: every problem is one line naming the file and the row.
+    ``training``: the split is trained on, so an empty text is refused too (an attack counts it apart)."""
     text_col, pair_col, label_col = split_columns(split, data_cfg)
-    return [Example(_as_text(row[text_col]), labels.encode(row[label_col], split.where, i + 1),
-                    None if pair_col is None else _as_text(row[pair_col]))
+    return [Example(_row_text(row, text_col, split.where, i + 1, training),
+                    labels.encode(row[label_col], split.where, i + 1),
+                    None if pair_col is None else _row_text(row, pair_col, split.where, i + 1, training))
             for i, row in enumerate(split.rows)]
 
 
@@ -173,9 +203,9 @@ def load_training_data(data_cfg, num_labels: int | None, registry=None) -> Train
     """The label map and the train/eval examples of a run, validated before any model loads."""
     train = read_split(data_cfg, data_cfg.train_split, registry)
     labels = label_map(data_cfg, train, num_labels)
-    train_examples = to_examples(train, data_cfg, labels)
+    train_examples = to_examples(train, data_cfg, labels, training=True)
     check_training_classes([e.label for e in train_examples], labels, train.where,
-                           getattr(data_cfg, "label_names", None))
+                           getattr(data_cfg, "label_names", None), num_labels)
     train_examples = subset(train_examples, data_cfg.max_train_examples, data_cfg.subset_seed)
     evaluated = read_split(data_cfg, data_cfg.eval_split, registry)
     eval_examples = subset(to_examples(evaluated, data_cfg, labels), data_cfg.max_eval_examples,

@@ -47,13 +47,24 @@ def read_text_lines(path: Path) -> list[str]:
 
 
 def _table_texts(rows: list[dict], where: str, text_column: str | None) -> list[str]:
-    from asa_plugin.data.loading import text_columns
+    """The text of every row; a row that is no record, lacks the column or holds a list is named by its
+    number (1-based). A null text counts as empty (skipped)."""
+    from asa_plugin.data.loading import cell_text, text_columns
 
     if not rows:
         raise DataError(f"{where}: the corpus is empty")
-    column, _ = text_columns(rows[0], where, text_column, None)
-    return [row[column] if isinstance(row[column], str) else "" if row[column] is None else str(row[column])
-            for row in rows]
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: row {number}: expected a record (an object of columns), got "
+                            f"{type(row).__name__}; fix that row")
+    column, _ = text_columns(rows[0], where, text_column, None, key="pretrain.text_column")
+    texts = []
+    for number, row in enumerate(rows, start=1):
+        if column not in row:
+            raise DataError(f"{where}: row {number}: no '{column}' (its columns are "
+                            f"{', '.join(map(str, row)) or 'none'}); every row needs {column}")
+        texts.append(cell_text(row[column], where, number, column) or "")
+    return texts
 
 
 def read_texts(cfg, datasets) -> tuple[list[str], str]:
@@ -105,7 +116,11 @@ def load_corpus(cfg, datasets) -> Corpus:
         raise DataError(f"{where}: the corpus has {len(kept)} non-empty text(s) "
                         f"({len(texts) - len(kept)} empty skipped); pre-training needs at least 2 "
                         f"(one to train on, one held out)")
-    held = set(random.Random(0).sample(range(len(kept)), max(1, round(cfg.eval_fraction * len(kept)))))
+    count = max(1, round(cfg.eval_fraction * len(kept)))
+    if count >= len(kept):
+        raise DataError(f"{where}: pretrain.eval_fraction = {cfg.eval_fraction} of {len(kept)} texts holds out "
+                        f"{count} and leaves none to train on; lower pretrain.eval_fraction or give a larger corpus")
+    held = set(random.Random(0).sample(range(len(kept)), count))
     return Corpus(train=[t for i, t in enumerate(kept) if i not in held],
                   eval=[t for i, t in enumerate(kept) if i in held], where=where,
                   skipped_empty=len(texts) - len(kept))

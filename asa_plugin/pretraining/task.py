@@ -56,6 +56,14 @@ class MaskedLMTask(Task):
     def describe(self, corpus: Corpus) -> dict[str, Any]:
         return corpus.describe()
 
+    def fingerprint(self, corpus: Corpus) -> str:
+        from asa_plugin.training.loop import data_sha256
+
+        return data_sha256([corpus.train, corpus.eval])
+
+    def data_name(self, cfg) -> str:
+        return f"the corpus {cfg.pretrain.corpus}"
+
 
 def pretrain(cfg, resume: bool = False, pm=None, progress: bool = True) -> dict[str, Any]:
     """Pre-train ``cfg`` (a :class:`~asa_plugin.pretraining.config.PretrainRunConfig`); return its metrics.

@@ -10,13 +10,15 @@ rename: a checkpoint never lacks a rank's RNG state, and no rank writes into a r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from asa_plugin.errors import UserError
+from asa_plugin.errors import UserError, writing
+from asa_plugin.preflight import check_safetensors
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -25,6 +27,18 @@ FILES_KEY = "checkpoint_files"
 DELAY_ENV = "ADVROBUST_TEST_SAVE_DELAY"
 """Test hook, ``RANK:SECONDS``: process RANK sleeps SECONDS before writing its part of a checkpoint
 (a slow rank, as a loaded machine makes one; tests/test_distributed.py)."""
+
+
+class _TiedWeightsNote(logging.Filter):
+    """Drop Accelerate's "Removed shared tensor {...} while saving" warning (three per pre-training run):
+    the shared tensors are weights the model ties (a masked-LM decoder and the word embeddings), which
+    ``load_state`` restores into the same tied model, so there is nothing to check."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in str(record.msg)
+
+
+_TIED = _TiedWeightsNote()
 
 
 def save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
@@ -36,7 +50,13 @@ def save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     _test_delay(accelerator.process_index)
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    noisy = logging.getLogger("accelerate.utils.other")
+    noisy.addFilter(_TIED)
+    try:
+        with writing(tmp):
+            accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        noisy.removeFilter(_TIED)
     accelerator.wait_for_everyone()  # every process has written its files into tmp
     if accelerator.is_main_process:
         files = sorted(p.name for p in tmp.iterdir())
@@ -88,6 +108,12 @@ def check_complete(path: Path) -> None:
         raise UserError(f"{path} is incomplete (missing {', '.join(missing)}); resuming it would not continue "
                         f"the interrupted run: restore the files, or train into another directory with "
                         f"--set output.run_dir=...")
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            check_safetensors(weights, "checkpoint file")
+        except UserError as exc:
+            raise UserError(str(exc).split("; copy or save")[0] + "; this checkpoint cannot be resumed: restore "
+                            "it, or train into another directory with --set output.run_dir=...") from None
 
 
 def load(accelerator, path: Path) -> dict[str, Any]:

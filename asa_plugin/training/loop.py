@@ -24,7 +24,7 @@ from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.defences.perturbation import loss_scaler
-from asa_plugin.errors import TrainingDiverged, UserError
+from asa_plugin.errors import TrainingDiverged, UserError, writing
 from asa_plugin.locks import run_lock
 from asa_plugin.modelcard import write_model_card
 from asa_plugin.outputs import match_umask
@@ -79,6 +79,34 @@ class Task:
         """Extra entries of metrics.json."""
         return {"labels": data.labels.describe()}
 
+    def fingerprint(self, data) -> str:
+        """sha256 of what is trained and evaluated on, recorded in each checkpoint: a resume on data
+        edited since is refused (its batches would not continue the interrupted run's)."""
+        return data_sha256([(e.text, e.text_pair, e.label) for e in (*data.train, *data.eval)])
+
+    def data_name(self, cfg) -> str:
+        """How the user names this task's data, in the message of a changed fingerprint."""
+        return "the training data (data.*)"
+
+
+def data_sha256(items: list) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _check_same_data(task: Task, cfg: RunConfig, found: Path | None, fingerprint: str) -> None:
+    """Refuse to resume checkpoint ``found`` on data other than it was trained on (checkpoints written
+    before this check have no fingerprint and pass)."""
+    if found is None:
+        return
+    saved = checkpoint.read_state(found).get("data_sha256")
+    if saved is not None and saved != fingerprint:
+        raise UserError(f"--resume: {task.data_name(cfg)} changed since {found.parent} was started (sha256 "
+                        f"{saved[:12]}... -> {fingerprint[:12]}...): the resumed run would train on other texts "
+                        f"than the interrupted one; restore the data, or train into another directory with "
+                        f"--set output.run_dir=...")
+
 
 def _setup_logging(run_dir: Path) -> None:
     handler = logging.FileHandler(run_dir / "train.log")
@@ -93,8 +121,52 @@ def _optimizer(model: torch.nn.Module, defence: Defence, cfg) -> torch.optim.Ada
     return build_optimizer(model, defence.trainable_modules(), cfg.lr, cfg.weight_decay)
 
 
-def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
+def _check_run_kind(run_dir: Path, command: str) -> None:
+    """A pre-training run is not continued by ``train``, nor a training run by ``pretrain``."""
+    from asa_plugin.config import tomllib
+
+    try:
+        resolved = tomllib.loads((run_dir / "config.resolved.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # absent or damaged: check_resume says so when it matters
+    was = "pretrain" if "pretrain" in resolved else "train"
+    if was != command:
+        kinds = {"pretrain": "a pre-training run (`advrobust pretrain`)", "train": "a training run (`advrobust train`)"}
+        raise UserError(f"{run_dir} holds {kinds[was]}, not {kinds[command].split(' (')[0]}: continue it with "
+                        f"`advrobust {was} CONFIG --resume`, or choose another directory with "
+                        f"--set output.run_dir=...")
+
+
+def _check_something_to_resume(run_dir: Path) -> None:
+    """--resume on a directory with nothing to resume trains from scratch without a word: refused, or said."""
+    for name in (checkpoint.CHECKPOINT, f"{checkpoint.CHECKPOINT}.old"):
+        if (run_dir / name).is_dir() and checkpoint.find(run_dir) is None:
+            raise UserError(f"--resume: {run_dir / name} has no {checkpoint.STATE_FILE}, so its step is unknown "
+                            f"and resuming would restart at step 0; restore the file, or train into another "
+                            f"directory with --set output.run_dir=...")
+    if checkpoint.find(run_dir) is None and not (run_dir / "metrics.json").exists():
+        print(f"advrobust: note: --resume: {run_dir} has no checkpoint yet (none was written before it stopped); "
+              f"training starts at step 0", file=sys.stderr, flush=True)
+
+
+def _check_finished_model(run_dir: Path) -> None:
+    """A finished run given --resume returns its metrics: only if its exported model is whole."""
+    from asa_plugin.preflight import check_model_dir
+
+    try:
+        check_model_dir(run_dir / "model", "the finished model")
+    except UserError as exc:
+        detail = str(exc).removeprefix("the finished model ").split("; ")[0]
+        raise UserError(f"--resume: {run_dir} finished, but its model is damaged: {detail}; restore it from a "
+                        f"copy, or train again into another directory with --set output.run_dir=...") from None
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, command: str = "train") -> Path:
     run_dir = cfg.run_dir()
+    if run_dir.exists():
+        _check_run_kind(run_dir, command)
+    if resume:
+        _check_something_to_resume(run_dir)
     if run_dir.exists() and not resume:
         if (run_dir / "metrics.json").exists() or checkpoint.find(run_dir) is not None:
             raise UserError(f"run directory {run_dir} already holds a run; pass --resume to continue it, "
@@ -139,6 +211,9 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None,
     a second ``train`` (or an ``attack``) of it is refused, naming this one."""
     main_process = os.environ.get("RANK", "0") == "0"  # set by accelerate launch / torchrun
     command = task.name if task is not None else "train"  # the holder named as the user typed it
+    if resume and not cfg.run_dir().exists():  # before the lock creates it
+        raise UserError(f"--resume: {cfg.run_dir()} does not exist, so there is nothing to resume (a mistyped "
+                        f"output.run_dir?); give the run's directory, or drop --resume to start it")
     with run_lock(cfg.run_dir(), f"advrobust {command} {cfg.source}", enabled=main_process):
         return _train(cfg, resume, pm, task, progress)
 
@@ -146,8 +221,9 @@ def train(cfg: RunConfig, resume: bool = False, pm: PluginManager | None = None,
 def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | None,
            progress_bar: bool) -> dict[str, Any]:
     pm = pm or get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
-    run_dir = prepare_run_dir(cfg, resume)
+    run_dir = prepare_run_dir(cfg, resume, task.name if task is not None else "train")
     if resume and (run_dir / "metrics.json").exists() and checkpoint.find(run_dir) is None:
+        _check_finished_model(run_dir)
         return json.loads((run_dir / "metrics.json").read_text())  # already finished
     tc = cfg.train
     threads = apply_threads(tc.threads, TRAIN_DEFAULT_THREADS)
@@ -162,6 +238,8 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
     check_compile(compiled(accelerator), cfg.defence.names, fix=" (accelerate launch without --dynamo_backend)")
     task = task or Task()
     data = task.load_data(cfg, pm)  # validated before the model loads
+    fingerprint = task.fingerprint(data)
+    _check_same_data(task, cfg, checkpoint.find(run_dir) if resume else None, fingerprint)
     if accelerator.is_main_process:
         _setup_logging(run_dir)
         if not (resume and checkpoint.find(run_dir) is not None):  # a resumed run keeps its own
@@ -190,14 +268,15 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
     adapter.runner = model  # every forward of a defence goes through the (DDP) wrapper
 
     state = {"epoch": 0, "batches_done": 0, "global_step": 0, "history": [], "train_seconds": 0.0,
-             "train_cpu_seconds": 0.0, "examples_seen": 0, "num_processes": accelerator.num_processes}
+             "train_cpu_seconds": 0.0, "examples_seen": 0, "num_processes": accelerator.num_processes,
+             "data_sha256": fingerprint}
     found = checkpoint.find(run_dir) if resume else None
     if found is not None:
         saved_processes = checkpoint.read_state(found).get("num_processes", 1)
         if saved_processes != accelerator.num_processes:
             raise UserError(f"{run_dir}: the checkpoint was written by {saved_processes} process(es); "
                             f"resume it with the same number (this run has {accelerator.num_processes})")
-        state = checkpoint.load(accelerator, found)
+        state = checkpoint.load(accelerator, found) | {"data_sha256": fingerprint}
         defence.load_state_dict(state.get("defence_state", {}))
         log.info("resumed from %s at step %d", found, state["global_step"])
         interrupts.record(True, f"the last checkpoint (step {state['global_step']}) is in {run_dir}")
@@ -307,11 +386,15 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
         log.warning(warning)
         print(f"advrobust train: warning: {warning}", file=sys.stderr, flush=True)
     if accelerator.is_main_process:
-        adapter.export(run_dir / "model")
+        with writing(run_dir / "model"):
+            adapter.export(run_dir / "model")
         match_umask(run_dir / "model")  # safetensors are written 0600; give them the other outputs' mode
-        defence.save_extras(run_dir)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        write_model_card(run_dir)  # run_dir/model/README.md; advrobust bench rewrites it after the attacks
+        with writing(run_dir):
+            defence.save_extras(run_dir)
+        with writing(run_dir / "metrics.json"):
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        with writing(run_dir / "model" / "README.md"):
+            write_model_card(run_dir)  # run_dir/model/README.md; advrobust bench rewrites it after the attacks
         shutil.rmtree(run_dir / checkpoint.CHECKPOINT, ignore_errors=True)
         interrupts.record(True, f"training finished; the model is in {run_dir / 'model'}")
     accelerator.wait_for_everyone()

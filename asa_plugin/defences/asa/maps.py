@@ -52,7 +52,14 @@ def compute_maps(run_dir: str | Path, text: str, layers: list[int] | None = None
         raise UserError(f"{run_dir} has no model/ directory; is it a finished training run?")
     adapter = load_adapter(str(run_dir / "model"), attn_implementation="eager")
     adapter.model.eval()
-    enc = adapter.tokenizer(text, truncation=True, max_length=_max_length(run_dir), return_tensors="pt")
+    max_length = _max_length(run_dir)
+    full = len(adapter.tokenizer(text)["input_ids"])
+    if full > max_length:
+        import sys
+
+        print(f"advrobust asa-maps: note: --text has {full} tokens; the run's model.max_length is {max_length}, so "
+              f"the maps show its first {max_length} (what the model sees)", file=sys.stderr, flush=True)
+    enc = adapter.tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
     out = adapter.model(**enc, output_attentions=True, output_hidden_states=True, return_dict=True)
     maps = []
     for i in layers:
