@@ -218,15 +218,18 @@ def check_indices(path: Path, rows: list[dict], count: int) -> None:
     beyond = next((row["index"] for row in rows if row["index"] >= count), None)
     if beyond is None:
         return
-    number = "?"
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            if json.loads(line).get("index") == beyond:
-                break
-        except (ValueError, AttributeError):
-            continue
+    lines = path.read_text(encoding="utf-8").splitlines()
+    number = next((n for n, line in enumerate(lines, start=1) if _row_index(line) == beyond), "?")
     raise UserError(f"{path}: line {number}: index {beyond} is beyond the {count} examples attacked "
                     f"(0..{count - 1}); {_damaged(path)}")
+
+
+def _row_index(line: str) -> Any:
+    """The ``index`` of one results.jsonl line, None where the line is not a JSON object."""
+    try:
+        return json.loads(line).get("index")
+    except (ValueError, AttributeError):
+        return None
 
 
 def read_json(path: Path, what: str = "file") -> Any:
