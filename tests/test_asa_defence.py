@@ -280,3 +280,32 @@ def test_recomputing_the_clean_pass_gives_the_same_gradients(tiny_bert_dir, name
         grads.append(torch.cat([p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None]))
     assert grads[0].abs().sum() > 0
     assert torch.equal(grads[1], grads[0])  # bit for bit on CPU: why resume and bench may change it
+
+
+@pytest.mark.parametrize("names", [["asa"], ["asa", "freelb"]], ids=["asa", "asa+freelb"])
+def test_recomputed_clean_pass_shows_checkpoint_its_device_tensors(adapter, monkeypatch, names):
+    """torch's checkpoint saves and replays a device's RNG state (dropout) only for the tensors it finds in
+    its arguments (``get_device_states`` walks them with pytree). The collators return a ``BatchEncoding``,
+    which pytree keeps as one opaque leaf: the token tensors must reach checkpoint as leaves of their own."""
+    from torch.utils._pytree import tree_flatten
+    from transformers import BatchEncoding
+
+    from asa_plugin.defences.asa import defence as asa_module
+
+    seen: list[list[object]] = []
+    real_checkpoint = asa_module.checkpoint
+
+    def recording(fn, *args, **kwargs):
+        seen.append(tree_flatten(args)[0])  # what get_device_states / _infer_device_type would inspect
+        return real_checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asa_module, "checkpoint", recording)
+    registry = get_plugin_manager().defences
+    defence = build_defence(names, {n: registry.get(n).Params() for n in names}, adapter, registry)
+    batch = BatchEncoding(make_batch(adapter))  # what the collators hand the defence
+    defence.training_step(batch, lambda loss: loss.backward())
+    assert seen
+    for leaves in seen:
+        assert not any(isinstance(leaf, BatchEncoding) for leaf in leaves)
+        assert any(leaf is batch["input_ids"] for leaf in leaves)
+        assert any(leaf is batch["attention_mask"] for leaf in leaves)

@@ -106,7 +106,10 @@ class ASADefence(Defence):
         """One pass of ASA's loss on ``batch`` (optionally on given input embeddings)."""
         labels = batch["labels"]
         if self.params.recompute_clean:  # its activations are recomputed when the backward reaches them
-            clean = checkpoint(self._recomputable_logits(), batch, inputs_embeds, use_reentrant=False)  # (B, C)
+            # A plain dict, not the collators' BatchEncoding: torch's pytree sees a BatchEncoding as one opaque
+            # leaf, and checkpoint saves (and replays) a device's RNG state only for the device tensors it
+            # finds among its arguments, so on CUDA the recomputation would draw other dropout masks.
+            clean = checkpoint(self._recomputable_logits(), dict(batch), inputs_embeds, use_reentrant=False)  # (B, C)
         else:
             clean = self._logits(batch, inputs_embeds)  # (B, C)
         with self.adversarial_attention(batch) as masks:
