@@ -301,7 +301,8 @@ def test_recomputed_clean_pass_shows_checkpoint_its_device_tensors(adapter, monk
 
     monkeypatch.setattr(asa_module, "checkpoint", recording)
     registry = get_plugin_manager().defences
-    defence = build_defence(names, {n: registry.get(n).Params() for n in names}, adapter, registry)
+    params = {n: registry.get(n).Params() for n in names} | {"asa": ASAParams(recompute_clean=True)}
+    defence = build_defence(names, params, adapter, registry)
     batch = BatchEncoding(make_batch(adapter))  # what the collators hand the defence
     defence.training_step(batch, lambda loss: loss.backward())
     assert seen
@@ -309,3 +310,29 @@ def test_recomputed_clean_pass_shows_checkpoint_its_device_tensors(adapter, monk
         assert not any(isinstance(leaf, BatchEncoding) for leaf in leaves)
         assert any(leaf is batch["input_ids"] for leaf in leaves)
         assert any(leaf is batch["attention_mask"] for leaf in leaves)
+
+
+AUTO_CASES = [  # (recompute_clean, padded tokens per example, whether the clean pass is recomputed)
+    ("auto", 64, False), ("auto", 255, False), ("auto", 256, True), ("auto", 512, True),
+    (True, 64, True), (True, 512, True), (False, 64, False), (False, 512, False),
+]
+
+
+@pytest.mark.parametrize("setting,length,recompute", AUTO_CASES)
+def test_recompute_clean_auto_recomputes_long_batches_only(setting, length, recompute):
+    assert ASAParams().recompute_clean == "auto"  # the default
+    assert ASAParams(recompute_clean=setting).recompute_for(length) is recompute
+
+
+@pytest.mark.parametrize("threshold_offset,checkpointed", [(0, True), (1, False)])
+def test_auto_decides_per_batch_from_its_length(adapter, monkeypatch, threshold_offset, checkpointed):
+    from asa_plugin.defences.asa import config as asa_config
+    from asa_plugin.defences.asa import defence as asa_module
+
+    batch = make_batch(adapter)
+    monkeypatch.setattr(asa_config, "AUTO_RECOMPUTE_FROM", batch["input_ids"].shape[1] + threshold_offset)
+    calls = []
+    real_checkpoint = asa_module.checkpoint
+    monkeypatch.setattr(asa_module, "checkpoint", lambda *a, **k: calls.append(1) or real_checkpoint(*a, **k))
+    ASADefence(ASAParams(), adapter).training_step(batch, lambda loss: loss.backward())
+    assert bool(calls) is checkpointed

@@ -105,7 +105,7 @@ class ASADefence(Defence):
     def asa_objective(self, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """One pass of ASA's loss on ``batch`` (optionally on given input embeddings)."""
         labels = batch["labels"]
-        if self.params.recompute_clean:  # its activations are recomputed when the backward reaches them
+        if self.params.recompute_for(batch["input_ids"].shape[1]):  # activations recomputed in the backward
             # A plain dict, not the collators' BatchEncoding: torch's pytree sees a BatchEncoding as one opaque
             # leaf, and checkpoint saves (and replays) a device's RNG state only for the device tensors it
             # finds among its arguments, so on CUDA the recomputation would draw other dropout masks.
