@@ -44,10 +44,12 @@ class NoParams:
 
 @dataclass
 class StepResult:
-    """What one training step reports: the loss value and optional extra scalars."""
+    """What one training step reports: the loss value and optional extra scalars, each a float or a detached
+    0-d tensor. The built-in defences return tensors, which the loop reads only when it logs: reading a CUDA
+    tensor (``.item()``) waits for the device, once per logged window instead of once per pass."""
 
-    loss: float
-    metrics: dict[str, float] = field(default_factory=dict)
+    loss: float | torch.Tensor
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class Defence:
@@ -90,7 +92,7 @@ class Defence:
         """Compute the step's loss, call ``backward`` on it (possibly several times), report it."""
         loss = self.objective(batch, None)
         backward(loss)
-        return StepResult(loss=loss.detach().item())
+        return StepResult(loss=loss.detach())
 
     def epoch_metrics(self) -> dict[str, Any]:
         """Metrics gathered since the last call (e.g. ASA's mask ratio per layer); then reset."""

@@ -65,7 +65,7 @@ class ASADefence(Defence):
         self.objective = self.asa_objective
         self.epoch_counts = MaskCounts(self.adversary.layers)
         self.window_counts = MaskCounts(self.adversary.layers)
-        self._last: dict[str, float] = {}
+        self._last: dict[str, torch.Tensor] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
     def trainable_modules(self) -> list[nn.Module]:
@@ -121,8 +121,8 @@ class ASADefence(Defence):
         model_loss = ce + self.params.divergence_weight * divergence
         if self.params.adversarial_ce:
             model_loss = model_loss + F.cross_entropy(adv, labels)
-        self._last = {"asa_model_loss": model_loss.item(), "asa_ce": ce.item(),
-                      "asa_symmetric_kl": divergence.item(), "asa_kept_units": kept.item()}
+        self._last = {"asa_model_loss": model_loss.detach(), "asa_ce": ce.detach(),  # read when logged
+                      "asa_symmetric_kl": divergence.detach(), "asa_kept_units": kept.detach()}
         # The tau term enters with its gradient and without its value (kept - kept.detach() is 0): the
         # gradients are those of model_loss + tau^2 * kept, and the value every caller sees, ASA alone or each
         # pass of a procedure (FreeLB, PGD, ...), is the model's loss, not thousands of kept units x tau^2.
@@ -151,7 +151,7 @@ class ASADefence(Defence):
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         loss = self.objective(batch, None)  # its value is the model's loss (see asa_objective)
         backward(loss)
-        return StepResult(loss=loss.item(), metrics=dict(self._last))
+        return StepResult(loss=loss.detach(), metrics=dict(self._last))
 
     # --- metrics ---------------------------------------------------------------------------
     def mask_ratio_per_layer(self) -> list[float | None]:
