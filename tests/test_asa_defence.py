@@ -336,3 +336,12 @@ def test_auto_decides_per_batch_from_its_length(adapter, monkeypatch, threshold_
     monkeypatch.setattr(asa_module, "checkpoint", lambda *a, **k: calls.append(1) or real_checkpoint(*a, **k))
     ASADefence(ASAParams(), adapter).training_step(batch, lambda loss: loss.backward())
     assert bool(calls) is checkpointed
+
+
+def test_layer_gradient_checkpointing_is_refused_in_one_line(adapter):
+    """Recomputed in the backward, the masked pass's layers would run without the adversaries' hooks: with
+    reentrant checkpointing (transformers' default) the gradients change silently."""
+    adapter.model.gradient_checkpointing_enable()
+    adapter.model.train()
+    with pytest.raises(ConfigError, match=r"^defence asa: the model has gradient checkpointing on .*turn it off"):
+        ASADefence(ASAParams(), adapter).training_step(make_batch(adapter), lambda loss: loss.backward())

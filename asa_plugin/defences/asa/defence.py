@@ -105,6 +105,7 @@ class ASADefence(Defence):
     def asa_objective(self, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """One pass of ASA's loss on ``batch`` (optionally on given input embeddings)."""
         labels = batch["labels"]
+        self._refuse_layer_checkpointing()
         if self.params.recompute_for(batch["input_ids"].shape[1]):  # activations recomputed in the backward
             # A plain dict, not the collators' BatchEncoding: torch's pytree sees a BatchEncoding as one opaque
             # leaf, and checkpoint saves (and replays) a device's RNG state only for the device tensors it
@@ -127,6 +128,16 @@ class ASADefence(Defence):
         # gradients are those of model_loss + tau^2 * kept, and the value every caller sees, ASA alone or each
         # pass of a procedure (FreeLB, PGD, ...), is the model's loss, not thousands of kept units x tau^2.
         return model_loss + self.params.tau ** 2 * (kept - kept.detach())
+
+    def _refuse_layer_checkpointing(self) -> None:
+        """transformers' gradient checkpointing recomputes each layer in the backward, after the adversaries'
+        hooks are gone: the masked pass would be recomputed unmasked (reentrant: other gradients, silently;
+        non-reentrant: a CheckpointError)."""
+        if getattr(self.adapter.model, "is_gradient_checkpointing", False):
+            raise ConfigError("defence asa: the model has gradient checkpointing on (TrainingArguments("
+                              "gradient_checkpointing=True) or gradient_checkpointing_enable()), which would recompute "
+                              "the masked pass without its masks; turn it off (ASA's recompute_clean already "
+                              "recomputes the clean pass to save memory)")
 
     def _recomputable_logits(self):
         """``_logits`` for ``checkpoint``: the first call is the forward; a later one is the recomputation
