@@ -129,7 +129,7 @@ def count_allreduce(args, workdir: Path, train_file: Path, dev_file: Path) -> di
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                    "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
-                   __file__, "--probe", str(config), str(out)]
+                   __file__, "--data", args.data, "--probe", str(config), str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
         proc = subprocess.run(command, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
