@@ -192,10 +192,10 @@ class DefenceTrainer(Trainer):
 
         with self.compute_loss_context_manager():  # CPU autocast under bf16, as Trainer's compute_loss
             result = self.defence.training_step(inputs, backward)
-        for key, value in _flatten(result.metrics).items():
+        for key, value in _flatten(result.raw_metrics).items():
             self._window[key] = self._window.get(key, 0.0) + value
         self._window_steps += 1
-        return torch.as_tensor(result.loss, device=self.args.device).detach() / scale  # no host sync
+        return torch.as_tensor(result.raw_loss, device=self.args.device).detach() / scale  # no host sync
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer's log; a training log (one with ``loss``) also gets the defence's metrics of the window."""

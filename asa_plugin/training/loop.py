@@ -237,7 +237,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
                     log.info("step %d: %d torch threads from here (bench.lend_idle_cores)", state["global_step"], lent)
                 with accelerator.accumulate(model):
                     result = defence.training_step(batch, accelerator.backward)
-                    micro_losses.append(loss_tensor(result.loss, accelerator.device))  # no host sync
+                    micro_losses.append(loss_tensor(result.raw_loss, accelerator.device))  # no host sync
                     if accelerator.sync_gradients and tc.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(adapter.model.parameters(), tc.max_grad_norm)
                     step_lr = optimizer.param_groups[0]["lr"]  # the model's rate this step used
