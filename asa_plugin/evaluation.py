@@ -100,11 +100,31 @@ def _without_data_keys(message: str) -> str:
     return message
 
 
+def _max_length(checkpoint: str, run_dir: Path | None, settings: dict[str, Any], given: int | None) -> int:
+    """The tokens per input evaluate reads, refused in one line when the backbone's position table is shorter."""
+    from asa_plugin.preflight import backbone_config, check_max_length, position_limit
+
+    if given is not None:
+        check_max_length(checkpoint, given, "--max-length", "pass --max-length {limit} or less")
+        return given
+    configured = settings.get("model", {}).get("max_length")
+    if configured is None:
+        config = backbone_config(checkpoint)
+        limit = position_limit(config) if config is not None else None
+        return min(512, limit[0]) if limit is not None else 512
+    check_max_length(checkpoint, configured, f"{run_dir / 'config.resolved.toml'}: model.max_length",
+                     "pass --max-length {limit} (or less) to read fewer tokens")
+    return configured
+
+
 def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, data_file: str | None = None,
                         task: str | None = None, dataset: str | None = None, split: str = "dev",
                         name: str | None = None, batch_size: int = 64,
-                        task_hint: str = TASK_HINT) -> tuple[dict, Path]:
-    """Evaluate ``checkpoint`` on one static set; write ``out_root/evaluate/<name>/``; (summary, that dir)."""
+                        task_hint: str = TASK_HINT, max_length: int | None = None) -> tuple[dict, Path]:
+    """Evaluate ``checkpoint`` on one static set; write ``out_root/evaluate/<name>/``; (summary, that dir).
+
+    ``max_length``: tokens per input; default the run's ``model.max_length``, else 512 (or fewer, if the
+    backbone's position table holds fewer)."""
     from asa_plugin.attacks import results as res
     from asa_plugin.data.labels import checkpoint_labels, class_mismatch
     from asa_plugin.data.loading import check_same_inputs
@@ -116,6 +136,7 @@ def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, d
         raise UserError(f"--name {name!r} cannot name a folder under {out_root / 'evaluate'} ({problem}); give a "
                         f"plain name such as 'advglue-sst2' (--out DIR chooses where)")
     settings = _run_settings(run_dir)
+    max_length = _max_length(checkpoint, run_dir, settings, max_length)  # before any data is read
     labels = checkpoint_labels(checkpoint)
     try:
         examples, where, default_name = static_set(data_file, task, dataset, split, settings, labels, task_hint)
@@ -131,7 +152,6 @@ def evaluate_static_set(checkpoint: str, run_dir: Path | None, out_root: Path, d
         import sys
 
         print(f"advrobust evaluate: {mismatch}", file=sys.stderr, flush=True)
-    max_length = settings.get("model", {}).get("max_length", 512)
     summary, rows = evaluate(checkpoint, examples, max_length, batch_size)
     out = out_root / "evaluate" / (name or default_name)
     out.mkdir(parents=True, exist_ok=True)

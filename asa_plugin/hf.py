@@ -79,14 +79,17 @@ def defence_config(spec: DefenceSpec, registry, source: str = "DefenceTrainer(de
     return _build_defence(raw, source, registry)
 
 
-def _flatten(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Scalars as they are; a per-layer list ``key`` as ``key/layer_i`` (layers without a value left out)."""
-    out: dict[str, float] = {}
+def _flatten(metrics: Mapping[str, Any]) -> dict[str, float | torch.Tensor]:
+    """Scalars as they are (a 0-d tensor stays one, read when logged); a per-layer list ``key`` as
+    ``key/layer_i`` (layers without a value left out)."""
+    out: dict[str, float | torch.Tensor] = {}
     for key, value in metrics.items():
         if isinstance(value, (list, tuple)):
             out.update({f"{key}/layer_{i}": float(v) for i, v in enumerate(value) if v is not None})
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
+        elif isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[key] = value.detach().reshape(())
     return out
 
 
@@ -237,10 +240,10 @@ class DefenceTrainer(Trainer):
             result = self.defence.training_step(inputs, backward)
         if self.accelerator.sync_gradients:  # the step's last micro-batch: before Trainer unscales and clips
             _average_across_processes(self.defence_parameters(), self.accelerator.num_processes)
-        for key, value in _flatten(result.metrics).items():
+        for key, value in _flatten(result.raw_metrics).items():
             self._window[key] = self._window.get(key, 0.0) + value
         self._window_steps += 1
-        return torch.tensor(result.loss / scale, device=self.args.device)
+        return torch.as_tensor(result.raw_loss, device=self.args.device).detach() / scale  # no host sync
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer's log; a training log (one with ``loss``) also gets the defence's metrics of the window."""
@@ -256,7 +259,7 @@ class DefenceTrainer(Trainer):
         out = {}
         if self._window_steps:
             keys = sorted(self._window)
-            sums = torch.tensor([self._window[k] for k in keys] + [float(self._window_steps)],
+            sums = torch.tensor([float(self._window[k]) for k in keys] + [float(self._window_steps)],
                                 dtype=torch.float64, device=self.args.device)  # (K + 1,)
             if self.accelerator.num_processes > 1:
                 sums = self.accelerator.reduce(sums, reduction="sum")

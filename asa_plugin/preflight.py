@@ -364,3 +364,53 @@ class _StandIn:
 
     def __call__(self, texts):  # pragma: no cover - a built attack is never run here
         raise RuntimeError("the stand-in model is only used to build attacks")
+
+
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl",
+                            "data2vec-text", "longformer", "mpnet")
+"""Model types whose position ids start after the padding index (``padding_idx + 1``, transformers'
+``create_position_ids_from_input_ids``): ``max_position_embeddings`` 514 holds 512 tokens."""
+
+
+def position_limit(config: dict[str, Any]) -> tuple[int, str] | None:
+    """(the most tokens the backbone's absolute position table holds, how that follows from ``config``),
+    or None when it has no such table (DeBERTa-v2 without ``position_biased_input``) or does not say."""
+    table = config.get("max_position_embeddings")
+    if not isinstance(table, int) or table <= 0:
+        return None
+    if config.get("model_type") in ("deberta", "deberta-v2") and config.get("position_biased_input") is False:
+        return None  # relative positions only: no table to run past
+    if config.get("model_type") in PADDING_OFFSET_POSITIONS:
+        pad = config.get("pad_token_id")
+        offset = (1 if pad is None else int(pad)) + 1
+        return table - offset, f"max_position_embeddings {table} less the padding offset {offset}"
+    return table, f"max_position_embeddings {table}"
+
+
+def backbone_config(backbone: str) -> dict[str, Any] | None:
+    """The config of a local model directory or of a hub name already cached; None when unreadable (the
+    model load reports that)."""
+    local = Path(backbone) / "config.json"
+    if local.is_file():
+        try:
+            found = json.loads(local.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(backbone).to_dict()
+    except Exception:  # noqa: BLE001 - not found, offline, gated: the model load says so in its own words
+        return None
+
+
+def check_max_length(backbone: str, max_length: int, where: str, fix: str) -> None:
+    """``max_length`` tokens fit the backbone's position table (else an index error on CPU and a device-side
+    assert on CUDA once a long text comes); ``where`` names the setting, ``fix`` the flag or key that lowers it."""
+    config = backbone_config(backbone)
+    found = position_limit(config) if config is not None else None
+    if found is not None and max_length > found[0]:
+        limit, why = found
+        raise UserError(f"{where} = {max_length} is longer than {backbone} can read: its position table holds "
+                        f"{limit} tokens ({why}); {fix.format(limit=limit)}")

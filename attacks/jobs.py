@@ -48,7 +48,14 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
     from asa_plugin.data import load_split
     from asa_plugin.data.labels import checkpoint_labels, class_mismatch
     from asa_plugin.data.loading import check_same_inputs
+    from asa_plugin.preflight import check_max_length
 
+    if cfg.attack.max_length:
+        check_max_length(checkpoint, cfg.attack.max_length, f"{cfg.source}: attack.max_length",
+                         "use --set attack.max_length={limit} or less")
+    else:
+        check_max_length(checkpoint, cfg.model.max_length, f"{cfg.source}: model.max_length",
+                         "use --set attack.max_length={limit} (the attack's own, over model.max_length)")
     data = cfg.data
     labels = checkpoint_labels(checkpoint)
     examples = load_split(data, cfg.attack.split, labels, limit=cfg.attack.examples_for_profile(),

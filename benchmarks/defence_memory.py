@@ -27,13 +27,15 @@ from pathlib import Path
 CASES: dict[str, list[str]] = {"vanilla": ["vanilla"], "asa": ["asa"], "fgm": ["fgm"], "pgd": ["pgd"],
                                "freelb": ["freelb"], "scal": ["scal"], "uscal": ["uscal"],
                                "asa+freelb": ["asa", "freelb"], "asa-keep-clean": ["asa"],
-                               "asa-keep-clean+freelb": ["asa", "freelb"]}
+                               "asa-keep-clean+freelb": ["asa", "freelb"], "asa-auto": ["asa"]}
 OVERRIDES: dict[str, dict[str, dict]] = {"asa": {"asa": {"recompute_clean": True}},
                                          "asa+freelb": {"asa": {"recompute_clean": True}},
                                          "asa-keep-clean": {"asa": {"recompute_clean": False}},
-                                         "asa-keep-clean+freelb": {"asa": {"recompute_clean": False}}}
+                                         "asa-keep-clean+freelb": {"asa": {"recompute_clean": False}},
+                                         "asa-auto": {"asa": {"recompute_clean": "auto"}}}
 """Parameters set per case and defence, all else at its defaults. ASA's ``recompute_clean`` is spelt out
-either way (its default changed from false to true in issue 20), so a case means the same in every run."""
+(its default changed from false to true in issue 20, to "auto" in issue 31), so a case means the same in every
+run: ``asa`` always recomputes, ``asa-keep-clean`` never, ``asa-auto`` by the batch's length."""
 
 
 def default_model() -> str:

@@ -280,3 +280,68 @@ def test_recomputing_the_clean_pass_gives_the_same_gradients(tiny_bert_dir, name
         grads.append(torch.cat([p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None]))
     assert grads[0].abs().sum() > 0
     assert torch.equal(grads[1], grads[0])  # bit for bit on CPU: why resume and bench may change it
+
+
+@pytest.mark.parametrize("names", [["asa"], ["asa", "freelb"]], ids=["asa", "asa+freelb"])
+def test_recomputed_clean_pass_shows_checkpoint_its_device_tensors(adapter, monkeypatch, names):
+    """torch's checkpoint saves and replays a device's RNG state (dropout) only for the tensors it finds in
+    its arguments (``get_device_states`` walks them with pytree). The collators return a ``BatchEncoding``,
+    which pytree keeps as one opaque leaf: the token tensors must reach checkpoint as leaves of their own."""
+    from torch.utils._pytree import tree_flatten
+    from transformers import BatchEncoding
+
+    from asa_plugin.defences.asa import defence as asa_module
+
+    seen: list[list[object]] = []
+    real_checkpoint = asa_module.checkpoint
+
+    def recording(fn, *args, **kwargs):
+        seen.append(tree_flatten(args)[0])  # what get_device_states / _infer_device_type would inspect
+        return real_checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asa_module, "checkpoint", recording)
+    registry = get_plugin_manager().defences
+    params = {n: registry.get(n).Params() for n in names} | {"asa": ASAParams(recompute_clean=True)}
+    defence = build_defence(names, params, adapter, registry)
+    batch = BatchEncoding(make_batch(adapter))  # what the collators hand the defence
+    defence.training_step(batch, lambda loss: loss.backward())
+    assert seen
+    for leaves in seen:
+        assert not any(isinstance(leaf, BatchEncoding) for leaf in leaves)
+        assert any(leaf is batch["input_ids"] for leaf in leaves)
+        assert any(leaf is batch["attention_mask"] for leaf in leaves)
+
+
+AUTO_CASES = [  # (recompute_clean, padded tokens per example, whether the clean pass is recomputed)
+    ("auto", 64, False), ("auto", 255, False), ("auto", 256, True), ("auto", 512, True),
+    (True, 64, True), (True, 512, True), (False, 64, False), (False, 512, False),
+]
+
+
+@pytest.mark.parametrize("setting,length,recompute", AUTO_CASES)
+def test_recompute_clean_auto_recomputes_long_batches_only(setting, length, recompute):
+    assert ASAParams().recompute_clean == "auto"  # the default
+    assert ASAParams(recompute_clean=setting).recompute_for(length) is recompute
+
+
+@pytest.mark.parametrize("threshold_offset,checkpointed", [(0, True), (1, False)])
+def test_auto_decides_per_batch_from_its_length(adapter, monkeypatch, threshold_offset, checkpointed):
+    from asa_plugin.defences.asa import config as asa_config
+    from asa_plugin.defences.asa import defence as asa_module
+
+    batch = make_batch(adapter)
+    monkeypatch.setattr(asa_config, "AUTO_RECOMPUTE_FROM", batch["input_ids"].shape[1] + threshold_offset)
+    calls = []
+    real_checkpoint = asa_module.checkpoint
+    monkeypatch.setattr(asa_module, "checkpoint", lambda *a, **k: calls.append(1) or real_checkpoint(*a, **k))
+    ASADefence(ASAParams(), adapter).training_step(batch, lambda loss: loss.backward())
+    assert bool(calls) is checkpointed
+
+
+def test_layer_gradient_checkpointing_is_refused_in_one_line(adapter):
+    """Recomputed in the backward, the masked pass's layers would run without the adversaries' hooks: with
+    reentrant checkpointing (transformers' default) the gradients change silently."""
+    adapter.model.gradient_checkpointing_enable()
+    adapter.model.train()
+    with pytest.raises(ConfigError, match=r"^defence asa: the model has gradient checkpointing on .*turn it off"):
+        ASADefence(ASAParams(), adapter).training_step(make_batch(adapter), lambda loss: loss.backward())

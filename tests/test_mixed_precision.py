@@ -198,7 +198,7 @@ def one_step(deep_dir, names: list[str], batch, dtype: torch.dtype | None) -> St
         pytest.fail(f"fp16 gradients overflowed at every scale down to {scaler.get_scale()}")
     after = torch.cat([p.detach().flatten().double() for p in params])
     asa = asa_part(defence)
-    kept = asa._last["asa_kept_units"] * batch["labels"].shape[0] if asa else None
+    kept = float(asa._last["asa_kept_units"]) * batch["labels"].shape[0] if asa else None  # a 0-d tensor
     return Step(result.loss, after - before, kept)
 
 

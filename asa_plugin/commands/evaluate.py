@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default="dev", help="split of --dataset (default: dev)")
     p.add_argument("--name", help="output name under RUN/evaluate/ (default: from the file and task)")
     p.add_argument("--out", help="directory receiving evaluate/<name>/ (default: the run dir)")
+    p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: the run's "
+                                                   "model.max_length, else 512 or the backbone's position table)")
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     p.set_defaults(run=run)
 
@@ -34,6 +36,8 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_length is not None and args.max_length < 1:
+        raise UserError(f"--max-length must be >= 1, got {args.max_length}")
     from asa_plugin.preflight import check_model_dir, check_writable, looks_local
 
     checkpoint, run_dir = resolve_model(args.model)
@@ -43,6 +47,7 @@ def run(args) -> int:
     check_writable(out_root, "evaluate output", "choose another with --out DIR" if args.out else
                    "give a writable directory with --out DIR")
     summary, out = evaluate_static_set(checkpoint, run_dir, out_root, args.data_file, args.task, args.dataset,
-                                       args.split, args.name, args.batch_size)
+                                       args.split, args.name, args.batch_size,
+                                       max_length=args.max_length)
     print(json.dumps({"out": str(out), **summary}))
     return 0

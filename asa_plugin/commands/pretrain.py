@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from asa_plugin import interrupts
     from asa_plugin.plugins import get_plugin_manager
-    from asa_plugin.preflight import check_model_dir, check_writable, looks_local
+    from asa_plugin.preflight import check_max_length, check_model_dir, check_writable, looks_local
     from asa_plugin.pretraining.config import load_pretrain_config
 
     cfg = load_pretrain_config(args.config, args.overrides)
@@ -28,6 +28,8 @@ def run(args) -> int:
     check_defences(cfg, pm.defences)
     if looks_local(cfg.model.backbone):
         check_model_dir(cfg.model.backbone, f"{cfg.source}: model.backbone")
+    check_max_length(cfg.model.backbone, cfg.model.max_length, f"{cfg.source}: model.max_length",
+                     "use --set model.max_length={limit} or less")  # before any data is read or tokenized
     check_writable(cfg.run_dir(), "output.run_dir", "choose another with --set output.run_dir=...")
     interrupts.set_rerun(f"rerun with --resume to continue: advrobust pretrain {args.config} ... --resume")
     interrupts.record_checkpoint(cfg.run_dir(), args.resume)  # until the loop knows better

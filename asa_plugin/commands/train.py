@@ -18,12 +18,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from asa_plugin import interrupts
     from asa_plugin.config import load_config
-    from asa_plugin.preflight import check_data_files, check_model_dir, check_writable, looks_local
+    from asa_plugin.preflight import check_data_files, check_max_length, check_model_dir, check_writable, looks_local
 
     cfg = load_config(args.config, args.overrides)
     check_data_files(cfg.data, cfg.source)  # before transformers and the model load
     if looks_local(cfg.model.backbone):
         check_model_dir(cfg.model.backbone, f"{cfg.source}: model.backbone")
+    check_max_length(cfg.model.backbone, cfg.model.max_length, f"{cfg.source}: model.max_length",
+                     "use --set model.max_length={limit} or less")  # before any data is read or tokenized
     check_writable(cfg.run_dir(), "output.run_dir", "choose another with --set output.run_dir=...")
     interrupts.set_rerun(f"rerun with --resume to continue: advrobust train {args.config} ... --resume")
     interrupts.record_checkpoint(cfg.run_dir(), args.resume)  # until the loop knows better

@@ -42,12 +42,29 @@ class NoParams:
     """A defence without parameters."""
 
 
-@dataclass
+@dataclass(init=False)
 class StepResult:
-    """What one training step reports: the loss value and optional extra scalars."""
+    """What one training step reports: the loss value and optional extra scalars, each given as a float or a
+    detached 0-d tensor. The built-in defences give tensors, which the loop reads (``raw_loss``) only when it
+    logs: reading a CUDA tensor waits for the device, once per logged window instead of once per pass.
+    ``loss`` and ``metrics`` read them as floats."""
 
-    loss: float
-    metrics: dict[str, float] = field(default_factory=dict)
+    raw_loss: float | torch.Tensor
+    raw_metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, loss: float | torch.Tensor, metrics: dict[str, Any] | None = None):
+        self.raw_loss = loss
+        self.raw_metrics = dict(metrics or {})
+
+    @property
+    def loss(self) -> float:
+        """The loss as a float (a host-device sync when it is a CUDA tensor)."""
+        return float(self.raw_loss)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The extra scalars, tensors read as floats."""
+        return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in self.raw_metrics.items()}
 
 
 class Defence:
@@ -90,7 +107,7 @@ class Defence:
         """Compute the step's loss, call ``backward`` on it (possibly several times), report it."""
         loss = self.objective(batch, None)
         backward(loss)
-        return StepResult(loss=loss.detach().item())
+        return StepResult(loss=loss.detach())
 
     def epoch_metrics(self) -> dict[str, Any]:
         """Metrics gathered since the last call (e.g. ASA's mask ratio per layer); then reset."""

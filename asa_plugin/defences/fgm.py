@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
-from asa_plugin.defences.perturbation import fgm_delta, perturbed_loss, token_mask, zero_delta
+from asa_plugin.defences.perturbation import (
+    fgm_delta,
+    perturbed_loss,
+    token_mask,
+    without_gradient_sync,
+    zero_delta,
+)
 from asa_plugin.schema import option
 
 
@@ -31,11 +37,12 @@ class FGMDefence(Defence):
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         mask = token_mask(batch)  # (B, L, 1)
         probe = zero_delta(self.adapter, batch)  # (B, L, E); its grad is the embedding gradient
-        clean = perturbed_loss(self, batch, probe)
-        backward(clean)
+        with without_gradient_sync(self.adapter):  # one all-reduce per step: the last backward's
+            clean = perturbed_loss(self, batch, probe)
+            backward(clean)
         delta = fgm_delta(probe.grad, mask, self.params.epsilon)  # (B, L, E)
         adversarial = perturbed_loss(self, batch, delta)
         backward(adversarial)
-        clean_value, adv_value = clean.detach().item(), adversarial.detach().item()
+        clean_value, adv_value = clean.detach(), adversarial.detach()
         return StepResult(loss=clean_value + adv_value,
                           metrics={"clean_loss": clean_value, "adversarial_loss": adv_value})

@@ -10,7 +10,10 @@ TextDefender benchmark (Li et al., EMNLP 2021): 5 steps, adv_lr 0.03, init_mag 0
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
+
+import torch
 
 from asa_plugin.defences.base import Backward, Batch, Defence, StepResult
 from asa_plugin.defences.perturbation import (
@@ -19,6 +22,7 @@ from asa_plugin.defences.perturbation import (
     project,
     random_init,
     token_mask,
+    without_gradient_sync,
 )
 from asa_plugin.schema import option
 
@@ -43,13 +47,16 @@ class FreeLBDefence(Defence):
         mask = token_mask(batch)  # (B, L, 1)
         weight = self.adapter.input_embeddings().weight
         delta = random_init(mask, weight.shape[-1], p.init_mag).to(weight.dtype)  # (B, L, E)
-        total = 0.0
+        total = torch.zeros((), device=delta.device)
         for step in range(p.adv_steps):
+            last = step == p.adv_steps - 1
             delta.requires_grad_()
-            loss = perturbed_loss(self, batch, delta) / p.adv_steps
-            backward(loss)
-            total += loss.detach().item()
-            if step == p.adv_steps - 1:
+            # Parameter gradients accumulate locally over the ascent; only the last backward all-reduces them.
+            with nullcontext() if last else without_gradient_sync(self.adapter):
+                loss = perturbed_loss(self, batch, delta) / p.adv_steps
+                backward(loss)
+            total = total + loss.detach()  # read when logged, not per pass
+            if last:
                 break
             delta = delta.detach() + p.adv_lr * ascent_direction(delta.grad, mask, "l2")
             if p.max_norm > 0:

@@ -32,6 +32,7 @@ from asa_plugin.defences.perturbation import (
     project,
     random_init,
     token_mask,
+    without_gradient_sync,
     zero_delta,
 )
 from asa_plugin.schema import option
@@ -79,14 +80,15 @@ class PGDDefence(Defence):
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         p = self.params
         mask = token_mask(batch)  # (B, L, 1)
-        metrics: dict[str, float] = {}
-        total = 0.0
+        metrics: dict[str, torch.Tensor] = {}  # read when logged
+        total = torch.zeros((), device=batch["input_ids"].device)
         if p.include_clean:
             probe = zero_delta(self.adapter, batch)  # (B, L, E); its grad is the clean embedding gradient
-            clean = perturbed_loss(self, batch, probe)
-            backward(clean)
-            metrics["clean_loss"] = clean.detach().item()
-            total += metrics["clean_loss"]
+            with without_gradient_sync(self.adapter):  # one all-reduce per step: the adversarial backward's
+                clean = perturbed_loss(self, batch, probe)
+                backward(clean)
+            metrics["clean_loss"] = clean.detach()
+            total = total + metrics["clean_loss"]
         if p.init_mag > 0:
             weight = self.adapter.input_embeddings().weight
             start = self._bound(random_init(mask, weight.shape[-1], p.init_mag).to(weight.dtype))  # (B, L, E)
@@ -99,6 +101,6 @@ class PGDDefence(Defence):
         delta = self.adversarial_delta(batch, start, first_grad)
         adversarial = perturbed_loss(self, batch, delta)
         backward(adversarial)
-        metrics["adversarial_loss"] = adversarial.detach().item()
-        total += metrics["adversarial_loss"]
+        metrics["adversarial_loss"] = adversarial.detach()
+        total = total + metrics["adversarial_loss"]
         return StepResult(loss=total, metrics=metrics)

@@ -76,7 +76,7 @@ class SCALDefence(Defence):
         contrastive = info_nce(pair.clean, pair.adversarial, self.params.temperature)
         loss = task.clean_loss + task.adversarial_loss + self.params.contrastive_weight * contrastive
         backward(loss)
-        return StepResult(loss=loss.detach().item(),
-                          metrics={"clean_loss": task.clean_loss.detach().item(),
-                                   "adversarial_loss": task.adversarial_loss.detach().item(),
-                                   "contrastive_loss": contrastive.detach().item()})
+        return StepResult(loss=loss.detach(),
+                          metrics={"clean_loss": task.clean_loss.detach(),
+                                   "adversarial_loss": task.adversarial_loss.detach(),
+                                   "contrastive_loss": contrastive.detach()})

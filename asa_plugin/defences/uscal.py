@@ -63,6 +63,5 @@ class USCALDefence(Defence):
                        + info_nce(second, adversarial, p.temperature))
         loss = task + p.alpha * contrastive
         backward(loss)
-        return StepResult(loss=loss.detach().item(),
-                          metrics={"task_loss": task.detach().item(),
-                                   "contrastive_loss": contrastive.detach().item()})
+        return StepResult(loss=loss.detach(),
+                          metrics={"task_loss": task.detach(), "contrastive_loss": contrastive.detach()})

@@ -6,9 +6,10 @@ synchronised across processes. DDP all-reduces a parameter's gradient only when 
 inside the model's forward (an attention-bias hook), never through a wrapper of their own. So the
 loop wraps both in one :class:`TrainedModules`, whose forward is the model's: every forward of the
 model arms the reducer for the model and the defence modules together, and one backward
-all-reduces both. Defences that run several forwards before one backward (ASA, SCAL, USCAL) or
-several backwards per step (FGM, PGD, FreeLB) need nothing special: DDP averages whatever
-gradient each backward adds, and passes that only read an input gradient run under ``no_sync``.
+all-reduces both. Defences that run several forwards before one backward (ASA, SCAL, USCAL) need
+nothing special; those with several backwards per step (FGM, PGD, FreeLB) run all but the last under
+``no_sync`` (forward and backward), so DDP all-reduces once per step the gradients accumulated by
+then, and passes that only read an input gradient run under ``no_sync`` too.
 """
 
 from __future__ import annotations

@@ -41,9 +41,9 @@ from asa_plugin.training.distributed import (
     check_process_group,
     compiled,
     local_batches,
-    mean_across_processes,
 )
 from asa_plugin.training.evaluate import evaluate
+from asa_plugin.training.losses import PendingLosses, first_non_finite, loss_tensor
 from asa_plugin.training.optim import build_optimizer
 
 log = logging.getLogger("advrobust.train")
@@ -298,6 +298,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
             print(f"[{task.name} {defence.name}] {truncation}", file=sys.stderr, flush=True)
 
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+    pending = PendingLosses()  # step losses not read yet (one sync per logged window, not per micro-batch)
     scaling = ExitStack()  # fp16: the defences' input gradients are taken at the loss scaler's scale
     scaling.enter_context(loss_scaler(accelerator.scaler))
     defence.attach()
@@ -313,7 +314,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
                       if state["batches_done"] else train_loader)
             model.train()
             started, cpu_started = time.perf_counter(), time.process_time()
-            micro_losses: list[float] = []
+            micro_losses: list[torch.Tensor] = []  # this step's, on the device: read when logged (losses.py)
             for batch in loader:
                 lent = follow_thread_budget(threads)  # a core the bench's executor lends this cell (or takes back)
                 if lent is not None:
@@ -321,12 +322,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
                     log.info("step %d: %d torch threads from here (bench.lend_idle_cores)", state["global_step"], lent)
                 with accelerator.accumulate(model):
                     result = defence.training_step(batch, accelerator.backward)
-                    # The mean over processes: what is logged, and every process stops together.
-                    micro_losses.append(mean_across_processes(accelerator, result.loss))
-                    if not math.isfinite(micro_losses[-1]):
-                        raise TrainingDiverged(
-                            f"loss became {micro_losses[-1]} at step {state['global_step'] + 1} (epoch {epoch + 1}); "
-                            f"{_kept(run_dir)}; lower train.lr or check the data")
+                    micro_losses.append(loss_tensor(result.raw_loss, accelerator.device))  # no host sync
                     if accelerator.sync_gradients and tc.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(adapter.model.parameters(), tc.max_grad_norm)
                     step_lr = optimizer.param_groups[0]["lr"]  # the model's rate this step used
@@ -339,15 +335,18 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
                 if accelerator.sync_gradients:
                     state["global_step"] += 1
                     progress.update(1)
-                    step_loss = sum(micro_losses) / len(micro_losses)  # the step's micro-batches
+                    pending.add(state["global_step"], epoch, micro_losses)  # the mean of the step's micro-batches
                     micro_losses.clear()
-                    progress.set_postfix(loss=f"{step_loss:.4f}")
-                    if state["global_step"] % tc.log_every_steps == 0:
+                    log_now = state["global_step"] % tc.log_every_steps == 0
+                    save_now = bool(tc.checkpoint_every_steps) and state["global_step"] % tc.checkpoint_every_steps == 0
+                    if log_now or save_now or state["global_step"] >= total_steps:
+                        step_loss = _read_losses(pending, accelerator, run_dir, progress)  # every process, same step
+                    if log_now:
                         logged = {"step": state["global_step"], "loss": step_loss, "lr": step_lr,
                                   **defence.log_metrics()}
                         log.info("step %d: %s", state["global_step"], json.dumps(logged))
                         state["step_history"].append(logged)
-                    if tc.checkpoint_every_steps and state["global_step"] % tc.checkpoint_every_steps == 0:
+                    if save_now:
                         _add_time(state, started, cpu_started)
                         state["defence_state"] = defence.state_dict()
                         _save(accelerator, run_dir, state)
@@ -356,6 +355,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
                         os.kill(os.getpid(), 9)
                     if state["global_step"] >= total_steps:
                         break
+            _read_losses(pending, accelerator, run_dir, progress)  # the epoch's last steps, before eval and save
             _add_time(state, started, cpu_started)
             epoch_metrics = {"epoch": epoch + 1, "step": state["global_step"],
                              **task.evaluate(adapter, model, eval_loader, accelerator),
@@ -415,6 +415,22 @@ def _save(accelerator, run_dir: Path, state: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         match_umask(run_dir / checkpoint.CHECKPOINT)
     interrupts.record(True, f"the last checkpoint (step {state['global_step']}) is in {run_dir}")
+
+
+def _read_losses(pending: PendingLosses, accelerator, run_dir: Path, progress) -> float | None:
+    """Read the pending step losses (one host sync, one all-reduce); the last one, or None if none was pending.
+
+    A non-finite loss stops the run naming its step, before a checkpoint could keep its weights; every
+    process reads the same means at the same step, so all of them stop together."""
+    read = pending.read(accelerator)
+    bad = first_non_finite(read)
+    if bad is not None:
+        raise TrainingDiverged(f"loss became {bad.loss} at step {bad.step} (epoch {bad.epoch + 1}); "
+                               f"{_kept(run_dir)}; lower train.lr or check the data")
+    if not read:
+        return None
+    progress.set_postfix(loss=f"{read[-1].loss:.4f}")
+    return read[-1].loss
 
 
 def _kept(run_dir: Path) -> str:

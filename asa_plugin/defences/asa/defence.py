@@ -65,7 +65,7 @@ class ASADefence(Defence):
         self.objective = self.asa_objective
         self.epoch_counts = MaskCounts(self.adversary.layers)
         self.window_counts = MaskCounts(self.adversary.layers)
-        self._last: dict[str, float] = {}
+        self._last: dict[str, torch.Tensor] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
     def trainable_modules(self) -> list[nn.Module]:
@@ -105,8 +105,12 @@ class ASADefence(Defence):
     def asa_objective(self, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """One pass of ASA's loss on ``batch`` (optionally on given input embeddings)."""
         labels = batch["labels"]
-        if self.params.recompute_clean:  # its activations are recomputed when the backward reaches them
-            clean = checkpoint(self._recomputable_logits(), batch, inputs_embeds, use_reentrant=False)  # (B, C)
+        self._refuse_layer_checkpointing()
+        if self.params.recompute_for(batch["input_ids"].shape[1]):  # activations recomputed in the backward
+            # A plain dict, not the collators' BatchEncoding: torch's pytree sees a BatchEncoding as one opaque
+            # leaf, and checkpoint saves (and replays) a device's RNG state only for the device tensors it
+            # finds among its arguments, so on CUDA the recomputation would draw other dropout masks.
+            clean = checkpoint(self._recomputable_logits(), dict(batch), inputs_embeds, use_reentrant=False)  # (B, C)
         else:
             clean = self._logits(batch, inputs_embeds)  # (B, C)
         with self.adversarial_attention(batch) as masks:
@@ -118,12 +122,22 @@ class ASADefence(Defence):
         model_loss = ce + self.params.divergence_weight * divergence
         if self.params.adversarial_ce:
             model_loss = model_loss + F.cross_entropy(adv, labels)
-        self._last = {"asa_model_loss": model_loss.item(), "asa_ce": ce.item(),
-                      "asa_symmetric_kl": divergence.item(), "asa_kept_units": kept.item()}
+        self._last = {"asa_model_loss": model_loss.detach(), "asa_ce": ce.detach(),  # read when logged
+                      "asa_symmetric_kl": divergence.detach(), "asa_kept_units": kept.detach()}
         # The tau term enters with its gradient and without its value (kept - kept.detach() is 0): the
         # gradients are those of model_loss + tau^2 * kept, and the value every caller sees, ASA alone or each
         # pass of a procedure (FreeLB, PGD, ...), is the model's loss, not thousands of kept units x tau^2.
         return model_loss + self.params.tau ** 2 * (kept - kept.detach())
+
+    def _refuse_layer_checkpointing(self) -> None:
+        """transformers' gradient checkpointing recomputes each layer in the backward, after the adversaries'
+        hooks are gone: the masked pass would be recomputed unmasked (reentrant: other gradients, silently;
+        non-reentrant: a CheckpointError)."""
+        if getattr(self.adapter.model, "is_gradient_checkpointing", False):
+            raise ConfigError("defence asa: the model has gradient checkpointing on (TrainingArguments("
+                              "gradient_checkpointing=True) or gradient_checkpointing_enable()), which would recompute "
+                              "the masked pass without its masks; turn it off (ASA's recompute_clean already "
+                              "recomputes the clean pass to save memory)")
 
     def _recomputable_logits(self):
         """``_logits`` for ``checkpoint``: the first call is the forward; a later one is the recomputation
@@ -148,7 +162,7 @@ class ASADefence(Defence):
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         loss = self.objective(batch, None)  # its value is the model's loss (see asa_objective)
         backward(loss)
-        return StepResult(loss=loss.item(), metrics=dict(self._last))
+        return StepResult(loss=loss.detach(), metrics=dict(self._last))
 
     # --- metrics ---------------------------------------------------------------------------
     def mask_ratio_per_layer(self) -> list[float | None]:
