@@ -252,17 +252,19 @@ def cell_defence(label: str, tables: dict[str, dict], variants: dict[str, dict] 
     return {"name": names, **params}
 
 
-def load_plan(path: str | Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None) -> BenchPlan:
+def load_plan(path: str | Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None,
+              pm=None) -> BenchPlan:
     """Read a bench config, validate ``[bench]`` and build (and validate) every cell's run config.
 
     ``overrides``: ``--set SECTION.KEY=VALUE`` strings; ``values``: typed ``[bench]`` values of the
-    command's own flags (``--executor``, ``--max-parallel``...), over both."""
+    command's own flags (``--executor``, ``--max-parallel``...), over both; ``pm``: the plugin manager
+    (default: the one of the config's ``[plugins]``)."""
     from asa_plugin.plugins import get_plugin_manager
 
     source = str(path)
     raw = apply_overrides(read_file(path), overrides or [])
     plugins = raw.get("plugins") or {}
-    pm = get_plugin_manager(load_external=plugins.get("external", True), block=plugins.get("block", []))
+    pm = pm or get_plugin_manager(load_external=plugins.get("external", True), block=plugins.get("block", []))
     bench = _bench_section(raw.pop("bench", None) or {}, values or {}, pm, source)
     tables = _defence_tables(raw.pop("defence", None), source, pm.defences)
     for label in bench.defences:

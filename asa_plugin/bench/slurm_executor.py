@@ -24,6 +24,7 @@ bench's process. Job logs go to ``OUT/slurm/`` (``folder``).
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,15 +72,15 @@ class SlurmPool(Executor):
 
     def __init__(self, settings: SlurmSettings, folder: Path, retries: int = 2):
         submitit = _submitit()
+        if settings.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise UserError("bench.executor = 'slurm': no SLURM here (sbatch is not on PATH); run the bench on a "
+                            "SLURM login node, or set bench.slurm.cluster = \"local\" to run the jobs as local "
+                            "processes")
         self.opts = settings
         self.capacity = settings.max_parallel
         self.retries = retries
         self.executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=settings.cluster)
         self.jobs: dict[str, tuple[GridCell, Any, float, int]] = {}  # key -> (cell, job, start, attempt)
-        if settings.cluster == "slurm" and self.executor.cluster != "slurm":
-            raise UserError("bench.executor = 'slurm': no SLURM here (sbatch is not on PATH); run the bench on a "
-                            "SLURM login node, or set bench.slurm.cluster = \"local\" to run the jobs as local "
-                            "processes")
 
     @classmethod
     def from_bench(cls, bench, settings: Any, progress: bool, log: Log) -> Executor:
