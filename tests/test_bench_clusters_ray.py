@@ -1,11 +1,12 @@
 """The ray executor on a real Ray cluster: a head started by ``ray start --head`` and a second node by
 ``ray start --address`` (1 CPU each), driven by ``advrobust bench --ray-address`` in its own process.
 
-Ray 2.50 and later start clusters with token authentication: a driver without ``RAY_AUTH_MODE=token``
-is one line naming the fix. Every node is probed for the bench's out_dir before any cell (a node
-started in a mount namespace where out_dir's folder is an empty tmpfs plays a node without the shared
-disk); a cluster with GPUs and ``gpus_per_cell = 0`` is said; a cell whose worker is SIGKILLed is a
-FAILED line and failures.json, and the rerun finishes the grid.
+Ray 2.60's ``ray start`` enables token authentication: a driver without the cluster's token (a HOME
+without ``~/.ray/auth_token``, no ``RAY_AUTH_MODE=token``) is one line naming the fix. Every node is
+probed for the bench's out_dir before any cell (a node started in a mount namespace where out_dir's
+folder is an empty tmpfs plays a node without the shared disk); a cluster with GPUs and
+``gpus_per_cell = 0`` is said; a cell whose worker is SIGKILLed is a FAILED line and failures.json,
+and the rerun finishes the grid.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_node(args: list[str], wrap: list[str] | None = None) -> subprocess.Popen:
-    """``ray start ... --block`` in a process group of its own (stopped by its id, never `ray stop`)."""
+def start_node(args: list[str], home: Path, wrap: list[str] | None = None) -> subprocess.Popen:
+    """``ray start ... --block`` in a process group of its own (stopped by its id, never `ray stop`), with its
+    own HOME: the head writes the cluster's token into HOME/.ray/auth_token, not into the user's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     return subprocess.Popen([*(wrap or []), RAY, "start", "--num-cpus=1", "--block", "--disable-usage-stats",
-                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**env, "HOME": str(home)})
 
 
 def stop_node(proc: subprocess.Popen) -> None:
@@ -65,13 +69,25 @@ print(sum(n["Alive"] for n in ray.nodes()))
 """
 
 
-def wait_for_nodes(address: str, count: int, procs: list[subprocess.Popen]) -> None:
-    """Until the cluster at ``address`` has ``count`` alive nodes (the head may still be starting)."""
+def driver_env(home: Path, auth: bool = True) -> dict[str, str]:
+    """A driver's environment: with the cluster's token and RAY_AUTH_MODE=token, or with neither (a machine
+    the token was never copied to)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    if auth:
+        return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(home / ".ray" / "auth_token")}
+    bare = home.parent / "no-token-home"
+    bare.mkdir(exist_ok=True)
+    return {**env, "HOME": str(bare)}
+
+
+def wait_for_nodes(cluster: tuple[str, Path], count: int, procs: list[subprocess.Popen]) -> None:
+    """Until the cluster has ``count`` alive nodes (the head may still be starting)."""
+    address, home = cluster
     deadline = time.monotonic() + 300
     while True:
         assert all(p.poll() is None for p in procs), "a ray node did not start"
         done = subprocess.run([sys.executable, "-c", WAIT, address, str(count)], capture_output=True, text=True,
-                              timeout=400, env={**os.environ, "RAY_AUTH_MODE": "token"})
+                              timeout=400, env=driver_env(home))
         if done.returncode == 0 and int(done.stdout.split()[-1]) >= count:
             return
         assert time.monotonic() < deadline, f"the Ray cluster at {address} never had {count} nodes: {done.stderr}"
@@ -80,29 +96,28 @@ def wait_for_nodes(address: str, count: int, procs: list[subprocess.Popen]) -> N
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head (1 CPU) and a second node (1 CPU, 1 declared GPU); stopped by process group at the end."""
+    """(address, HOME of its nodes): a head (1 CPU) and a second node (1 CPU, 1 declared GPU); stopped by process
+    group at the end."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     temp = tmp_path_factory.mktemp("ray")
-    procs = [start_node(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false"])]
+    home = tmp_path_factory.mktemp("home")
+    procs = [start_node(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false"], home)]
     try:
-        wait_for_nodes(address, 1, procs)
-        procs.append(start_node([f"--address={address}", "--num-gpus=1"]))
-        wait_for_nodes(address, 2, procs)
-        yield address
+        wait_for_nodes((address, home), 1, procs)
+        procs.append(start_node([f"--address={address}", "--num-gpus=1"], home))
+        wait_for_nodes((address, home), 2, procs)
+        yield address, home
     finally:
         for proc in reversed(procs):
             stop_node(proc)
 
 
-def bench(cfg: Path, address: str, *flags: str, auth: bool = True, env: dict | None = None):
-    environ = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    if auth:
-        environ["RAY_AUTH_MODE"] = "token"
-    environ.update(env or {})
+def bench(cfg: Path, cluster: tuple[str, Path], *flags: str, auth: bool = True, env: dict | None = None):
+    address, home = cluster
     return subprocess.run([sys.executable, "-m", "asa_plugin.cli", "bench", str(cfg), "--no-progress",
                            "--executor", "ray", "--ray-address", address, *flags],
-                          capture_output=True, text=True, timeout=900, env=environ)
+                          capture_output=True, text=True, timeout=900, env={**driver_env(home, auth), **(env or {})})
 
 
 def test_a_driver_without_token_auth_is_one_line_naming_ray_auth_mode(cluster, tmp_path, tiny_bert_dir, toy_data,
@@ -110,9 +125,9 @@ def test_a_driver_without_token_auth_is_one_line_naming_ray_auth_mode(cluster, t
     done = bench(config(tmp_path, tiny_bert_dir, toy_data, attack_cache), cluster, auth=False)
     errors = [line for line in done.stderr.splitlines() if line.startswith(("advrobust bench: error:", "Traceback"))]
     assert done.returncode == 2 and errors == [
-        f"advrobust bench: error: Ray at {cluster}: the Ray cluster requires token authentication (ray start "
-        f"enables it since Ray 2.50): run the bench with RAY_AUTH_MODE=token in its environment (and the cluster's "
-        f"token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"], done.stderr[-3000:]
+        f"advrobust bench: error: Ray at {cluster[0]}: the Ray cluster requires token authentication (Ray 2.60's "
+        f"`ray start` enables it by default): run the bench with RAY_AUTH_MODE=token and the cluster's token (the "
+        f"head's ~/.ray/auth_token copied here, or RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN)"], done.stderr[-3000:]
 
 
 def test_the_grid_runs_on_two_nodes_a_killed_cell_is_a_failed_line_and_the_rerun_finishes(
@@ -143,8 +158,8 @@ def test_a_node_that_does_not_see_the_out_dir_is_one_line_naming_it_before_any_c
     out.mkdir()
     # A third node whose view of tmp_path is an empty tmpfs: it cannot see out_dir.
     mount = f"mount -t tmpfs none {tmp_path} && exec \"$@\""
-    blind = start_node([f"--address={cluster}"], wrap=["unshare", "-m", "--propagation", "private", "sh", "-c",
-                                                      mount, "sh"])
+    blind = start_node([f"--address={cluster[0]}"], cluster[1],
+                       wrap=["unshare", "-m", "--propagation", "private", "sh", "-c", mount, "sh"])
     try:
         wait_for_nodes(cluster, 3, [blind])
         done = bench(cfg, cluster)

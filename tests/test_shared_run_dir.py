@@ -27,7 +27,7 @@ def _rank(rank: int, port: int, dirs: list[str], answers) -> None:
         check_shared_run_dir(accelerator, Path(dirs[rank]))
         answers[rank] = "ok"
     except UserError as exc:
-        answers[rank] = str(exc)
+        answers[rank] = str(exc) if getattr(exc, "every_rank", False) else "rank 0 only"
     finally:
         dist.destroy_process_group()
 

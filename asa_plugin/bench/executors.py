@@ -205,11 +205,17 @@ def _child(cell: GridCell, gpu: int | None, conn, lent_threads=None, thread_env:
         from asa_plugin.threads import install_thread_budget
 
         install_thread_budget(lent_threads)
+    from asa_plugin.interrupts import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # the bench stopping (SIGTERM): unwind, so this process's semaphores are released
     try:
         line, seconds = timed(cell, gpu=gpu, single_worker=True)
         conn.send((True, line, seconds))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the cell's error
-        conn.send((False, one_line(exc), 0.0))
+        try:
+            conn.send((False, one_line(exc), 0.0))
+        except OSError:  # the bench has gone (stopped): nobody to tell
+            pass
         raise SystemExit(1) from None
     finally:
         conn.close()
@@ -296,10 +302,17 @@ class ProcessPool(Executor):
                                 (cell, None, text, time.perf_counter() - start))
         return finished
 
-    def close(self) -> None:
-        for _, proc, conn, _, _ in self.procs.values():
+    def close(self, grace: float = 30.0) -> None:
+        """Stop the running cells: SIGTERM (each unwinds as after Ctrl-C, releasing its semaphores, so no
+        "leaked semaphore" warning follows), SIGKILL for one still alive after ``grace`` seconds."""
+        for _, proc, _, _, _ in self.procs.values():
             proc.terminate()
-            proc.join()
+        deadline = time.monotonic() + grace
+        for _, proc, conn, _, _ in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
             conn.close()
         self.procs.clear()
         self.lent.clear()

@@ -9,9 +9,9 @@ what a cluster has, each is checked before the first cell:
   that cannot is one line naming it and the fix, before any work.
 - **GPUs.** Ray hides the GPUs from a task that requests none: on a cluster with GPUs and
   ``bench.gpus_per_cell = 0``, training would silently run on CPU; the bench says so in one line.
-- **Token authentication.** ``ray start --head`` (Ray 2.50 and later) enables token authentication; a
-  driver without ``RAY_AUTH_MODE=token`` is refused by the cluster (``InvalidAuthToken``): one line
-  naming the fix instead of Ray's traceback after 20 s of retries.
+- **Token authentication.** ``ray start --head`` enables token authentication (Ray 2.60, measured); a
+  driver without the cluster's token is refused by the cluster (``InvalidAuthToken``, "RAY_AUTH_MODE is
+  currently 'disabled'"): one line naming the fix instead of Ray's traceback after 20 s of retries.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from asa_plugin.errors import UserError
 
 TOKEN_FILE = ".advrobust-ray-probe-{}"
 """OUT/.advrobust-ray-probe-<token>: the token each node's probe task must read (removed after the probe)."""
-AUTH_FIX = ("the Ray cluster requires token authentication (ray start enables it since Ray 2.50): run the bench "
-            "with RAY_AUTH_MODE=token in its environment (and the cluster's token in ~/.ray/auth_token or "
-            "RAY_AUTH_TOKEN)")
+AUTH_FIX = ("the Ray cluster requires token authentication (Ray 2.60's `ray start` enables it by default): run the "
+            "bench with RAY_AUTH_MODE=token and the cluster's token (the head's ~/.ray/auth_token copied here, or "
+            "RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN)")
 
 
 def _probe(path: str) -> tuple[str, str | None]:
@@ -127,12 +127,23 @@ def connect(ray, address: str | None, num_cpus: int | None) -> None:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=True)
     except Exception as exc:  # noqa: BLE001 - Ray raises several types for one cause; the text tells them apart
-        if "InvalidAuthToken" in f"{type(exc).__name__} {exc}" or "auth" in type(exc).__name__.lower():
+        if _auth_refused(exc):
             raise UserError(f"Ray at {address}: {AUTH_FIX}") from None
         if address is not None and isinstance(exc, ConnectionError):
             raise UserError(f"Ray at {address}: no cluster answers ({one_line(exc)}); start one with `ray start "
                             f"--head` or fix bench.ray_address (--ray-address)") from None
         raise
+
+
+def _auth_refused(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is the cluster refusing a driver without its token."""
+    seen = 0
+    while exc is not None and seen < 10:
+        text = f"{type(exc).__name__} {exc}"
+        if "InvalidAuthToken" in text or "RAY_AUTH_MODE" in text or "AuthenticationError" in text:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def probe_nodes(ray, out_dir: Path, timeout: float = 120.0) -> list[str]:

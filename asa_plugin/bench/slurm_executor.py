@@ -79,7 +79,7 @@ class SlurmPool(Executor):
         self.opts = settings
         self.capacity = settings.max_parallel
         self.retries = retries
-        self.executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=settings.cluster)
+        self.executor = submitit.AutoExecutor(folder=str(folder), cluster=settings.cluster)  # JOBID_* files
         self.jobs: dict[str, tuple[GridCell, Any, float, int]] = {}  # key -> (cell, job, start, attempt)
 
     @classmethod

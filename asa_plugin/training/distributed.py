@@ -90,9 +90,11 @@ def check_shared_run_dir(accelerator, run_dir: Path) -> None:
     blind = [(rank, host) for rank, host, ok in answers if not ok]
     if blind:
         ranks = ", ".join(f"rank {rank} on {host}" for rank, host in blind)
-        raise UserError(f"{ranks} cannot see the run directory {where} that rank 0 writes: "
-                        f"every node must mount it at the same path (checkpoints, RNG states and --resume need "
-                        f"it); put output.run_dir on storage every node shares (--set output.run_dir=/shared/...)")
+        error = UserError(f"{ranks} cannot see the run directory {where} that rank 0 writes: every node must "
+                          f"mount it at the same path (checkpoints, RNG states and --resume need it); put "
+                          f"output.run_dir on storage every node shares (--set output.run_dir=/shared/...)")
+        error.every_rank = True  # printed by every rank: each node's log says why it stopped
+        raise error
 
 
 def mean_across_processes(accelerator, value: float) -> float:
