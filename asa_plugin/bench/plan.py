@@ -66,10 +66,9 @@ class BenchSection:
     lend_idle_cores: bool = option(False, help="local, CPU: lend the cores no cell uses to the running training "
                                                "cells as extra torch threads (faster; their weights then differ "
                                                "from a 1-thread run's in the last bits)")
-    executor_settings: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
-    """Each executor's ``[bench.<name>]`` table, as its settings dataclass (set by :func:`load_plan`)."""
 
     def __post_init__(self) -> None:
+        self.executor_settings: dict[str, Any] = {}  # [bench.<name>] tables as settings dataclasses (load_plan)
         if not self.defences:
             raise ValueError("bench.defences is empty; list at least one defence, e.g. [\"vanilla\", \"asa\"]")
         for key in ("defences", "seeds", "extra_seeds_defences", "extra_seeds_recipes"):
