@@ -293,3 +293,24 @@ def test_max_parallel_beyond_the_cores_is_said_and_clamped(monkeypatch):
     lines.clear()
     assert executors.make_local(types.SimpleNamespace(max_parallel=2, lend_idle_cores=False),
                                 log=lines.append).capacity == 2 and lines == []
+
+
+def test_a_stopped_bench_lets_its_cell_processes_unwind_instead_of_dying_by_sigterm(tmp_path, tiny_bert_dir, toy_data,
+                                                                                  attack_cache):
+    """A bench stopped by SIGTERM or Ctrl-C stops its cells with SIGTERM; each unwinds as after Ctrl-C (exit 1), so
+    its multiprocessing semaphores are released: no "leaked semaphore" warning after the bench."""
+    from asa_plugin.bench.cells import build_cells
+    from asa_plugin.bench.executors import ProcessPool
+    from asa_plugin.bench.plan import load_plan
+
+    plan = load_plan(config(tmp_path, tiny_bert_dir, toy_data, attack_cache), ["train.max_steps=100000"])
+    (train,) = [c for c in build_cells(plan) if c.kind == "train"]
+    pool = ProcessPool(2)
+    pool.submit(train)
+    (_, proc, *_), = pool.procs.values()
+    deadline = time.monotonic() + 300
+    while not (train.run.run_dir / "train.log").exists():  # training has started
+        assert proc.is_alive() and time.monotonic() < deadline
+        time.sleep(0.2)
+    pool.close()
+    assert proc.exitcode == 1  # unwound (killed by SIGTERM: -15)
