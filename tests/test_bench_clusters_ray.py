@@ -1,8 +1,9 @@
 """The ray executor on a real Ray cluster: a head started by ``ray start --head`` and a second node by
 ``ray start --address`` (1 CPU each), driven by ``advrobust bench --ray-address`` in its own process.
 
-Ray 2.60's ``ray start`` enables token authentication: a driver without the cluster's token (a HOME
-without ``~/.ray/auth_token``, no ``RAY_AUTH_MODE=token``) is one line naming the fix. Every node is
+Ray 2.60's ``ray start`` enables token authentication when the head has a token in ``~/.ray/auth_token`` (as
+after any ``ray.init()``): a driver without it (a HOME without the token, no ``RAY_AUTH_MODE=token``) is one
+line naming the fix. Every node is
 probed for the bench's out_dir before any cell (a node started in a mount namespace where out_dir's
 folder is an empty tmpfs plays a node without the shared disk); a cluster with GPUs and
 ``gpus_per_cell = 0`` is said; a cell whose worker is SIGKILLed is a FAILED line and failures.json,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -39,7 +41,7 @@ def free_port() -> int:
 
 def start_node(args: list[str], home: Path, wrap: list[str] | None = None) -> subprocess.Popen:
     """``ray start ... --block`` in a process group of its own (stopped by its id, never `ray stop`), with its
-    own HOME: the head writes the cluster's token into HOME/.ray/auth_token, not into the user's."""
+    own HOME (the cluster's token in HOME/.ray/auth_token, not the user's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     return subprocess.Popen([*(wrap or []), RAY, "start", "--num-cpus=1", "--block", "--disable-usage-stats",
                              *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
@@ -102,6 +104,8 @@ def cluster(tmp_path_factory):
     address = f"127.0.0.1:{port}"
     temp = tmp_path_factory.mktemp("ray")
     home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))  # as a first ray.init() on the head writes
     procs = [start_node(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false"], home)]
     try:
         wait_for_nodes((address, home), 1, procs)
@@ -126,8 +130,9 @@ def test_a_driver_without_token_auth_is_one_line_naming_ray_auth_mode(cluster, t
     errors = [line for line in done.stderr.splitlines() if line.startswith(("advrobust bench: error:", "Traceback"))]
     assert done.returncode == 2 and errors == [
         f"advrobust bench: error: Ray at {cluster[0]}: the Ray cluster requires token authentication (Ray 2.60's "
-        f"`ray start` enables it by default): run the bench with RAY_AUTH_MODE=token and the cluster's token (the "
-        f"head's ~/.ray/auth_token copied here, or RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN)"], done.stderr[-3000:]
+        f"`ray start` turns it on when the head has a token in ~/.ray/auth_token, which any ray.init() writes): run "
+        f"the bench with RAY_AUTH_MODE=token and the cluster's token (the head's ~/.ray/auth_token copied here, or "
+        f"RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN)"], done.stderr[-3000:]
 
 
 def test_the_grid_runs_on_two_nodes_a_killed_cell_is_a_failed_line_and_the_rerun_finishes(

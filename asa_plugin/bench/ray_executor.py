@@ -9,9 +9,10 @@ what a cluster has, each is checked before the first cell:
   that cannot is one line naming it and the fix, before any work.
 - **GPUs.** Ray hides the GPUs from a task that requests none: on a cluster with GPUs and
   ``bench.gpus_per_cell = 0``, training would silently run on CPU; the bench says so in one line.
-- **Token authentication.** ``ray start --head`` enables token authentication (Ray 2.60, measured); a
-  driver without the cluster's token is refused by the cluster (``InvalidAuthToken``, "RAY_AUTH_MODE is
-  currently 'disabled'"): one line naming the fix instead of Ray's traceback after 20 s of retries.
+- **Token authentication.** ``ray start --head`` enables token authentication when the head has a
+  token in ``~/.ray/auth_token`` (Ray 2.60, measured; any ``ray.init()`` writes one); a driver without
+  the cluster's token is refused (``InvalidAuthToken``, "RAY_AUTH_MODE is currently 'disabled'"): one
+  line naming the fix instead of Ray's traceback after 20 s of retries.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from asa_plugin.errors import UserError
 
 TOKEN_FILE = ".advrobust-ray-probe-{}"
 """OUT/.advrobust-ray-probe-<token>: the token each node's probe task must read (removed after the probe)."""
-AUTH_FIX = ("the Ray cluster requires token authentication (Ray 2.60's `ray start` enables it by default): run the "
-            "bench with RAY_AUTH_MODE=token and the cluster's token (the head's ~/.ray/auth_token copied here, or "
-            "RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN)")
+AUTH_FIX = ("the Ray cluster requires token authentication (Ray 2.60's `ray start` turns it on when the head has a "
+            "token in ~/.ray/auth_token, which any ray.init() writes): run the bench with RAY_AUTH_MODE=token and "
+            "the cluster's token (the head's ~/.ray/auth_token copied here, or RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN)")
 
 
 def _probe(path: str) -> tuple[str, str | None]:
