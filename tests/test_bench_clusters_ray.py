@@ -43,9 +43,12 @@ def start_node(args: list[str], home: Path, wrap: list[str] | None = None) -> su
     """``ray start ... --block`` in a process group of its own (stopped by its id, never `ray stop`), with its
     own HOME (the cluster's token in HOME/.ray/auth_token, not the user's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    return subprocess.Popen([*(wrap or []), RAY, "start", "--num-cpus=1", "--block", "--disable-usage-stats",
-                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    log = (home / f"ray-start-{len(list(home.glob('ray-start-*')))}.log").open("w")
+    proc = subprocess.Popen([*(wrap or []), RAY, "start", "--num-cpus=1", "--block", "--disable-usage-stats",
+                             *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**env, "HOME": str(home)})
+    proc.log_path = Path(log.name)
+    return proc
 
 
 def stop_node(proc: subprocess.Popen) -> None:
@@ -87,7 +90,8 @@ def wait_for_nodes(cluster: tuple[str, Path], count: int, procs: list[subprocess
     address, home = cluster
     deadline = time.monotonic() + 300
     while True:
-        assert all(p.poll() is None for p in procs), "a ray node did not start"
+        dead = [p for p in procs if p.poll() is not None]
+        assert not dead, f"a ray node did not start: {dead[0].log_path.read_text()[-3000:]}"
         done = subprocess.run([sys.executable, "-c", WAIT, address, str(count)], capture_output=True, text=True,
                               timeout=400, env=driver_env(home))
         if done.returncode == 0 and int(done.stdout.split()[-1]) >= count:
