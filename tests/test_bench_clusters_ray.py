@@ -46,7 +46,7 @@ def start_node(args: list[str], home: Path, wrap: list[str] | None = None) -> su
     log = (home / f"ray-start-{len(list(home.glob('ray-start-*')))}.log").open("w")
     proc = subprocess.Popen([*(wrap or []), RAY, "start", "--num-cpus=1", "--block", "--disable-usage-stats",
                              *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**env, "HOME": str(home)})
+                            env={**env, "HOME": str(home), "RAY_AUTH_MODE": "token"})  # a joining node needs it
     proc.log_path = Path(log.name)
     return proc
 
