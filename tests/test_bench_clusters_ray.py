@@ -176,7 +176,8 @@ def test_a_node_that_does_not_see_the_out_dir_is_one_line_naming_it_before_any_c
         stop_node(blind)
     errors = [line for line in done.stderr.splitlines() if line.startswith(("advrobust bench: error:", "Traceback"))]
     assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
-    assert errors[0].startswith("advrobust bench: error: Ray node 127.0.0.1 (")
+    assert errors[0].startswith("advrobust bench: error: Ray node ")  # the node's address, then its host
+    assert f" ({socket.gethostname()}) does not see" in errors[0]
     assert errors[0].endswith(f"does not see the bench's out_dir {out.resolve()}: every node must mount it at the "
                               f"same path; put bench.out_dir on shared storage, or remove that node from the cluster")
     assert not (out / "runs").exists()  # nothing ran
