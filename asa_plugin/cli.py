@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
-        if is_main_rank():
+        if is_main_rank() or getattr(exc, "every_rank", False):  # e.g. a rank that cannot see the run directory
             print(f"advrobust {args.command}: error: {_blamed(exc, args)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and the like

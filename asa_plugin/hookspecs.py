@@ -58,6 +58,17 @@ def advrobust_register_datasets(register: Register) -> None:
 
 
 @hookspec
+def advrobust_register_executors(register: Register) -> None:
+    """Called once while the plugin manager is built.
+
+    Call ``register(name, executor_class)`` for each way of running the cells of ``advrobust bench``
+    (``bench.executor = name`` / ``--executor name``); ``executor_class`` subclasses
+    :class:`asa_plugin.bench.executors.Executor`, whose docstring is the interface (build from
+    ``[bench]``, submit a cell with its resources, poll, cancel, retry). Returns nothing.
+    """
+
+
+@hookspec
 def advrobust_on_epoch_end(run_dir: Path, epoch: int, metrics: dict[str, Any]) -> None:
     """Called by ``advrobust train`` after each epoch's evaluation with that epoch's metrics; in a
     multi-process run, on the main process only (the one that writes the run directory)."""

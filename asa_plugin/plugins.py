@@ -1,4 +1,4 @@
-"""The plugin manager: registries of defences, adapters, recipes and datasets.
+"""The plugin manager: registries of defences, adapters, recipes, datasets and bench executors.
 
 Built in one fixed order: add the hook specs, load third-party entry points of group
 ``advrobust``, register the built-ins through the very same hooks, ``check_pending()``.
@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = {
     "builtin_adapters": "asa_plugin.adapters.plugin",
     "builtin_datasets": "asa_plugin.data.plugin",
     "builtin_recipes": "asa_plugin.attacks.plugin",
+    "builtin_executors": "asa_plugin.bench.plugin",
 }
 
 T = TypeVar("T")
@@ -121,6 +122,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "adapter": _subclass_check("asa_plugin.adapters.base", "BackboneAdapter"),
     "recipe": _recipe_check,
     "dataset": lambda value: None if callable(value) else "is not callable (split -> rows)",
+    "executor": _subclass_check("asa_plugin.bench.executors", "Executor"),
 }
 """What each kind of registered object must be."""
 
@@ -144,6 +146,7 @@ class PluginManager:
         self.defences: Registry[Any] = self._collect("defence", "advrobust_register_defences")
         self.recipes: Registry[Any] = self._collect("recipe", "advrobust_register_recipes")
         self.datasets: Registry[Any] = self._collect("dataset", "advrobust_register_datasets")
+        self.executors: Registry[Any] = self._collect("executor", "advrobust_register_executors")
 
     @cached_property
     def adapters(self) -> Registry[Any]:
@@ -208,11 +211,13 @@ class PluginManager:
         self.pm.hook.advrobust_on_report(report_dir=report_dir, report=report)
 
     def listing(self) -> dict[str, dict[str, dict[str, str]]]:
-        """``{"defences": {NAME: {"plugin": ...}}, "adapters": ..., "recipes": ..., "datasets": ...}``."""
+        """``{"defences": {NAME: {"plugin": ...}}, "adapters": ..., "recipes": ..., "datasets": ...,
+        "executors": ...}``."""
         return {
             key: {e.name: {"plugin": e.plugin} for e in registry.entries()}
             for key, registry in (("defences", self.defences), ("adapters", self.adapters),
-                                  ("recipes", self.recipes), ("datasets", self.datasets))
+                                  ("recipes", self.recipes), ("datasets", self.datasets),
+                                  ("executors", self.executors))
         }
 
 

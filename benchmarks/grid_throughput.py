@@ -1,4 +1,4 @@
-"""Wall time of one small real grid run three ways: sequential, local parallel processes, Ray (issue 22).
+"""Wall time of one small real grid run several ways: sequential, local processes, Ray, SLURM jobs (issues 22, 34).
 
 The grid: MiniLM on SST-2 (``vanilla`` and ``asa``, ``--steps`` training steps each, one seed), attacked
 with ``deepwordbug`` and ``pwws`` on ``--examples`` dev examples (stock profile). Each mode runs the whole
@@ -9,9 +9,11 @@ grid into its own bench directory with ``advrobust bench`` in a fresh process:
 - ``local``: ``--max-parallel N`` (N = ``--parallel``, default the CPU count): N cell processes at once;
 - ``lend``: as ``local``, with ``--lend-idle-cores``: a core no cell uses is lent to the running training
   cell as a second torch thread (when vanilla's cells are done and ASA still trains);
-- ``ray``: ``--executor ray`` on a local Ray cluster of N CPUs.
+- ``ray``: ``--executor ray`` on a local Ray cluster of N CPUs (``bench.ray_num_cpus``);
+- ``slurm``: ``--executor slurm`` through submitit's local executor (``bench.slurm.cluster = "local"``: every
+  cell a job, N at once, as on a SLURM cluster but with processes instead of sbatch).
 
-``sequential``, ``local`` and ``ray`` must write the same per-example rows (checked here too); ``lend``'s
+``sequential``, ``local``, ``ray`` and ``slurm`` must write the same per-example rows (checked here too); ``lend``'s
 weights differ from a 1-thread run's in the last bits, so its rows are compared and reported, not required
 to match. Writes
 ``benchmarks/results/grid_throughput_cpu.json`` with the load average before and after each mode.
@@ -84,7 +86,9 @@ def run_mode(mode: str, parallel: int, root: Path, args) -> dict:
                                     train_examples=args.steps * 32))
     flags = {"sequential": ["--max-parallel", "1"], "local": ["--max-parallel", str(parallel)],
              "lend": ["--max-parallel", str(parallel), "--lend-idle-cores"],
-             "ray": ["--executor", "ray", "--max-parallel", str(parallel)]}[mode]
+             "ray": ["--executor", "ray", "--set", f"bench.ray_num_cpus={parallel}"],
+             "slurm": ["--executor", "slurm", "--set", "bench.slurm.cluster='local'",
+                       "--set", f"bench.slurm.max_parallel={parallel}", "--set", "bench.slurm.poll_s=0.5"]}[mode]
     load_before = os.getloadavg()
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "asa_plugin.cli", "bench", str(config), "--no-progress", *flags],
@@ -103,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300, help="training steps per defence")
     p.add_argument("--examples", type=int, default=50, help="dev examples attacked per recipe")
-    p.add_argument("--parallel", type=int, default=os.cpu_count(), help="cells at once (local and Ray)")
-    p.add_argument("--modes", nargs="+", default=["sequential", "local", "lend", "ray"],
-                   choices=["sequential", "local", "lend", "ray"])
+    p.add_argument("--parallel", type=int, default=os.cpu_count(), help="cells at once (local, Ray, SLURM)")
+    p.add_argument("--modes", nargs="+", default=["sequential", "local", "lend", "ray", "slurm"],
+                   choices=["sequential", "local", "lend", "ray", "slurm"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grid_throughput_cpu.json"))
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="grid-throughput-"))
@@ -115,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     same = all(r["rows"] == results[0]["rows"] for r in results if r["mode"] != "lend")
     base = next((r["seconds"] for r in results if r["mode"] == "sequential"), None)
+    local = next((r["seconds"] for r in results if r["mode"] == "local"), None)
     first = results[0]["rows"]
     for r in results:
         r["same_rows_as_first_mode"] = r.pop("rows") == first
         r["speedup_vs_sequential"] = round(base / r["seconds"], 2) if base else None
+        r["seconds_vs_local"] = round(r["seconds"] / local, 2) if local else None  # slurm: within 1.15 is the goal
     import torch
 
     record = {"setup": {"defences": ["vanilla", "asa"], "recipes": ["deepwordbug", "pwws"], "backbone": "minilm",

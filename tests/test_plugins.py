@@ -44,5 +44,6 @@ def test_plugins_json_lists_every_kind(capsys):
 
     assert main(["plugins", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert set(listing) == {"defences", "adapters", "recipes", "datasets"}
+    assert set(listing) == {"defences", "adapters", "recipes", "datasets", "executors"}
+    assert listing["executors"]["slurm"] == {"plugin": "builtin_executors"}
     assert listing["defences"]["vanilla"] == {"plugin": "builtin_defences"}

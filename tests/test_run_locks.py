@@ -1,5 +1,6 @@
 """Nothing computed is lost to a second user or a stale record: one command at a time per output
-directory (train, attack, bench), refused with one line naming the holder; a lock left by a dead
+directory (train, attack), refused with one line naming the holder (a bench locks each training run it works
+on: tests/test_bench_clusters.py); a lock left by a dead
 process is taken over; the lock goes when its command ends, by success, error or Ctrl-C."""
 
 from __future__ import annotations
@@ -46,28 +47,18 @@ def last_line(capsys, argv: list, code: int = 2) -> str:
     return lines[-1]
 
 
-def bench_config(tmp_path: Path, tiny: Path, data: dict) -> Path:
-    path = tmp_path / "bench.toml"
-    path.write_text(f'[bench]\ndefences = ["vanilla"]\nrecipes = ["deepwordbug"]\nout_dir = "{tmp_path / "bench"}"\n'
-                    f'[model]\nbackbone = "{tiny}"\nmax_length = 32\n'
-                    f'[data]\ntrain_file = "{data["train"]}"\ndev_file = "{data["dev"]}"\n'
-                    f'[train]\nmax_steps = 1\n[attack]\nnum_examples = 2\ndownload = false\n')
-    return path
-
-
 @pytest.fixture
 def commands(tmp_path, run_config, tiny_bert_dir, toy_data, attack_cache):
-    """(argv, the directory it locks) of train, train --resume, attack --resume and bench."""
+    """(argv, the directory it locks) of train, train --resume and attack --resume."""
     cfg = run_config(train="max_steps = 1")
     attack = attack_args(tmp_path / "run", toy_data["dev"], tmp_path / "run", attack_cache, "deepwordbug",
                          "--workers", "1", num_examples=2)
     return {"train": (["train", cfg], tmp_path / "run"),
             "train --resume": (["train", cfg, "--resume"], tmp_path / "run"),
-            "attack --resume": ([*attack, "--resume"], tmp_path / "run" / "attack" / "deepwordbug"),
-            "bench": (["bench", bench_config(tmp_path, tiny_bert_dir, toy_data)], tmp_path / "bench")}
+            "attack --resume": ([*attack, "--resume"], tmp_path / "run" / "attack" / "deepwordbug")}
 
 
-@pytest.mark.parametrize("command", ["train", "train --resume", "attack --resume", "bench"])
+@pytest.mark.parametrize("command", ["train", "train --resume", "attack --resume"])
 def test_a_second_user_of_a_directory_is_refused_naming_the_holder(capsys, tmp_path, commands, command):
     if command.startswith("attack"):
         assert main(["train", str(commands["train"][0][1])]) == 0  # a model to attack
@@ -84,9 +75,8 @@ def test_a_second_user_of_a_directory_is_refused_naming_the_holder(capsys, tmp_p
     finally:
         holder.kill()
         holder.wait()
-    if command != "bench":  # (a whole bench takes a minute)
-        assert main([str(a) for a in argv]) == 0  # the holder gone, the same command runs
-        assert not (locked / LOCK_FILE).exists()
+    assert main([str(a) for a in argv]) == 0  # the holder gone, the same command runs
+    assert not (locked / LOCK_FILE).exists()
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, run_config):

@@ -7,7 +7,13 @@ the log and in ``OUT/failures.json`` (the report lists it), and skips the cells 
 failed one. The other cells go on, so one bad asset costs its own cells only; a rerun retries
 exactly the cells that are not done.
 
-Executors (each a pool with ``capacity``, ``submit(cell)`` and ``wait()``):
+Executors are plugins: each is a subclass of :class:`Executor` registered under a name by the hook
+``advrobust_register_executors`` (the built-ins in :mod:`asa_plugin.bench.plugin`, exactly as a
+third-party package would), chosen by ``bench.executor`` / ``--executor``. After a cell reports
+success, :func:`run_cells` checks on this machine that the cell's output exists (a node that does not
+share ``out_dir`` would otherwise leave the model on its own disk and the grid's attacks missing).
+
+Built-in executors:
 
 - :class:`InlinePool` (``local`` with ``max_parallel = 1``): cells one after another in this
   process, as the bench always ran (training and attack progress bars unless ``--no-progress``,
@@ -18,9 +24,11 @@ Executors (each a pool with ``capacity``, ``submit(cell)`` and ``wait()``):
   interleave). A process that dies (killed, out of memory) fails only its cell. With
   ``bench.lend_idle_cores`` (CPU only), the cores no cell uses are lent to the running training cells
   as extra torch threads (:func:`lend_idle_cores`) and taken back when a new cell starts.
-- :class:`RayPool` (``ray``): each cell a Ray task with the cell's ``num_cpus``/``num_gpus`` on the
-  cluster at ``bench.ray_address`` (a local one when none is given); a task whose worker dies is
-  retried ``bench.retries`` times, and its resume makes the retry continue, not restart.
+- :class:`~asa_plugin.bench.ray_executor.RayPool` (``ray``): each cell a Ray task with the cell's
+  ``num_cpus``/``num_gpus`` on the cluster at ``bench.ray_address`` (a local one when none is given);
+  a task whose worker dies is retried ``bench.retries`` times, and its resume makes the retry continue.
+- :class:`~asa_plugin.bench.slurm_executor.SlurmPool` (``slurm``): each cell a SLURM job through
+  submitit, with the resources of ``[bench.slurm]``; a job that dies is resubmitted ``bench.retries`` times.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -58,11 +67,89 @@ def timed(cell: GridCell, progress: bool = False, gpu: int | None = None,
     return line, time.perf_counter() - start
 
 
-# --- executors ---------------------------------------------------------------------------------------------
-class InlinePool:
+# --- the executor interface --------------------------------------------------------------------------------------
+class Executor(ABC):
+    """How the cells of a grid run. A plugin registers a subclass under a name
+    (``register("name", MyExecutor)`` in ``advrobust_register_executors``); the bench then calls, in order:
+
+    1. ``MyExecutor.from_bench(bench, settings, progress, log)``: build it from ``[bench]`` (``settings``: the
+       ``[bench.<name>]`` table as an instance of the class attribute ``settings``, a config dataclass, or
+       None when the executor has none). Refuse bad settings here with :class:`~asa_plugin.errors.UserError`.
+    2. ``submit(cell)`` for each ready cell while ``running() < capacity``: start the cell with its
+       resources (``cell.threads`` CPU threads, ``cell.gpus`` GPUs); the cell's body is
+       :func:`run_cell_remote` (call it wherever the cell runs: it returns ``(ok, line or error, seconds)``).
+    3. ``wait()`` (poll): block until at least one submitted cell has ended; return a
+       ``(cell, result line, error line, seconds)`` for each (exactly one of line and error is None).
+       A cell whose process died (killed, out of memory, node lost) is resubmitted up to ``retries``
+       times first (a cell resumes, so a retry continues); its error line says how it died.
+    4. ``cancel()`` when the bench stops early (Ctrl-C, SIGTERM) and ``close()`` at the end, always.
+    """
+
+    settings: type | None = None
+    """Config dataclass of the executor's ``[bench.<name>]`` table (None: it takes none)."""
+    capacity: int = 1
+    """Cells submitted at once (the bench never submits more)."""
+    retries: int = 0
+
+    @property
+    def parallel(self) -> int:
+        """Cells that really run at once (for the time-left estimate)."""
+        return self.capacity
+
+    @classmethod
+    @abstractmethod
+    def from_bench(cls, bench, settings: Any, progress: bool, log: Log) -> Executor:
+        """The executor for the ``[bench]`` section ``bench``."""
+
+    @abstractmethod
+    def submit(self, cell: GridCell) -> None:
+        """Start ``cell`` (its dependencies have finished)."""
+
+    @abstractmethod
+    def running(self) -> int:
+        """Cells submitted and not yet returned by :meth:`wait`."""
+
+    @abstractmethod
+    def wait(self) -> list[Finished]:
+        """Block until a submitted cell ends; every cell that ended (see the class docstring)."""
+
+    def cancel(self) -> None:
+        """Stop every running cell (the default: :meth:`close`)."""
+        self.close()
+
+    def rebalance(self) -> None:  # noqa: B027 - optional: most executors have nothing to lend
+        """Every ready cell has been submitted: a chance to lend idle resources (default: nothing)."""
+
+    def describe(self) -> str:
+        """The executor in words, for the log."""
+        return type(self).__name__
+
+    def close(self) -> None:  # noqa: B027 - optional: an executor may hold nothing
+        """Release what the executor holds (processes, a Ray connection); called once at the end."""
+
+
+def run_cell_remote(cell: GridCell) -> tuple[bool, str, float]:
+    """A cell's body wherever an executor runs it: ``(True, result line, seconds)``, or
+    ``(False, one-line error, 0.0)`` when the cell raised (a cell's own error is never retried)."""
+    try:
+        line, seconds = timed(cell, single_worker=True)
+    except Exception as exc:  # noqa: BLE001 - reported to the bench as the cell's error
+        return False, one_line(exc), 0.0
+    return True, line, seconds
+
+
+# --- the local executor ----------------------------------------------------------------------------------------
+class InlinePool(Executor):
     """One cell at a time, in this process."""
 
     capacity = 1
+
+    @classmethod
+    def from_bench(cls, bench, settings: Any, progress: bool, log: Log) -> Executor:
+        return make_local(bench, progress, log)
+
+    def describe(self) -> str:
+        return "this process"
 
     def __init__(self, progress: bool = True):
         self.progress = progress
@@ -104,7 +191,11 @@ def lend_idle_cores(cores: int, running: list[GridCell]) -> list[int]:
 def _child(cell: GridCell, gpu: int | None, conn, lent_threads=None, thread_env: dict | None = None) -> None:
     """Body of a local cell process: run the cell and send (ok, line or error, seconds) back.
     ``lent_threads``: the shared thread count the pool lends this cell (``bench.lend_idle_cores``);
-    ``thread_env``: the bench's OMP/MKL_NUM_THREADS now (the forkserver holds those of its own start)."""
+    ``thread_env``: the bench's OMP/MKL_NUM_THREADS and ``ADVROBUST_*`` variables now (the forkserver holds
+    those of its own start)."""
+    if thread_env is not None:
+        for name in [n for n in os.environ if n.startswith("ADVROBUST_") and n not in thread_env]:
+            del os.environ[name]
     for name, value in (thread_env or {}).items():
         if value is None:
             os.environ.pop(name, None)
@@ -114,17 +205,23 @@ def _child(cell: GridCell, gpu: int | None, conn, lent_threads=None, thread_env:
         from asa_plugin.threads import install_thread_budget
 
         install_thread_budget(lent_threads)
+    from asa_plugin.interrupts import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # the bench stopping (SIGTERM): unwind, so this process's semaphores are released
     try:
         line, seconds = timed(cell, gpu=gpu, single_worker=True)
         conn.send((True, line, seconds))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the cell's error
-        conn.send((False, one_line(exc), 0.0))
+        try:
+            conn.send((False, one_line(exc), 0.0))
+        except OSError:  # the bench has gone (stopped): nobody to tell
+            pass
         raise SystemExit(1) from None
     finally:
         conn.close()
 
 
-class ProcessPool:
+class ProcessPool(Executor):
     """Up to ``capacity`` cells at once, each in a fresh process (forkserver: torch is imported once).
 
     ``lend_idle_cores``: lend the cores no cell uses to the running training cells (CPU only)."""
@@ -144,6 +241,14 @@ class ProcessPool:
         self.procs: dict[Any, tuple[GridCell, Any, Any, int, float]] = {}  # sentinel -> (cell, proc, conn, slot, t0)
         self.lent: dict[Any, Any] = {}  # sentinel -> the cell's shared thread count (lending only)
 
+    @classmethod
+    def from_bench(cls, bench, settings: Any, progress: bool, log: Log) -> Executor:
+        return make_local(bench, progress, log)
+
+    def describe(self) -> str:
+        return f"{self.capacity} local processes" + (f" over {self.gpus} GPUs" if self.gpus else "") + \
+            (", idle cores lent to training" if self.lending else "")
+
     def running(self) -> int:
         return len(self.procs)
 
@@ -156,6 +261,7 @@ class ProcessPool:
         from asa_plugin.threads import THREAD_ENVS
 
         thread_env = {name: os.environ.get(name) for name in THREAD_ENVS}
+        thread_env.update({name: value for name, value in os.environ.items() if name.startswith("ADVROBUST_")})
         proc = self.ctx.Process(target=_child, args=(cell, gpu, send, lent, thread_env), name=f"advrobust-{cell.key}")
         proc.start()
         send.close()
@@ -179,7 +285,10 @@ class ProcessPool:
         for sentinel in wait(list(self.procs)):
             cell, proc, conn, _, start = self.procs.pop(sentinel)
             self.lent.pop(sentinel, None)
-            message = conn.recv() if conn.poll() else None
+            try:  # a process killed (kill -9, out of memory) leaves an empty pipe: EOF
+                message = conn.recv() if conn.poll() else None
+            except (EOFError, OSError):
+                message = None
             proc.join()
             conn.close()
             if message is None:
@@ -193,93 +302,42 @@ class ProcessPool:
                                 (cell, None, text, time.perf_counter() - start))
         return finished
 
-    def close(self) -> None:
-        for _, proc, conn, _, _ in self.procs.values():
+    def close(self, grace: float = 30.0) -> None:
+        """Stop the running cells: SIGTERM (each unwinds as after Ctrl-C, releasing its semaphores, so no
+        "leaked semaphore" warning follows), SIGKILL for one still alive after ``grace`` seconds."""
+        for _, proc, _, _, _ in self.procs.values():
             proc.terminate()
-            proc.join()
+        deadline = time.monotonic() + grace
+        for _, proc, conn, _, _ in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
             conn.close()
         self.procs.clear()
         self.lent.clear()
 
 
-def _ray_cell(cell: GridCell) -> tuple[str, float]:
-    """Body of a Ray task."""
-    return timed(cell, single_worker=True)
-
-
-class RayPool:
-    """Every ready cell as a Ray task; Ray places them by their CPU/GPU requests."""
-
-    capacity = 1 << 30  # Ray queues what does not fit
-
-    def __init__(self, address: str | None = None, retries: int = 2, num_cpus: int | None = None):
-        try:
-            import ray
-        except ImportError:
-            from asa_plugin.errors import UserError
-
-            raise UserError("bench.executor = 'ray' needs Ray: pip install 'asa-plugin[ray]' (or pip install "
-                            "'ray[default]'), or use --executor local") from None
-        self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                     log_to_driver=True)
-        self.retries = retries
-        self.parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))  # for the time-left estimate
-        self.task = ray.remote(_ray_cell)
-        self.refs: dict[Any, tuple[GridCell, float]] = {}
-
-    def running(self) -> int:
-        return len(self.refs)
-
-    def submit(self, cell: GridCell) -> None:
-        env = {k: v for k, v in os.environ.items() if k.startswith("ADVROBUST_")}
-        options = {"num_cpus": cell.threads, "num_gpus": cell.gpus, "max_retries": self.retries,
-                   "retry_exceptions": False, "name": cell.key}
-        if env:
-            options["runtime_env"] = {"env_vars": env}
-        ref = self.task.options(**options).remote(cell)
-        self.refs[ref] = (cell, time.perf_counter())
-
-    def wait(self) -> list[Finished]:
-        from ray.exceptions import RayError, RayTaskError
-
-        ready, _ = self.ray.wait(list(self.refs), num_returns=1)
-        finished = []
-        for ref in ready:
-            cell, start = self.refs.pop(ref)
-            try:
-                line, seconds = self.ray.get(ref)
-            except RayTaskError as exc:  # the cell raised: its own error, not retried
-                cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-                finished.append((cell, None, one_line(cause), time.perf_counter() - start))
-            except RayError as exc:  # its worker died every time (killed, out of memory), or the node went away
-                finished.append((cell, None, f"Ray gave up after {self.retries} retries: {one_line(exc)}",
-                                 time.perf_counter() - start))
-            else:
-                finished.append((cell, line, None, seconds))
-        return finished
-
-    def rebalance(self) -> None:
-        """Nothing to lend: Ray places each task by its own CPU request."""
-
-    def close(self) -> None:
-        for ref in self.refs:
-            self.ray.cancel(ref, force=True)
-        self.refs.clear()
-        if self.started:
-            self.ray.shutdown()
-
-
-def make_pool(executor: str, max_parallel: int | None, progress: bool = True, ray_address: str | None = None,
-              retries: int = 2, lend_idle_cores: bool = False):
-    """The executor named ``executor`` ("local" or "ray")."""
-    if executor == "ray":
-        return RayPool(ray_address, retries, num_cpus=max_parallel)
+def make_local(bench, progress: bool = True, log: Log | None = None) -> Executor:
+    """``local``: this process when ``max_parallel = 1``, else that many processes (default: one per GPU,
+    else one per CPU core; more than the machine's cores is said in one line and clamped)."""
     gpus = gpu_count()
-    parallel = max_parallel or gpus or cpu_slots()
-    return InlinePool(progress) if parallel == 1 else ProcessPool(parallel, gpus, lend_idle_cores)
+    cores = cpu_slots()
+    parallel = bench.max_parallel or gpus or cores
+    limit = max(cores, gpus)
+    if parallel > limit:
+        if log is not None:
+            log(f"bench.max_parallel = {parallel} is more than this machine's {cores} CPU cores"
+                + (f" and {gpus} GPUs" if gpus else "") + f": {limit} cells at a time")
+        parallel = limit
+    return InlinePool(progress) if parallel == 1 else ProcessPool(parallel, gpus, bench.lend_idle_cores)
+
+
+def make_executor(bench, pm, progress: bool = True, log: Log | None = None) -> Executor:
+    """The executor registered as ``bench.executor``, built from ``[bench]`` and its ``[bench.<name>]`` table."""
+    cls = pm.executors.get(bench.executor)
+    settings = bench.executor_settings.get(bench.executor)
+    return cls.from_bench(bench, settings, progress, log or (lambda line: None))
 
 
 def lending_note(pool, requested: bool) -> str | None:
@@ -294,13 +352,7 @@ def lending_note(pool, requested: bool) -> str | None:
 
 def describe(pool) -> str:
     """The executor in words, for the log."""
-    if isinstance(pool, RayPool):
-        return "Ray (" + ", ".join(f"{v:g} {k}" for k, v in sorted(pool.ray.cluster_resources().items())
-                                   if k in ("CPU", "GPU")) + ")"
-    if isinstance(pool, ProcessPool):
-        return f"{pool.capacity} local processes" + (f" over {pool.gpus} GPUs" if pool.gpus else "") + \
-            (", idle cores lent to training" if pool.lending else "")
-    return "this process"
+    return pool.describe()
 
 
 def gpu_count() -> int:
@@ -330,6 +382,22 @@ def read_failures(out_dir: Path) -> dict[str, str]:
     except (OSError, ValueError):
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def record_outcome(out_dir: Path, key: str, error: str | None) -> None:
+    """Set (``error``) or clear (None) cell ``key``'s line in OUT/failures.json, keeping every other cell's:
+    several benches on one out_dir (disjoint cells) update it in turn, under the bench's shared lock."""
+    from asa_plugin.locks import shared_lock
+
+    with shared_lock(out_dir):
+        failures = read_failures(out_dir)
+        if error is None and key not in failures:
+            return
+        if error is None:
+            failures.pop(key)
+        else:
+            failures[key] = error
+        _write_failures(out_dir, failures)
 
 
 def _write_failures(out_dir: Path, failures: dict[str, str]) -> None:
@@ -394,13 +462,12 @@ def run_cells(cells: list[GridCell], pool, out_dir: Path, log: Log) -> dict[str,
     failed, and were skipped because a dependency failed."""
     done = {c.key for c in cells if c.done()}
     todo = sorted((c for c in cells if c.key not in done), key=priority)
-    failures = read_failures(out_dir)
-    progress = Progress(cells, len(done), getattr(pool, "parallel", pool.capacity))
+    progress = Progress(cells, len(done), pool.parallel)
     outcome: dict[str, list[str]] = {"ran": [], "failed": [], "blocked": []}
     for cell in cells:
         if cell.key in done:
             log(f"{cell.key}: done, skipped ({cell.output()})")
-    log(f"{len(cells)} cells: {len(done)} done, {len(todo)} to run on {describe(pool)}")
+    log(f"{len(cells)} cells: {len(done)} done, {len(todo)} to run on {pool.describe()}")
     try:
         while todo or pool.running():
             blocked = [c for c in todo if any(d in outcome["failed"] or d in outcome["blocked"] for d in c.deps)]
@@ -416,19 +483,28 @@ def run_cells(cells: list[GridCell], pool, out_dir: Path, log: Log) -> dict[str,
                 break
             pool.rebalance()  # every ready cell has started: what cores are left idle may be lent
             for cell, line, error, seconds in pool.wait():
+                if error is None and not cell.done():
+                    error = missing_output(cell)
                 if error is None:
                     done.add(cell.key)
-                    failures.pop(cell.key, None)
                     outcome["ran"].append(cell.key)
                     progress.add(cell, seconds)
                     ended = done | set(outcome["failed"]) | set(outcome["blocked"])
                     log(f"{progress.done}/{progress.total} {cell.key}: {line} ({seconds:.1f} s); "
                         f"{progress.left([c for c in cells if c.key not in ended])}")
                 else:
-                    failures[cell.key] = error
                     outcome["failed"].append(cell.key)
                     log(f"FAILED {cell.key}: {error}")
-                _write_failures(out_dir, failures)
+                record_outcome(out_dir, cell.key, error)
+    except BaseException:
+        pool.cancel()
+        raise
     finally:
         pool.close()
     return outcome
+
+
+def missing_output(cell: GridCell) -> str:
+    """The error of a cell that reported success but whose output this machine cannot see."""
+    return (f"it finished, but its output {cell.output()} does not exist on this machine: the node that ran it "
+            f"does not share the bench's out_dir; put bench.out_dir on storage every node mounts at the same path")

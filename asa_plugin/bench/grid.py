@@ -101,12 +101,16 @@ def run_grid(plan: BenchPlan, pm=None, progress: bool = True, log: Log = say,
 
     ``only_defences``/``only_recipes``/``only_seeds`` restrict what runs now (a budget-limited
     session); the whole grid is still recorded in bench.json, so the report lists the rest as missing.
-    ``pm`` is unused: each cell builds its plugin manager from its run config (in its own process).
+    ``pm`` gives the registered executors (default: the run config's); each cell builds its own plugin
+    manager from its run config (in its own process).
     """
     from asa_plugin.bench.cells import build_cells
-    from asa_plugin.bench.executors import lending_note, make_pool, run_cells
+    from asa_plugin.bench.executors import lending_note, make_executor, run_cells
+    from asa_plugin.locks import shared_lock
+    from asa_plugin.plugins import get_plugin_manager
 
-    write_bench_file(plan)
+    with shared_lock(plan.out_dir):  # other benches on this out_dir (disjoint cells) write it too
+        write_bench_file(plan)
     bench = plan.bench
     cells = build_cells(plan, only_defences, only_recipes, only_seeds, shards=bench.shards,
                         gpus=bench.gpus_per_cell)
@@ -114,8 +118,9 @@ def run_grid(plan: BenchPlan, pm=None, progress: bool = True, log: Log = say,
         check_seed(run)  # one line before any work, not a failed cell
     recipes = [r for r in plan.recipes if only_recipes is None or r in only_recipes]
     log(f"{len({c.run.name for c in cells})} training runs, recipes {', '.join(recipes)} into {plan.out_dir}")
-    pool = make_pool(bench.executor, bench.max_parallel, progress=progress, ray_address=bench.ray_address,
-                     retries=bench.retries, lend_idle_cores=bench.lend_idle_cores)
+    plugins = plan.cells[0].cfg.plugins
+    pm = pm or get_plugin_manager(load_external=plugins.external, block=plugins.block)
+    pool = make_executor(bench, pm, progress=progress, log=log)
     note = lending_note(pool, bench.lend_idle_cores)
     if note:
         log(note)

@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from asa_plugin.config import RunConfig, apply_overrides, load_config, read_file
 from asa_plugin.errors import ConfigError, UserError
@@ -50,22 +50,26 @@ class BenchSection:
                                                 '(merged over [defence.asa]); list NAME in bench.defences')
     backbones: list[str] = option([], help='named backbones as "NAME=PATH" (e.g. a model of advrobust pretrain); '
                                            'the label "DEFENCE@NAME" fine-tunes it instead of model.backbone')
-    executor: Literal["local", "ray"] = option("local", help="how cells run: local processes, or Ray tasks on a "
-                                                            "Ray cluster (pip install 'asa-plugin[ray]')")
+    executor: str = option("local", help="how cells run, a registered executor: local (processes here), ray (Ray "
+                                          "tasks; pip install 'asa-plugin[ray]'), slurm (SLURM jobs through "
+                                          "submitit; pip install 'asa-plugin[slurm]', settings in [bench.slurm])")
     max_parallel: int | None = option(None, ge=1, help="local: cells at once (1 = one after another in the bench's "
-                                                       "process); ray, no address: CPUs of the local cluster; "
-                                                       "default: one per GPU, else one per CPU core")
+                                                       "process; more than the CPU cores is clamped); default: one "
+                                                       "per GPU, else one per CPU core")
     shards: int = option(1, ge=1, help="attack cells per (model, recipe), merged when all have finished")
     gpus_per_cell: float = option(0.0, ge=0.0, help="ray: GPUs each training and attack cell requests (a fraction "
                                                     "lets attack cells share a GPU)")
     ray_address: str | None = option(None, help="ray: cluster to join ('auto', or HOST:PORT); default: start a "
                                                 "local one")
-    retries: int = option(2, ge=0, help="ray: retries of a cell whose worker died (the retry resumes)")
+    ray_num_cpus: int | None = option(None, ge=1, help="ray, no address: CPUs of the local cluster the bench starts "
+                                                       "(default: every core)")
+    retries: int = option(2, ge=0, help="ray, slurm: retries of a cell whose worker or job died (the retry resumes)")
     lend_idle_cores: bool = option(False, help="local, CPU: lend the cores no cell uses to the running training "
                                                "cells as extra torch threads (faster; their weights then differ "
                                                "from a 1-thread run's in the last bits)")
 
     def __post_init__(self) -> None:
+        self.executor_settings: dict[str, Any] = {}  # [bench.<name>] tables as settings dataclasses (load_plan)
         if not self.defences:
             raise ValueError("bench.defences is empty; list at least one defence, e.g. [\"vanilla\", \"asa\"]")
         for key in ("defences", "seeds", "extra_seeds_defences", "extra_seeds_recipes"):
@@ -102,11 +106,26 @@ class BenchSection:
             if composed:
                 raise ValueError(f"bench.defences: '{label}' composes variant '{composed[0]}'; compose inside a "
                                  f"variant instead (its defence = \"a+b\" and a table per defence)")
-        if self.lend_idle_cores and self.executor == "ray":
-            raise ValueError("bench.lend_idle_cores applies to the local executor; Ray gives each cell the CPUs it "
-                             "requests: remove it, or use --executor local")
+        self.check_executor_keys()
         if self.baseline is not None and self.baseline not in self.defences:
             raise ValueError(f"bench.baseline '{self.baseline}' is not in bench.defences ({', '.join(self.defences)})")
+
+    def check_executor_keys(self) -> None:
+        """Refuse, in one line, a key of one executor given to another (it would silently do nothing)."""
+        if self.lend_idle_cores and self.executor != "local":
+            raise ValueError(f"bench.lend_idle_cores applies to the local executor; {self.executor} gives each cell "
+                             f"the CPUs it requests: remove it, or use --executor local")
+        if self.max_parallel is not None and self.executor == "ray":
+            raise ValueError("bench.max_parallel (--max-parallel) applies to the local executor; the CPUs of the "
+                             "local Ray cluster are bench.ray_num_cpus (--set bench.ray_num_cpus=N)")
+        for key in ("ray_address", "ray_num_cpus"):
+            if getattr(self, key) is not None and self.executor != "ray":
+                flag = " (--ray-address)" if key == "ray_address" else ""
+                raise ValueError(f"bench.{key}{flag} applies to the ray executor, but bench.executor is "
+                                 f"'{self.executor}': add --executor ray, or remove it")
+        if self.ray_num_cpus is not None and self.ray_address is not None:
+            raise ValueError("bench.ray_num_cpus sizes the local Ray cluster the bench starts; the cluster at "
+                             "bench.ray_address has its own CPUs: remove one of them")
 
     def backbone_paths(self) -> dict[str, str]:
         """``backbones`` as NAME -> PATH."""
@@ -256,15 +275,20 @@ def cell_defence(label: str, tables: dict[str, dict], variants: dict[str, dict] 
     return {"name": names, **params}
 
 
-def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan:
-    """Read a bench config, validate ``[bench]`` and build (and validate) every cell's run config."""
+def load_plan(path: str | Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None,
+              pm=None) -> BenchPlan:
+    """Read a bench config, validate ``[bench]`` and build (and validate) every cell's run config.
+
+    ``overrides``: ``--set SECTION.KEY=VALUE`` strings; ``values``: typed ``[bench]`` values of the
+    command's own flags (``--executor``, ``--max-parallel``...), over both; ``pm``: the plugin manager
+    (default: the one of the config's ``[plugins]``)."""
     from asa_plugin.plugins import get_plugin_manager
 
     source = str(path)
     raw = apply_overrides(read_file(path), overrides or [])
-    bench = build(BenchSection, raw.pop("bench", None) or {}, section="bench", source=source)
     plugins = raw.get("plugins") or {}
-    pm = get_plugin_manager(load_external=plugins.get("external", True), block=plugins.get("block", []))
+    pm = pm or get_plugin_manager(load_external=plugins.get("external", True), block=plugins.get("block", []))
+    bench = _bench_section(raw.pop("bench", None) or {}, values or {}, pm, source)
     tables = _defence_tables(raw.pop("defence", None), source, pm.defences)
     for label in bench.defences:
         for name in split_label(label, bench.variants):
@@ -308,6 +332,25 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> BenchPlan
                           f"({', '.join(recipes)})")
     return BenchPlan(source=source, bench=bench, recipes=recipes, seeds=seeds,
                      cells=[run for cell in cells for run in seed_runs(cell, bench, recipes, seeds, out)])
+
+
+def _bench_section(raw: Any, values: dict[str, Any], pm, source: str) -> BenchSection:
+    """``[bench]`` with the flags' ``values`` over it; each registered executor's ``[bench.<name>]`` table built
+    as that executor's settings dataclass; ``bench.executor`` one of the registered executors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [bench] must be a table of keys, got {type(raw).__name__}")
+    raw = {**raw, **values}
+    tables = {k: raw.pop(k) for k in list(raw) if k in pm.executors and isinstance(raw[k], dict)}
+    bench = build(BenchSection, raw, section="bench", source=source)
+    if bench.executor not in pm.executors:
+        raise ConfigError(f"{source}: bench.executor: unknown executor '{bench.executor}'; registered: "
+                          f"{', '.join(pm.executors.names())} (advrobust plugins lists them)")
+    for name, table in tables.items():
+        settings = pm.executors.get(name).settings
+        if settings is None:
+            raise ConfigError(f"{source}: [bench.{name}]: the {name} executor takes no settings; remove the table")
+        bench.executor_settings[name] = build(settings, table, section=f"bench.{name}", source=source)
+    return bench
 
 
 def seed_runs(cell: Cell, bench: BenchSection, recipes: list[str], seeds: list[int], out: Path) -> list[Cell]:

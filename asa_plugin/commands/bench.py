@@ -21,8 +21,10 @@ def add_parser(sub) -> None:
                    help="run only these recipes now (the report still lists the whole grid)")
     p.add_argument("--only-seeds", default=None, metavar="SEED,...",
                    help="train and attack only these of [bench] seeds now (the report still lists the whole grid)")
-    p.add_argument("--executor", choices=["local", "ray"], default=None,
-                   help="run cells in local processes (default) or as Ray tasks (bench.executor)")
+    p.add_argument("--executor", default=None, metavar="NAME",
+                   help="how cells run, a registered executor (bench.executor): local processes (local, the "
+                        "default), Ray tasks (ray), SLURM jobs through submitit (slurm), or a plugin's; "
+                        "`advrobust plugins` lists them")
     p.add_argument("--max-parallel", type=int, default=None, metavar="N",
                    help="local: cells at once, 1 = one after another (bench.max_parallel; default: one per GPU, "
                         "else one per CPU core)")
@@ -34,26 +36,25 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def flag_overrides(args) -> list[str]:
-    """``--executor``/``--max-parallel``/``--ray-address``/``--lend-idle-cores`` as ``--set bench.*`` overrides."""
-    import json
-
+def flag_values(args) -> dict:
+    """``--executor``/``--max-parallel``/``--ray-address``/``--lend-idle-cores`` as typed ``[bench]`` values."""
     pairs = (("executor", args.executor), ("max_parallel", args.max_parallel), ("ray_address", args.ray_address),
              ("lend_idle_cores", args.lend_idle_cores))
-    return [f"bench.{key}={json.dumps(value)}" for key, value in pairs if value is not None]
+    return {key: value for key, value in pairs if value is not None}
 
 
 def run(args) -> int:
     from asa_plugin import interrupts
+    from asa_plugin.bench.cells import build_cells
     from asa_plugin.bench.grid import run_grid, say
     from asa_plugin.bench.plan import load_plan
     from asa_plugin.bench.report import write_report
-    from asa_plugin.locks import run_lock
+    from asa_plugin.locks import run_locks, shared_lock
     from asa_plugin.modelcard import write_bench_cards
     from asa_plugin.plugins import get_plugin_manager
     from asa_plugin.preflight import check_bench
 
-    plan = load_plan(args.config, [*args.overrides, *flag_overrides(args)])
+    plan = load_plan(args.config, args.overrides, flag_values(args))
     plugins = plan.cells[0].cfg.plugins
     pm = get_plugin_manager(load_external=plugins.external, block=plugins.block)
     only_defences = _names(args.only_defences, plan.labels, "--only-defences")
@@ -64,13 +65,17 @@ def run(args) -> int:
     def runs_now(cell) -> bool:
         return (only_defences is None or cell.label in only_defences) and (seeds is None or cell.seed in seeds)
 
-    with run_lock(plan.out_dir, f"advrobust bench {args.config}"):  # one bench per out_dir at a time
+    cells = build_cells(plan, only_defences, only_recipes, seeds, shards=plan.bench.shards)
+    busy = {cell.run.name for cell in cells if not cell.done()}
+    # One lock per training run this bench works on now: benches with disjoint cells share an out_dir.
+    with run_locks(plan.out_dir, busy, f"advrobust bench {args.config}"):
         check_bench(plan, pm, runs_now)  # settings, outputs, data and every recipe's assets, before any training
         interrupts.set_rerun(f"rerun `advrobust bench {args.config}` to continue (finished cells are kept)")
         outcome = run_grid(plan, pm, progress=not args.no_progress, only_defences=only_defences,
                            only_recipes=only_recipes, only_seeds=seeds)
-        report = write_report(plan.out_dir, pm)  # once, at the end, from what is on disk
-        write_bench_cards(plan.out_dir, report)  # each run's model card gains its attacks and comparisons
+        with shared_lock(plan.out_dir, "report"):  # from what is on disk; the last bench to end sees every cell
+            report = write_report(plan.out_dir, pm)
+            write_bench_cards(plan.out_dir, report)  # each run's model card gains its attacks and comparisons
     say(f"report: {plan.out_dir / 'report.md'} ({len(report['missing'])} cells missing)")
     if outcome["failed"]:
         say(f"{len(outcome['failed'])} cells failed ({', '.join(outcome['failed'])}); their errors are in "

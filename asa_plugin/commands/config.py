@@ -28,6 +28,9 @@ def reference() -> str:
     for name in ("model", "data", "train", "attack", "output", "plugins"):
         lines += table(f"[{name}]", SECTIONS[name])
     lines += table("[bench] (advrobust bench only, see docs/bench.md)", BenchSection)
+    from asa_plugin.bench.slurm_executor import SlurmSettings
+
+    lines += table("[bench.slurm] (advrobust bench --executor slurm, see docs/bench.md)", SlurmSettings)
     from asa_plugin.pretraining.config import PretrainConfig
 
     lines += table("[pretrain] (advrobust pretrain only, see docs/asa.md#pre-training)", PretrainConfig)
@@ -50,7 +53,8 @@ def resolved(path: str | None, overrides: list[str]) -> dict:
 
         plan = load_plan(path, overrides)
         described = plan.describe()
-        return {"bench": toml_values(plan.bench), **described["settings"],
+        tables = {name: toml_values(settings) for name, settings in plan.bench.executor_settings.items()}
+        return {"bench": {**toml_values(plan.bench), **tables}, **described["settings"],
                 "defence": described["defence_params"]}
     if "pretrain" in sections:
         from asa_plugin.pretraining.config import load_pretrain_config

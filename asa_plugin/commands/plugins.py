@@ -1,4 +1,4 @@
-"""``advrobust plugins [--json]``: every registered defence, adapter, recipe and dataset."""
+"""``advrobust plugins [--json]``: every registered defence, adapter, recipe, dataset and bench executor."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plugins", help="list registered defences, adapters, recipes and datasets")
+    p = sub.add_parser("plugins", help="list registered defences, adapters, recipes, datasets and bench executors")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -54,6 +55,47 @@ def check_process_group(num_processes: int) -> None:
         raise UserError(f"launched as {launched} processes but they do not form one group; without a GPU "
                         f"set ACCELERATE_USE_CPU=1 (ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
                         f"--num_processes {launched} -m asa_plugin.cli train CONFIG)")
+
+
+SHARED_TOKEN = ".advrobust-shared-check"
+"""RUN_DIR/.advrobust-shared-check: the token rank 0 writes and every rank must read (removed after)."""
+
+
+def check_shared_run_dir(accelerator, run_dir: Path) -> None:
+    """Every process of a multi-node run must see one run directory: each writes its RNG state there and
+    reads the checkpoints there, so a node with its own copy would resume at another step (mismatched
+    collectives) or lose its state. Rank 0 writes a token; after a barrier every rank reads it; all
+    ranks learn who could not, and each raises the same one line naming them, before any training.
+    Every process must call this at the same point."""
+    import torch.distributed as dist
+
+    if accelerator.num_processes == 1 or not dist.is_initialized():
+        return
+    import secrets
+    import socket
+
+    path = Path(run_dir) / SHARED_TOKEN
+    token = [(secrets.token_hex(8), str(path.parent.resolve())) if accelerator.is_main_process else None]
+    if accelerator.is_main_process:
+        path.write_text(token[0][0], encoding="utf-8")
+    dist.broadcast_object_list(token, src=0)  # also the barrier: rank 0 has written before anyone reads
+    secret, where = token[0]  # rank 0's run directory, as rank 0 sees it
+    try:
+        seen = path.read_text(encoding="utf-8") == secret
+    except OSError:
+        seen = False
+    answers: list = [None] * dist.get_world_size()
+    dist.all_gather_object(answers, (dist.get_rank(), socket.gethostname(), seen))
+    if accelerator.is_main_process:
+        path.unlink(missing_ok=True)  # every rank has read it: all_gather_object returned
+    blind = [(rank, host) for rank, host, ok in answers if not ok]
+    if blind:
+        ranks = ", ".join(f"rank {rank} on {host}" for rank, host in blind)
+        error = UserError(f"{ranks} cannot see the run directory {where} that rank 0 writes: every node must "
+                          f"mount it at the same path (checkpoints, RNG states and --resume need it); put "
+                          f"output.run_dir on storage every node shares (--set output.run_dir=/shared/...)")
+        error.every_rank = True  # printed by every rank: each node's log says why it stopped
+        raise error
 
 
 def mean_across_processes(accelerator, value: float) -> float:

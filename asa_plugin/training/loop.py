@@ -39,6 +39,7 @@ from asa_plugin.training.distributed import (
     check_mixed_precision,
     check_parallelism,
     check_process_group,
+    check_shared_run_dir,
     compiled,
     local_batches,
 )
@@ -236,6 +237,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
     check_process_group(accelerator.num_processes)
     check_parallelism(accelerator)  # DeepSpeed, FSDP: one line naming what is supported
     check_compile(compiled(accelerator), cfg.defence.names, fix=" (accelerate launch without --dynamo_backend)")
+    check_shared_run_dir(accelerator, run_dir)  # several nodes: one run directory, seen by every rank
     task = task or Task()
     data = task.load_data(cfg, pm)  # validated before the model loads
     fingerprint = task.fingerprint(data)
