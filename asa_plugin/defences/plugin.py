@@ -7,7 +7,7 @@ from asa_plugin.hookspecs import hookimpl
 def advrobust_register_defences(register):
     from asa_plugin.defences.asa import ASADefence
     from asa_plugin.defences.fgm import FGMDefence
-    from asa_plugin.defences.freelb import FreeLBDefence
+    from asa_plugin.defences.freelb import FreeLBDefence, FreeLBPlusPlusDefence
     from asa_plugin.defences.pgd import PGDDefence
     from asa_plugin.defences.scal import SCALDefence
     from asa_plugin.defences.uscal import USCALDefence
@@ -18,5 +18,6 @@ def advrobust_register_defences(register):
     register("fgm", FGMDefence)
     register("pgd", PGDDefence)
     register("freelb", FreeLBDefence)
+    register("freelb++", FreeLBPlusPlusDefence)
     register("scal", SCALDefence)
     register("uscal", USCALDefence)
