@@ -6,6 +6,7 @@ from asa_plugin.hookspecs import hookimpl
 @hookimpl
 def advrobust_register_defences(register):
     from asa_plugin.defences.asa import ASADefence
+    from asa_plugin.defences.creat import CreATDefence
     from asa_plugin.defences.fgm import FGMDefence
     from asa_plugin.defences.freelb import FreeLBDefence, FreeLBPlusPlusDefence
     from asa_plugin.defences.pgd import PGDDefence
@@ -21,3 +22,4 @@ def advrobust_register_defences(register):
     register("freelb++", FreeLBPlusPlusDefence)
     register("scal", SCALDefence)
     register("uscal", USCALDefence)
+    register("creat", CreATDefence)
