@@ -9,6 +9,7 @@ def advrobust_register_defences(register):
     from asa_plugin.defences.creat import CreATDefence
     from asa_plugin.defences.fgm import FGMDefence
     from asa_plugin.defences.freelb import FreeLBDefence, FreeLBPlusPlusDefence
+    from asa_plugin.defences.infobert import InfoBERTDefence
     from asa_plugin.defences.pgd import PGDDefence
     from asa_plugin.defences.scal import SCALDefence
     from asa_plugin.defences.uscal import USCALDefence
@@ -23,3 +24,4 @@ def advrobust_register_defences(register):
     register("scal", SCALDefence)
     register("uscal", USCALDefence)
     register("creat", CreATDefence)
+    register("infobert", InfoBERTDefence)
