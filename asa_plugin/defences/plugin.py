@@ -12,6 +12,7 @@ def advrobust_register_defences(register):
     from asa_plugin.defences.infobert import InfoBERTDefence
     from asa_plugin.defences.pgd import PGDDefence
     from asa_plugin.defences.scal import SCALDefence
+    from asa_plugin.defences.tavat import TAVATDefence
     from asa_plugin.defences.uscal import USCALDefence
     from asa_plugin.defences.vanilla import VanillaDefence
 
@@ -25,3 +26,4 @@ def advrobust_register_defences(register):
     register("uscal", USCALDefence)
     register("creat", CreATDefence)
     register("infobert", InfoBERTDefence)
+    register("tavat", TAVATDefence)
