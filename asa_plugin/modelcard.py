@@ -29,6 +29,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from asa_plugin.defences import label_names
+
 CARD_FILE = "README.md"
 BASE_MODEL_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 """Backbone aliases (:data:`asa_plugin.adapters.loading.ALIASES`) -> the hub model their offline package ships."""
@@ -124,7 +126,7 @@ def render(facts: CardFacts):
     """The :class:`huggingface_hub.ModelCard` of ``facts``."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    names = facts.defence.split("+")
+    names = label_names(facts.defence)
     advrobust: dict[str, Any] = {"defence": facts.defence, "defence_params": facts.defence_params,
                                  "training": facts.training}
     if facts.attacks:

@@ -20,7 +20,8 @@ import os
 import platform
 from pathlib import Path
 
-DEFENCES = ["vanilla", "fgm", "pgd", "asa", "scal", "uscal", "freelb", "asa+freelb"]
+DEFENCES = ["vanilla", "fgm", "pgd", "asa", "scal", "uscal", "freelb", "asa+freelb", "freelb++", "creat", "infobert",
+            "tavat"]
 
 
 def run_config(label: str, args, run_dir: Path):

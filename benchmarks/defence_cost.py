@@ -41,6 +41,12 @@ DEFENCES: dict[str, dict[str, Any]] = {
     "scal": {"name": "scal"},
     "uscal": {"name": "uscal"},
     "asa+freelb-k3": {"name": ["asa", "freelb"], "freelb": {"adv_steps": 3}},
+    # The baselines of issue 35 at their defaults: freelb++ 10 passes, creat 3 (1 + K, K = 2), infobert 3 (K)
+    # plus one input-gradient backward per pass, tavat 2 (K) plus its token-table update.
+    "freelb++": {"name": "freelb++"},
+    "creat": {"name": "creat"},
+    "infobert": {"name": "infobert"},
+    "tavat": {"name": "tavat"},
 }
 """Row name -> the ``[defence]`` table it trains with. The first row is the reference."""
 

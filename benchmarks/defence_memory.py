@@ -27,7 +27,9 @@ from pathlib import Path
 CASES: dict[str, list[str]] = {"vanilla": ["vanilla"], "asa": ["asa"], "fgm": ["fgm"], "pgd": ["pgd"],
                                "freelb": ["freelb"], "scal": ["scal"], "uscal": ["uscal"],
                                "asa+freelb": ["asa", "freelb"], "asa-keep-clean": ["asa"],
-                               "asa-keep-clean+freelb": ["asa", "freelb"], "asa-auto": ["asa"]}
+                               "asa-keep-clean+freelb": ["asa", "freelb"], "asa-auto": ["asa"],
+                               "freelb++": ["freelb++"], "creat": ["creat"], "infobert": ["infobert"],
+                               "tavat": ["tavat"]}
 OVERRIDES: dict[str, dict[str, dict]] = {"asa": {"asa": {"recompute_clean": True}},
                                          "asa+freelb": {"asa": {"recompute_clean": True}},
                                          "asa-keep-clean": {"asa": {"recompute_clean": False}},

@@ -39,13 +39,23 @@ CASES = [
     ("scal", {"epsilon": 0.3, "pooling": "mean"}, "l2", 0.3, 0.3),
     ("uscal", {"epsilon": 0.2}, "l2", 0.2, 0.2),
     ("uscal", {"epsilon": 0.3, "pooling": "mean", "alpha": 0.3}, "l2", 0.3, 0.3),
+    ("freelb++", {"adv_steps": 4, "adv_lr": 0.03, "init_mag": 0.05, "max_norm": 0.0}, "l2", 0.05 + 3 * 0.03, None),
+    # the clean pass, then the start (std 1e-3 at real tokens) and two ascent steps, each projected to 0.2
+    ("creat", {"adv_steps": 3, "adv_lr": 0.15, "max_norm": 0.2, "init_std": 1e-3}, "l2", 0.2, 0.2),
+    ("creat", {"adv_steps": 2, "adv_lr": 0.15, "max_norm": 0.2, "init_std": 1e-3, "representation": "tokens"},
+     "l2", 0.2, None),  # one step of 0.15 from a start of norm ~0.015 stays inside the ball
+    ("infobert", {"adv_steps": 3, "adv_lr": 0.04, "init_mag": 0.08}, "l2", 0.08 + 2 * 0.04, None),
+    # the first pass: the sentence-level start (<= init_mag) plus the gathered token rows (unit norm over the
+    # batch, so <= 1 per example); later passes are projected into max_norm
+    ("tavat", {"adv_steps": 3, "adv_lr": 0.05, "init_mag": 0.2, "max_norm": 0.5}, "l2", 0.2 + 1.0, None),
 ]
 
 
 def expected_passes(name: str, params: dict) -> int:
     """Forward passes per training step, as docs/baselines.md gives them."""
     k = params.get("adv_steps")
-    return {"fgm": 2, "pgd": (k or 0) + 1, "freelb": k or 0, "scal": 2, "uscal": 3}[name]
+    return {"fgm": 2, "pgd": (k or 0) + 1, "freelb": k or 0, "freelb++": k or 0, "scal": 2, "uscal": 3,
+            "creat": (k or 0) + 1, "infobert": k or 0, "tavat": k or 0}[name]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items())}" for name, params, *_ in CASES]
 
 

@@ -26,13 +26,18 @@ TEXTS = ["the movie was good and really fun", "bad boring plot", "i love it", "a
 LABELS = [1, 0, 1, 0]
 
 # (procedure defence, its explicit params, passes through the objective per step, as docs/baselines.md
-#  describes them: fgm 2, pgd K + 1, freelb K, scal 2, uscal 1 (its other views only read representations))
+#  describes them: fgm 2, pgd K + 1, freelb K, scal 2, uscal 1 (its other views only read representations),
+#  freelb++ K, creat 1 + K, infobert K, tavat K)
 PROCEDURES = [
     ("fgm", {"epsilon": 0.5}, 2),
     ("pgd", {"adv_steps": 2, "epsilon": 0.5, "step_size": 0.2}, 3),
     ("freelb", {"adv_steps": 3, "adv_lr": 0.1, "init_mag": 0.05, "max_norm": 0.0}, 3),
     ("scal", {"epsilon": 0.3}, 2),
     ("uscal", {"epsilon": 0.3}, 1),
+    ("freelb++", {"adv_steps": 2, "adv_lr": 0.1, "init_mag": 0.05, "max_norm": 0.0}, 2),
+    ("creat", {"adv_steps": 2, "adv_lr": 0.1, "max_norm": 0.1}, 3),  # clean, start, after one ascent step
+    ("infobert", {"adv_steps": 2}, 2),
+    ("tavat", {"adv_steps": 2}, 2),
 ]
 
 
@@ -50,7 +55,7 @@ def test_real_asa_runs_inside_every_pass_of_each_procedure_defence(tiny_bert_dir
                              registry)
     asa = composed.parts[0]
     assert composed.name == f"asa+{name}"
-    assert composed.trainable_modules() == [asa.adversary]
+    assert composed.trainable_modules() == [asa.adversary, *composed.parts[1].trainable_modules()]
     batch = dict(adapter.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor(LABELS)
     result = composed.training_step(batch, lambda loss: loss.backward())

@@ -10,7 +10,8 @@ from asa_plugin.training.loop import train
 
 pytestmark = pytest.mark.slow
 
-DEFENCES = ["vanilla", "asa", "fgm", "pgd", "freelb", "scal", "uscal", "asa+freelb"]
+DEFENCES = ["vanilla", "asa", "fgm", "pgd", "freelb", "scal", "uscal", "asa+freelb", "freelb++", "creat", "infobert",
+            "tavat"]
 
 
 @pytest.fixture(scope="module")

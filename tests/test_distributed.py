@@ -45,6 +45,17 @@ CASES = [
     ("scal", 'name = "scal"', "accumulate"),
     ("uscal", 'name = "uscal"', "accumulate"),
     ("asa+freelb", 'name = ["asa", "freelb"]\n[freelb]\ninit_mag = 0.0', "batch"),
+    ("freelb++", 'name = "freelb++"\nadv_steps = 3\ninit_mag = 0.0', "batch"),
+    # CreAT's Gaussian start is drawn per process (init_std = 0 here); its ascent weighs the batch-mean CE
+    # against the batch-summed cosine (the authors' cos_loss), so the direction depends on the batch size:
+    # two micro-batches of B are the single-process equivalent.
+    ("creat", 'name = "creat"\ninit_std = 0.0', "accumulate"),
+    # InfoBERT's anchored pairs form InfoNCE chunks within a process's batch (like SCAL's negatives), and
+    # its CLUB negatives are random draws per process (beta = 0 here; its maths: test_literature_baselines).
+    ("infobert", 'name = "infobert"\ninit_mag = 0.0\nbeta = 0.0', "accumulate"),
+    # TAVAT's perturbation vocabulary: every process adds every process's update; per-example
+    # normalisation (the default normalises over a process's batch).
+    ("tavat", 'name = "tavat"\ninit_mag = 0.0\nnormalize = "example"', "batch"),
 ]
 IDS = [c[0] for c in CASES]
 WEIGHT_TOLERANCE = 1e-4

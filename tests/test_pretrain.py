@@ -407,7 +407,8 @@ def test_bench_backbone_mistakes_are_one_line(tmp_path, toy_data, capsys, backbo
 
 @pytest.mark.parametrize("defence", [
     {"name": "vanilla"}, {"name": "fgm"}, {"name": "pgd", "adv_steps": 2}, {"name": "freelb", "adv_steps": 2},
-    {"name": ["asa", "freelb"], "freelb": {"adv_steps": 2}},
+    {"name": ["asa", "freelb"], "freelb": {"adv_steps": 2}}, {"name": "freelb++", "adv_steps": 2}, {"name": "creat"},
+    {"name": "tavat"},
 ], ids=lambda d: "+".join(d["name"]) if isinstance(d["name"], list) else d["name"])
 def test_every_listed_defence_pre_trains(tmp_path, pretrain_config, defence):
     assert pretrain_here(pretrain_config(defence=defence, train={"max_steps": 2, "checkpoint_every_steps": 0})) == 0

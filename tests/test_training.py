@@ -74,6 +74,9 @@ RESUME_CASES = [  # (defence table, files of the run that must be bit-identical 
     pytest.param('name = "fgm"\nepsilon = 0.5', ["model/model.safetensors"], id="fgm", marks=pytest.mark.slow),
     pytest.param('name = ["asa", "freelb"]\n[asa]\ntau = 0.5\n[freelb]\nadv_steps = 2',
                  ["model/model.safetensors", "asa_adversary.safetensors"], id="asa+freelb", marks=pytest.mark.slow),
+    # TAVAT's perturbation vocabulary (a (V, E) table) and InfoBERT's critic are checkpointed state
+    pytest.param('name = "tavat"', ["model/model.safetensors"], id="tavat"),
+    pytest.param('name = "infobert"', ["model/model.safetensors"], id="infobert", marks=pytest.mark.slow),
 ]
 
 

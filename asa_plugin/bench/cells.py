@@ -22,12 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asa_plugin.bench.plan import BenchPlan, Cell
+from asa_plugin.defences import label_names
 
 STEP_COST = {"vanilla": 1.0, "asa": 2.075, "fgm": 1.978, "pgd": 3.359, "freelb": 2.874, "scal": 2.486,
-             "uscal": 3.458}
+             "uscal": 3.458,
+             # not measured yet: estimated from their passes per step at the defaults, at freelb's ~0.94 vanilla
+             # steps per extra pass (freelb++ 10 passes; creat 3 forwards, one ascent; infobert 3 passes plus
+             # an input-gradient backward each; tavat 2 passes)
+             "freelb++": 9.5, "creat": 2.9, "infobert": 4.3, "tavat": 2.0}
 """Seconds per training step relative to vanilla, measured (benchmarks/results/defence_cost_cpu.json:
-MiniLM, CPU, batch 32, length 64; pgd and freelb with K=3). A composition ``a+b`` costs the sum of its
-parts minus one vanilla step; an unknown (third-party) defence counts as 2."""
+MiniLM, CPU, batch 32, length 64; pgd and freelb with K=3) except where marked as estimated. A
+composition ``a+b`` costs the sum of its parts minus one vanilla step; an unknown (third-party) defence
+counts as 2. It only orders the grid's cells and estimates the time left."""
 
 UNKNOWN_STEP_COST = 2.0
 KIND_ORDER = {"merge": 0, "train": 1, "evaluate": 2, "attack": 3}
@@ -37,7 +43,7 @@ the attacks), then the rest; inside a kind, the longest first."""
 
 def step_cost(label: str) -> float:
     """Estimated seconds per training step of defence ``label`` relative to vanilla."""
-    parts = [STEP_COST.get(name.strip(), UNKNOWN_STEP_COST) for name in label.split("+")]
+    parts = [STEP_COST.get(name, UNKNOWN_STEP_COST) for name in label_names(label)]
     return sum(parts) - (len(parts) - 1)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_plugin.config import RunConfig, apply_overrides, load_config, read_file
+from asa_plugin.defences import label_names
 from asa_plugin.errors import ConfigError, UserError
 from asa_plugin.schema import build, option
 from asa_plugin.threads import SEED_MAX, SEED_WHY
@@ -246,7 +247,7 @@ def split_label(label: str, variants: dict[str, dict] | None = None) -> list[str
     base = base_label(label)
     if variants and base in variants:
         base = variants[base]["defence"]
-    return [part.strip() for part in base.split("+")]
+    return label_names(base)
 
 
 def _defence_tables(raw: Any, source: str, registry) -> dict[str, dict]:

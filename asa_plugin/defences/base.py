@@ -75,6 +75,9 @@ class Defence:
     role: ClassVar[Literal["objective", "procedure", "standalone"]] = "standalone"
     """How the defence composes: ``objective`` (per-pass loss, e.g. ASA), ``procedure``
     (multi-pass input perturbation, e.g. FreeLB), ``standalone`` (does not compose)."""
+    supports_masked_lm: ClassVar[bool] = False
+    """Whether ``advrobust pretrain`` may use it: its loss is built from ``adapter.forward(batch).logits``
+    and ``batch["labels"]`` (through ``self.objective``), so it runs unchanged on masked-LM batches."""
 
     def __init__(self, params: Any, adapter: BackboneAdapter):
         self.params = params

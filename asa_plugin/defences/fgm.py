@@ -33,6 +33,7 @@ class FGMDefence(Defence):
     name = "fgm"
     Params = FGMParams
     role = "procedure"
+    supports_masked_lm = True
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         mask = token_mask(batch)  # (B, L, 1)

@@ -6,6 +6,9 @@ back-propagated, so the parameter gradients average over the K adversarial point
 large batch). Each step moves delta by ``adv_lr`` along the per-example normalized gradient and,
 when ``max_norm > 0``, projects it into the L2 ball of that radius. Defaults follow the
 TextDefender benchmark (Li et al., EMNLP 2021): 5 steps, adv_lr 0.03, init_mag 0.05, no bound.
+
+``freelb++`` is the same procedure at the benchmark's FreeLB++ setting: 10 ascent steps (the rest as
+FreeLB's), whose larger unbounded perturbation the paper found more robust (docs/baselines.md).
 """
 
 from __future__ import annotations
@@ -35,12 +38,21 @@ class FreeLBParams:
     max_norm: float = option(0.0, ge=0, help="L2 bound of each example's perturbation; 0 = unbounded")
 
 
+@dataclass
+class FreeLBPlusPlusParams(FreeLBParams):
+    """FreeLB++ (Li et al., EMNLP 2021, section 6): FreeLB with more ascent steps, so the unbounded
+    perturbation grows larger (up to about ``init_mag + (adv_steps - 1) * adv_lr``)."""
+
+    adv_steps: int = option(10, ge=1, help="ascent steps K (FreeLB++: 10, twice FreeLB's 5)")
+
+
 class FreeLBDefence(Defence):
     """K ascent steps with parameter gradients accumulated over the whole ascent."""
 
     name = "freelb"
     Params = FreeLBParams
     role = "procedure"
+    supports_masked_lm = True
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         p = self.params
@@ -62,3 +74,10 @@ class FreeLBDefence(Defence):
             if p.max_norm > 0:
                 delta = project(delta, p.max_norm, "l2")
         return StepResult(loss=total, metrics={"adversarial_loss": total})
+
+
+class FreeLBPlusPlusDefence(FreeLBDefence):
+    """``freelb++``: FreeLB at TextDefender's FreeLB++ setting (10 ascent steps, no norm bound)."""
+
+    name = "freelb++"
+    Params = FreeLBPlusPlusParams

@@ -61,6 +61,7 @@ class PGDDefence(Defence):
     name = "pgd"
     Params = PGDParams
     role = "procedure"
+    supports_masked_lm = True
 
     def _bound(self, delta: torch.Tensor) -> torch.Tensor:
         p = self.params

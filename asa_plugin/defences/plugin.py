@@ -6,10 +6,13 @@ from asa_plugin.hookspecs import hookimpl
 @hookimpl
 def advrobust_register_defences(register):
     from asa_plugin.defences.asa import ASADefence
+    from asa_plugin.defences.creat import CreATDefence
     from asa_plugin.defences.fgm import FGMDefence
-    from asa_plugin.defences.freelb import FreeLBDefence
+    from asa_plugin.defences.freelb import FreeLBDefence, FreeLBPlusPlusDefence
+    from asa_plugin.defences.infobert import InfoBERTDefence
     from asa_plugin.defences.pgd import PGDDefence
     from asa_plugin.defences.scal import SCALDefence
+    from asa_plugin.defences.tavat import TAVATDefence
     from asa_plugin.defences.uscal import USCALDefence
     from asa_plugin.defences.vanilla import VanillaDefence
 
@@ -18,5 +21,9 @@ def advrobust_register_defences(register):
     register("fgm", FGMDefence)
     register("pgd", PGDDefence)
     register("freelb", FreeLBDefence)
+    register("freelb++", FreeLBPlusPlusDefence)
     register("scal", SCALDefence)
     register("uscal", USCALDefence)
+    register("creat", CreATDefence)
+    register("infobert", InfoBERTDefence)
+    register("tavat", TAVATDefence)

@@ -9,3 +9,4 @@ class VanillaDefence(Defence):
     name = "vanilla"
     Params = NoParams
     role = "standalone"
+    supports_masked_lm = True

@@ -9,19 +9,28 @@ from asa_plugin.pretraining.corpus import Corpus, load_corpus
 from asa_plugin.pretraining.mlm import MLMCollator, MLMDataset, evaluate_mlm, masked_lm_adapter
 from asa_plugin.training.loop import Task
 
-MLM_DEFENCES = ("vanilla", "asa", "fgm", "pgd", "freelb")
-"""Built-in defences whose loss is built from ``adapter.forward(batch).logits`` and ``batch["labels"]``
-alone, so they run unchanged on masked-LM batches. A plugin's defence opts in with a class attribute
-``supports_masked_lm = True``."""
+
+def _builtin_masked_lm_defences() -> tuple[str, ...]:
+    from asa_plugin.defences import plugin
+
+    found: dict[str, type] = {}
+    plugin.advrobust_register_defences(lambda name, cls: found.setdefault(name, cls))
+    return tuple(name for name, cls in found.items() if cls.supports_masked_lm)
+
+
+MLM_DEFENCES = _builtin_masked_lm_defences()
+"""Built-in defences whose class says ``supports_masked_lm = True`` (their loss is built from
+``adapter.forward(batch).logits`` and ``batch["labels"]`` alone, so they run unchanged on masked-LM
+batches). A plugin's defence opts in with the same class attribute."""
 
 
 def check_defences(cfg, registry) -> None:
     """One line for a defence that cannot pre-train (before any data or model loads)."""
     for name in cfg.defence.names:
-        cls = registry.get(name)
-        if name not in MLM_DEFENCES and not getattr(cls, "supports_masked_lm", False):
+        if not getattr(registry.get(name), "supports_masked_lm", False):
+            usable = [n for n in registry.names() if getattr(registry.get(n), "supports_masked_lm", False)]
             raise ConfigError(f"{cfg.source}: defence.name: '{name}' does not support masked-LM pre-training; "
-                              f"use one of: {', '.join(MLM_DEFENCES)}")
+                              f"use one of: {', '.join(usable)}")
 
 
 class MaskedLMTask(Task):

@@ -49,6 +49,7 @@ class ASADefence(Defence):
     name = "asa"
     Params = ASAParams
     role = "objective"
+    supports_masked_lm = True
 
     def __init__(self, params: ASAParams, adapter):
         super().__init__(params, adapter)
