@@ -25,11 +25,9 @@ def record(saved: bool, detail: str) -> None:
     state.saved, state.detail = saved, detail
 
 
-def record_checkpoint(run_dir, resume: bool) -> None:
-    """What a training run stopped before its loop started keeps: the checkpoint it resumes, or nothing."""
-    from asa_plugin.training import checkpoint
-
-    found = checkpoint.find(run_dir) if resume else None
+def record_checkpoint(run_dir, found) -> None:
+    """What a training run stopped before its loop started keeps: ``found``, the checkpoint it resumes
+    (``training.checkpoint.find``), or nothing (None)."""
     record(found is not None, f"the last checkpoint is in {run_dir}" if found is not None else
            f"no checkpoint written yet in {run_dir}")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from asa_plugin.attacks import results as res
 from asa_plugin.bench.markdown import judged, verdict
-from asa_plugin.bench.report import grid_runs
+from asa_plugin.bench.plan import grid_runs
 
 ASSETS = Path(__file__).with_name("report_html")
 ROW_FIELDS = ("index", "outcome", "gold_label", "original_prediction", "perturbed_prediction", "original_text",

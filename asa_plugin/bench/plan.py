@@ -385,3 +385,12 @@ def read_bench_file(out_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a bench file written by `advrobust bench` (no list/table '{wrong}'); "
                         f"rerun `advrobust bench CONFIG` to rewrite it")
     return info
+
+
+def grid_runs(info: dict) -> list[dict]:
+    """The training runs of the grid, from bench.json (one per defence for a bench written before seeds)."""
+    if info.get("runs"):
+        return info["runs"]
+    seed = info.get("settings", {}).get("train", {}).get("seed")
+    return [{"defence": label, "seed": seed, "run": label, "recipes": list(info["recipes"])}
+            for label in info["defences"]]

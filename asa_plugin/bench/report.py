@@ -20,7 +20,7 @@ from typing import Any
 
 from asa_plugin.attacks import results as res
 from asa_plugin.bench import stats
-from asa_plugin.bench.plan import read_bench_file
+from asa_plugin.bench.plan import grid_runs, read_bench_file
 from asa_plugin.bench.static import parse as parse_static
 from asa_plugin.outputs import portable_path
 from asa_plugin.training import degenerate
@@ -36,15 +36,6 @@ SETTINGS = {"model": ("backbone", "max_length"), "data": ("dataset", "train_file
 
 def _read_json(path: Path) -> dict | None:
     return res.read_json(path, path.name) if path.is_file() else None
-
-
-def grid_runs(info: dict) -> list[dict]:
-    """The training runs of the grid, from bench.json (one per defence for a bench written before seeds)."""
-    if info.get("runs"):
-        return info["runs"]
-    seed = info.get("settings", {}).get("train", {}).get("seed")
-    return [{"defence": label, "seed": seed, "run": label, "recipes": list(info["recipes"])}
-            for label in info["defences"]]
 
 
 def training_row(run: dict, metrics: dict | None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ def run(args) -> int:
     from asa_plugin.plugins import get_plugin_manager
     from asa_plugin.preflight import check_max_length, check_model_dir, check_writable, looks_local
     from asa_plugin.pretraining.config import load_pretrain_config
+    from asa_plugin.training import checkpoint
 
     cfg = load_pretrain_config(args.config, args.overrides)
     pm = get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
@@ -32,7 +33,8 @@ def run(args) -> int:
                      "use --set model.max_length={limit} or less")  # before any data is read or tokenized
     check_writable(cfg.run_dir(), "output.run_dir", "choose another with --set output.run_dir=...")
     interrupts.set_rerun(f"rerun with --resume to continue: advrobust pretrain {args.config} ... --resume")
-    interrupts.record_checkpoint(cfg.run_dir(), args.resume)  # until the loop knows better
+    found = checkpoint.find(cfg.run_dir()) if args.resume else None
+    interrupts.record_checkpoint(cfg.run_dir(), found)  # until the loop knows better
     metrics = pretrain(cfg, resume=args.resume, pm=pm, progress=not args.no_progress)
     summary = {k: metrics.get(k) for k in ("defence", "eval_mlm_loss", "eval_accuracy", "eval_perplexity", "steps",
                                            "train_seconds")}

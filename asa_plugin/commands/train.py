@@ -19,6 +19,7 @@ def run(args) -> int:
     from asa_plugin import interrupts
     from asa_plugin.config import load_config
     from asa_plugin.preflight import check_data_files, check_max_length, check_model_dir, check_writable, looks_local
+    from asa_plugin.training import checkpoint
 
     cfg = load_config(args.config, args.overrides)
     check_data_files(cfg.data, cfg.source)  # before transformers and the model load
@@ -28,7 +29,8 @@ def run(args) -> int:
                      "use --set model.max_length={limit} or less")  # before any data is read or tokenized
     check_writable(cfg.run_dir(), "output.run_dir", "choose another with --set output.run_dir=...")
     interrupts.set_rerun(f"rerun with --resume to continue: advrobust train {args.config} ... --resume")
-    interrupts.record_checkpoint(cfg.run_dir(), args.resume)  # until the loop knows better
+    found = checkpoint.find(cfg.run_dir()) if args.resume else None
+    interrupts.record_checkpoint(cfg.run_dir(), found)  # until the loop knows better
     from asa_plugin.training.loop import train
 
     metrics = train(cfg, resume=args.resume, progress=not args.no_progress)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_plugin.errors import UserError, writing
-from asa_plugin.preflight import check_safetensors
+from asa_plugin.weights import check_safetensors
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
