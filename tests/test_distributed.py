@@ -160,7 +160,11 @@ def test_both_processes_hold_identical_model_and_defence_weights(every_defence, 
         assert any(k.startswith("extras.0.per_layer") for k in rank0)
     initial = load_file(every_defence / "tiny" / "model.safetensors")
     moved = max((rank0[f"model.{k}"] - v).abs().max().item() for k, v in initial.items())
-    assert moved > 100 * WEIGHT_TOLERANCE  # three steps really trained the model
+    # Three steps really trained the model, far beyond the tolerance the comparisons use. Not 100x: Adam
+    # moves a weight by at most the step's rate, and lr 5e-3 decaying linearly over 3 steps (5e-3, 3.3e-3,
+    # 1.7e-3) sums to 1e-2 = 100x exactly, which a weight whose gradient kept its sign reaches only up to
+    # weight decay (tavat's best weight moved 0.0099998).
+    assert moved > 10 * WEIGHT_TOLERANCE
 
 
 @pytest.mark.parametrize("name", IDS)
