@@ -16,13 +16,12 @@ The metadata (YAML front matter, parsed by ``huggingface_hub.ModelCard.load``) h
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from asa_plugin.errors import UserError
 
 try:
     import tomllib
@@ -231,8 +230,8 @@ def write_card(model_dir: str | Path, facts: CardFacts, metadata: dict[str, Any]
     ``tags``), e.g. from ``Trainer.push_to_hub``'s arguments.
     """
     path = Path(model_dir) / CARD_FILE
-    if path.is_dir():
-        raise UserError(f"{path} is a directory, where the model card goes; move it away and save again")
+    if path.is_dir():  # the error a write would raise, answered by each command's one line (errors.write_failure)
+        raise IsADirectoryError(errno.EISDIR, "a directory where the model card (a file) goes", str(path))
     generated = str(render(facts))
     if metadata:
         ours, body = _split(generated)

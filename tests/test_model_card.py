@@ -192,7 +192,6 @@ def test_a_rewrite_replaces_only_the_cards_section_and_keeps_text_around_it(tmp_
 
 
 def test_a_readme_that_cannot_be_merged_is_left_alone_or_refused(tmp_path, capsys):
-    from asa_plugin.errors import UserError
     from asa_plugin.modelcard import BESIDE_FILE, write_card
 
     broken = "---\nlicense: [mit\n---\n" + HAND_WRITTEN
@@ -203,8 +202,9 @@ def test_a_readme_that_cannot_be_merged_is_left_alone_or_refused(tmp_path, capsy
     assert ModelCard.load(tmp_path / "a" / BESIDE_FILE).data.to_dict()["advrobust"]["defence"] == "asa"
     assert f"the model card is written beside it, to {BESIDE_FILE}" in capsys.readouterr().err
     (tmp_path / "b" / "README.md").mkdir(parents=True)
-    with pytest.raises(UserError, match="README.md is a directory, where the model card goes; move it away"):
+    with pytest.raises(IsADirectoryError, match="a directory where the model card") as raised:
         write_card(tmp_path / "b", FACTS)
+    assert raised.value.filename == str(tmp_path / "b" / "README.md")
 
 
 def assert_hand_written_text_kept(model_dir: Path, capsys) -> ModelCard:
