@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1] / "asa_plugin"
 FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_-]*)")
 KEY = re.compile(r"(?<![\w.$/])(model|data|train|attack|defence|output|plugins|bench|pretrain)\."
                  r"(?!(?:safetensors|bin|json|toml|md)\b)([a-z_]+)\b")
-LAUNCHER_FLAGS = {"multi_gpu", "num_processes", "quiet"}
-"""``accelerate launch``'s own options, which messages about distributed launches name."""
+LAUNCHER_FLAGS = {"multi_gpu", "num_processes", "quiet", "head"}
+"""Other programs' options that messages name: ``accelerate launch``'s (distributed launches) and
+``ray start --head`` (the bench's Ray executor)."""
 OWN_COMMAND = {"pretraining": "pretrain", "bench": "bench"}
 """Modules only one command reaches (besides asa_plugin/commands/<command>.py)."""
 REACHED_BY = {"attacks/results.py": ("attack", "merge", "bench", "compare", "report"),
@@ -77,6 +78,7 @@ def _keys() -> dict[str, set[str]]:
     defences = get_plugin_manager().defences
     params = {f.name for n in defences.names() for f in dataclasses.fields(defences.get(n).Params)}
     keys["defence"] = {"name", *defences.names(), *params}
+    keys["bench"] |= set(get_plugin_manager().executors.names())  # [bench.<executor>] tables, e.g. bench.slurm
     return keys
 
 
@@ -102,16 +104,15 @@ def test_every_suggested_flag_and_key_exists_for_its_command():
 def _check(path, line, kind, item, command, flags, keys, every_flag) -> list[str]:
     wrong = []
     where = f"{path.relative_to(ROOT.parent)}:{line}"
-    if True:
-        if kind == "flag":
-            allowed = flags[command] if command else every_flag | LAUNCHER_FLAGS
-            if item not in allowed:
-                wrong.append(f"{where}: --{item} is no option of {command or 'any command'}")
-        else:
-            section, key = item
-            sections = CONFIG_SECTIONS.get(command, set(keys)) if command else set(keys)
-            if section not in sections or key not in keys[section]:
-                wrong.append(f"{where}: {section}.{key} is no config key of {command or 'any command'}")
+    if kind == "flag":
+        allowed = (flags[command] if command else every_flag) | LAUNCHER_FLAGS
+        if item not in allowed:
+            wrong.append(f"{where}: --{item} is no option of {command or 'any command'}")
+    else:
+        section, key = item
+        sections = CONFIG_SECTIONS.get(command, set(keys)) if command else set(keys)
+        if section not in sections or key not in keys[section]:
+            wrong.append(f"{where}: {section}.{key} is no config key of {command or 'any command'}")
     return wrong
 
 

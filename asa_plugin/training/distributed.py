@@ -128,7 +128,7 @@ def sum_across_processes(values: torch.Tensor) -> torch.Tensor:
     return summed.to(values.device)
 
 
-SUPPORTED_PARALLELISM = "one process, or several with DDP (accelerate launch --multi_gpu, or --multi_cpu)"
+SUPPORTED_PARALLELISM = "one process, or several with DDP (accelerate launch --multi_gpu, on CPU with ACCELERATE_USE_CPU=1)"
 
 
 def check_parallelism(accelerator, who: str = "", deepspeed: bool = False, fsdp: bool = False) -> None:
