@@ -241,11 +241,11 @@ def test_a_plugin_registering_something_that_is_not_an_executor_is_refused_namin
 
 
 # --- executor keys: typed, and never silently ignored --------------------------------------------------------------
-REFUSED = [  # (argv after the config, the one line's text after "CONFIG: ")
+REFUSED = [  # (argv after the config, the one line's text after "CONFIG: ", or after "--set '...': " for a --set)
     (["--ray-address", "127.0.0.1:6379"], "[bench] bench.ray_address (--ray-address) applies to the ray executor, "
                                           "but bench.executor is 'local': add --executor ray, or remove it"),
     (["--executor", "slurm", "--set", "bench.ray_num_cpus=2"],
-     "[bench] bench.ray_num_cpus applies to the ray executor, but bench.executor is 'slurm': add --executor ray, "
+     "bench.ray_num_cpus applies to the ray executor, but bench.executor is 'slurm': add --executor ray, "
      "or remove it"),
     (["--executor", "ray", "--max-parallel", "2"],
      "[bench] bench.max_parallel (--max-parallel) applies to the local executor; the CPUs of the local Ray cluster "
@@ -265,7 +265,8 @@ def test_a_key_of_another_executor_or_a_mistyped_one_is_one_line_before_any_work
                                                                                  attack_cache, capsys, argv, line):
     cfg = config(tmp_path, tiny_bert_dir, toy_data, attack_cache)
     assert main(["bench", str(cfg), *argv]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"advrobust bench: error: {cfg}: {line}"]
+    blamed = f"--set {argv[-1]!r}" if "--set" in argv else str(cfg)  # a key a --set gave is blamed on it
+    assert capsys.readouterr().err.strip().splitlines() == [f"advrobust bench: error: {blamed}: {line}"]
     assert not (tmp_path / "out").exists()
 
 
