@@ -229,12 +229,12 @@ class RecordingRay:
 @pytest.mark.parametrize("retries", [0, 1, 3])
 def test_ray_gets_exactly_bench_retries_as_each_tasks_max_retries(monkeypatch, retries):
     """Ray reads max_retries = -1 as unlimited: an off-by-one at retries = 0 would retry a killed cell forever."""
-    import asa_plugin.bench.executors as executors
     from asa_plugin.bench.cells import GridCell
+    from asa_plugin.bench.ray_executor import RayPool
 
     fake = RecordingRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
-    pool = executors.RayPool(retries=retries)
+    pool = RayPool(retries=retries)
     pool.submit(GridCell("attack", run=SimpleNamespace(name="vanilla"), recipe="deepwordbug"))
     (options,) = fake.options
     assert options["max_retries"] == retries and options["retry_exceptions"] is False

@@ -128,7 +128,8 @@ def sum_across_processes(values: torch.Tensor) -> torch.Tensor:
     return summed.to(values.device)
 
 
-SUPPORTED_PARALLELISM = "one process, or several with DDP (accelerate launch --multi_gpu, on CPU with ACCELERATE_USE_CPU=1)"
+SUPPORTED_PARALLELISM = ("one process, or several with DDP (accelerate launch --multi_gpu, on CPU with "
+                         "ACCELERATE_USE_CPU=1)")
 
 
 def check_parallelism(accelerator, who: str = "", deepspeed: bool = False, fsdp: bool = False) -> None:
