@@ -315,7 +315,8 @@ class DefenceTrainer(Trainer):
         """Trainer's checkpoint plus the defence's modules and running state (written first: Trainer's
         ``trainer_state.json``, written last, marks a complete checkpoint)."""
         output_dir = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        state = {"defence": self.defence.state_dict(), "window": self._window, "window_steps": self._window_steps}
+        window = {k: float(v) for k, v in self._window.items()}  # step metrics are device tensors until read
+        state = {"defence": self.defence.state_dict(), "window": window, "window_steps": self._window_steps}
         if self.args.should_save:
             from safetensors.torch import save_file
 
