@@ -27,7 +27,7 @@ CASES = [  # (defence table, its parameters as the card states them)
     pytest.param('name = "vanilla"', {}, id="vanilla"),
     pytest.param('name = "asa"\ntau = 0.5', {"tau": 0.5, "layers": "all", "gumbel_noise": False,
                                              "adversarial_ce": False, "divergence_weight": 0.5,
-                                             "recompute_clean": True}, id="asa"),
+                                             "recompute_clean": "auto"}, id="asa"),
     pytest.param('name = ["asa", "freelb"]\n[asa]\ntau = 0.3\n[freelb]\nadv_steps = 2', None, id="asa+freelb"),
 ]
 
