@@ -10,8 +10,10 @@ from asa_plugin.training.loop import train
 
 pytestmark = pytest.mark.slow
 
-DEFENCES = ["vanilla", "asa", "fgm", "pgd", "freelb", "scal", "uscal", "asa+freelb", "freelb++", "creat", "infobert",
-            "tavat"]
+DEFENCES = ["vanilla", "asa", "fgm", "pgd", "freelb", "scal", "uscal", "asa+freelb", "creat", "infobert", "tavat"]
+# Not freelb++: at this budget (40 steps) its defaults (10 ascent steps, no norm bound) trained a degenerate model
+# (60.5 % dev, flagged by the degenerate check; 2026-12-07). Whether that holds at a real budget is open in
+# issue 35 (the grid trains it for 1,000 steps); until then docs/baselines.md says so.
 
 
 @pytest.fixture(scope="module")
