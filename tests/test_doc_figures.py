@@ -379,6 +379,23 @@ def _attack(d: dict, recipe: str) -> dict:
 
 
 MEMORY, AUTO = BENCH + "defence_memory_cpu.json", BENCH + "defence_memory_auto_cpu.json"
+
+
+def html_size(report: dict) -> tuple:
+    """(attacks, trained runs, report.html in MB) of the committed grid."""
+    attacks = sum(len(c["seeds_done"]) for c in report["cells"])
+    return attacks, len(report["training"]), (ROOT / GRID).with_name("report.html").stat().st_size / 1e6
+
+
+GRID_CLAIMS.append(
+    Claim(
+        "docs/bench.md",
+        "grid ({} attacks of {} examples, {} trained runs) gives a report.html of about {} MB",
+        GRID,
+        lambda r: (html_size(r)[0], r["settings"]["attack"]["num_examples"], *html_size(r)[1:]),
+    )
+)
+
 BENCH_CLAIMS = [
     Claim(
         "README.md",
@@ -1021,3 +1038,19 @@ def test_the_committed_grid_report_rebuilds_identically(tmp_path):
     assert json.loads((copy / "report.json").read_text()) == json.loads((bench / "report.json").read_text())
     assert (copy / "report.json").read_bytes() == (bench / "report.json").read_bytes()
     assert (copy / "report.md").read_text() == (bench / "report.md").read_text()
+
+
+def test_a_defence_added_to_the_grid_gets_its_row_and_unfinished_cells_say_so():
+    """What the lead's next grid brings: a new defence not yet attacked, and freelb with a seed still missing."""
+    report = load(GRID)
+    report["defences"].append("creat")
+    for recipe in report["recipes"]:
+        report["cells"].append(
+            {"defence": "creat", "recipe": recipe, "status": "missing", "seeds": [42], "seeds_done": [], "per_seed": {}}
+        )
+    partial = cell(report, "freelb", "pwws")
+    partial.update(seeds=[42, 43], status="partial")
+    lines = doc_tables.grid_table(report)
+    assert lines[-3] == "| creat | missing | missing | missing | missing |"
+    freelb = next(line for line in lines if line.startswith("| freelb |")).split(" | ")
+    assert freelb[3] == "+3.0 [-0.3, +6.3], p 0.12 (seed 43 missing)"
