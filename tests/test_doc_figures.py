@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -707,6 +708,15 @@ GRID_MODES = {
     "local, 2 processes, idle cores lent (`--max-parallel 2 --lend-idle-cores`)": "lend",
     "Ray, local cluster of 2 CPUs (`--executor ray`)": "ray",
 }
+SLURM_MODES = {
+    "local, 2 processes (`--max-parallel 2`)": "local",
+    "SLURM jobs through submitit's local executor (`--executor slurm`)": "slurm",
+}
+ONE_THREAD_ROWS = {
+    "asa (default), run 1: 10 steps": ("defence_cost_asa_1thread_cpu.json", "asa"),
+    "asa (default), run 2: 5 steps": ("defence_cost_issue35_cpu.json", "asa"),
+    **{name: ("defence_cost_issue35_cpu.json", name) for name in ("freelb++", "creat", "infobert", "tavat")},
+}
 ARMS = {"ASA": "asa", "naive": "naive", "naive, 2N": "naive2x"}
 PAIRED = {"naive, N steps": "vanilla@naive", "naive, 2N steps": "vanilla@naive2x"}
 ALLREDUCE_NAMES = {"pgd (K = 3, clean term)": "pgd", "freelb (K = 5)": "freelb"}
@@ -900,6 +910,52 @@ TABLES = [
         },
     ),
 ]
+
+
+TABLES += [
+    Table(
+        "benchmarks/README.md",
+        "| defence | GFLOP per step | x vanilla |",
+        BENCH + "defence_flops_cpu.json",
+        by_name({}),
+        {1: lambda r: r["gflops_per_step"], 2: lambda r: r["flops_ratio_vs_vanilla"]},
+    ),
+    Table(
+        "benchmarks/README.md",
+        "| mode (2026-12-07) | wall s | x local | rows as local |",
+        BENCH + "grid_throughput_slurm_cpu.json",
+        by_name(SLURM_MODES, "mode"),
+        {1: lambda r: r["seconds"], 2: lambda r: r["seconds_vs_local"]},
+    ),
+    Table(
+        "benchmarks/README.md",
+        "| run and defence | vanilla s/step | s/step | x vanilla | paired |",
+        BENCH + "defence_flops_cpu.json",
+        lambda flops, cells: _one_thread_row(flops, cells[0]),
+        {
+            1: lambda r: r["vanilla"]["seconds_per_step"],
+            2: lambda r: r["row"]["seconds_per_step"],
+            3: lambda r: r["row"]["step_ratio_vs_vanilla"],
+            4: lambda r: r["paired"],
+            5: lambda r: _share(r["row"]),
+            6: lambda r: r["flops"],
+        },
+    ),
+]
+
+
+def _share(record: dict) -> float | None:
+    share = record["adversary_share_of_step"]
+    return None if share is None else pts(share)
+
+
+def _one_thread_row(flops: dict, label: str) -> dict:
+    """A row of the 1-thread cost table: its run's JSON record, vanilla's, the paired median and the FLOPs."""
+    source, name = ONE_THREAD_ROWS[label]
+    steps = {r["defence"]: r for r in load(BENCH + source)["results"]}
+    ratios = [a / v for a, v in zip(steps[name]["step_seconds"], steps["vanilla"]["step_seconds"])]
+    floor = next(r for r in flops["results"] if r["defence"] == name)["flops_ratio_vs_vanilla"]
+    return {"row": steps[name], "vanilla": steps["vanilla"], "paired": statistics.median(ratios), "flops": floor}
 
 
 def _mode(name: str) -> dict:
