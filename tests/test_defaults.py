@@ -19,7 +19,7 @@ from asa_plugin.defences.pgd import PGDParams
 from asa_plugin.defences.scal import SCALParams
 from asa_plugin.defences.uscal import USCALParams
 from asa_plugin.errors import ConfigError
-from asa_plugin.training import degenerate
+from asa_plugin import degenerate
 from asa_plugin.training.loop import _optimizer
 
 

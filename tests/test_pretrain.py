@@ -463,7 +463,7 @@ def test_only_defences_checks_the_backbones_of_the_cells_it_runs(tmp_path, toy_d
     from asa_plugin.bench.plan import load_plan
     from asa_plugin.errors import UserError
     from asa_plugin.plugins import get_plugin_manager
-    from asa_plugin.preflight import check_bench
+    from asa_plugin.bench.checks import check_bench
 
     config = {"model": {"backbone": "minilm", "num_labels": 2, "max_length": 32},
               "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},

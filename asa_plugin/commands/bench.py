@@ -52,7 +52,7 @@ def run(args) -> int:
     from asa_plugin.locks import run_locks, shared_lock
     from asa_plugin.modelcard import write_bench_cards
     from asa_plugin.plugins import get_plugin_manager
-    from asa_plugin.preflight import check_bench
+    from asa_plugin.bench.checks import check_bench
 
     plan = load_plan(args.config, args.overrides, flag_values(args))
     plugins = plan.cells[0].cfg.plugins
