@@ -40,10 +40,10 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
     from asa_plugin.attacks.visible import visible_texts
     from transformers import AutoTokenizer
 
+    from asa_plugin.checks import check_max_length
     from asa_plugin.data import load_split
     from asa_plugin.data.labels import checkpoint_labels, class_mismatch
     from asa_plugin.data.loading import check_same_inputs
-    from asa_plugin.checks import check_max_length
 
     if cfg.attack.max_length:
         check_max_length(checkpoint, cfg.attack.max_length, f"{cfg.source}: attack.max_length",

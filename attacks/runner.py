@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from asa_plugin.attacks import results as res
-
 from asa_plugin.attacks.session import (  # noqa: F401 - re-exported: their old import path
     AttackSession,
     example_seed,
@@ -26,6 +25,7 @@ from asa_plugin.attacks.session import (  # noqa: F401 - re-exported: their old 
     resolve_cache_dir,
     seed_everything,
 )
+
 from asa_plugin.errors import UserError, start_over_hint, stderr_note
 from asa_plugin.locks import run_lock
 

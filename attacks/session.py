@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from asa_plugin.attacks import results as res
 
 
@@ -30,7 +29,9 @@ def seed_everything(value: int) -> None:
     torch.manual_seed(value)
 
 
-def resolve_cache_dir(job: AttackJob) -> Path:
+def resolve_cache_dir(job) -> Path:
+    """Where ``job`` (an :class:`~asa_plugin.attacks.runner.AttackJob`) keeps TextAttack's cache and derived
+    assets: its own cache_dir, else attack.cache_dir, else $TA_CACHE_DIR, else RUN/attack/.cache."""
     if job.cache_dir is not None:
         return Path(job.cache_dir)
     if job.cfg.cache_dir:
@@ -53,7 +54,7 @@ def load_wrapper(model_path: str, cfg, max_length: int | None):
 class AttackSession:
     """A built attack over one model copy: attacks examples of a job one at a time."""
 
-    def __init__(self, job: AttackJob, pm, wrapper=None):
+    def __init__(self, job, pm, wrapper=None):  # job: an asa_plugin.attacks.runner.AttackJob
         from asa_plugin.attacks.profiling import instrument
         from asa_plugin.attacks.recipes import build_attack
         from asa_plugin.attacks.textattack_env import import_textattack

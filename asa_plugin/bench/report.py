@@ -18,13 +18,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from asa_plugin import degenerate
 from asa_plugin.attacks import results as res
 from asa_plugin.bench import stats
 from asa_plugin.bench.plan import grid_runs, read_bench_file
 from asa_plugin.bench.static import parse as parse_static
 from asa_plugin.fileio import write_text_atomic
 from asa_plugin.outputs import portable_path
-from asa_plugin import degenerate
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "unperturbable", "seconds")

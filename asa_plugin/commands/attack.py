@@ -94,8 +94,8 @@ def build_jobs(args):
     """The config (validated) and one AttackJob per recipe."""
     from asa_plugin.attacks.jobs import recipe_jobs
     from asa_plugin.attacks.runner import Shard
-    from asa_plugin.config import load_config, read_file
     from asa_plugin.checks import check_cache_dir, check_model_dir, check_writable, looks_local
+    from asa_plugin.config import load_config, read_file
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: --resume continues earlier results, "
