@@ -48,7 +48,7 @@ def load_adapter(name_or_path: str, num_labels: int | None = None, attn_implemen
 
         registry = get_plugin_manager().adapters
     path = resolve_backbone(name_or_path)
-    from asa_plugin.preflight import check_model_dir, looks_local
+    from asa_plugin.checks import check_model_dir, looks_local
 
     if looks_local(path):
         check_model_dir(path, "model")  # before transformers guesses an architecture from the path name

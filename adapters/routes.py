@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from asa_plugin.adapters.base import BiasProvider
 from asa_plugin.adapters.table import Architecture
 from torch import nn
-
-BiasProvider = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
 # --- pure maths --------------------------------------------------------------------------------

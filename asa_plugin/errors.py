@@ -2,6 +2,7 @@
 
 import errno
 import os
+import sys
 from contextlib import contextmanager
 
 
@@ -121,6 +122,11 @@ def start_over_hint(path, attack_words: str = "rerun with --overwrite") -> str:
     """How to discard earlier results at ``path``: ``attack_words`` (``--overwrite``) under ``advrobust
     attack`` (the only command with that flag), else moving them away."""
     return attack_words if current_command() in (None, "attack") else f"move {path} away to start it again"
+
+
+def stderr_note(message: str, command: str = "attack") -> None:
+    """``advrobust COMMAND: note: MESSAGE`` on stderr: a fact the user should know, not an error."""
+    print(f"advrobust {command}: note: {message}", file=sys.stderr, flush=True)
 
 
 def is_main_rank() -> bool:

@@ -40,7 +40,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from asa_plugin.config import DefenceConfig, _build_defence
+from asa_plugin.config import DefenceConfig, build_defence_config
 from asa_plugin.defences.base import Defence, build_defence
 from asa_plugin.defences.perturbation import loss_scaler
 from asa_plugin.errors import ConfigError, UserError
@@ -76,7 +76,7 @@ def defence_config(spec: DefenceSpec, registry, source: str = "DefenceTrainer(de
     else:
         raise ConfigError(f"{source}: defence must be a name, a list of names or a dict with a `name` key, "
                           f"got {spec!r}")
-    return _build_defence(raw, source, registry)
+    return build_defence_config(raw, source, registry)
 
 
 def _flatten(metrics: Mapping[str, Any]) -> dict[str, float | torch.Tensor]:

@@ -23,12 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 from asa_plugin.defences import label_names
+from asa_plugin.fileio import tomllib, write_text_atomic
 
 CARD_FILE = "README.md"
 BASE_MODEL_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -242,11 +238,11 @@ def write_card(model_dir: str | Path, facts: CardFacts, metadata: dict[str, Any]
         text, kept = merge_card(existing, generated)
     except ValueError as error:
         beside = path.with_name(BESIDE_FILE)
-        beside.write_text(merge_card(None, generated)[0], encoding="utf-8")
+        write_text_atomic(beside, merge_card(None, generated)[0])
         _say(f"{path} is not changed (its metadata block does not parse: {str(error).splitlines()[0]}); "
              f"the model card is written beside it, to {beside.name}")
         return beside
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     if kept:
         _say(f"{path} has text of its own: it is kept, and the model card is merged into it between "
              f"{CARD_START} and {CARD_END}")

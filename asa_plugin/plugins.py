@@ -111,20 +111,23 @@ def _subclass_check(module: str, name: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _recipe_check(value: Any) -> str | None:
-    from asa_plugin.attacks.recipes import Recipe
+def _instance_check(module: str, name: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        cls = getattr(importlib.import_module(module), name)
+        return None if isinstance(value, cls) else f"is not an {module}.{name}"
 
-    return None if isinstance(value, Recipe) else "is not an asa_plugin.attacks.recipes.Recipe"
+    return check
 
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "defence": _subclass_check("asa_plugin.defences.base", "Defence"),
     "adapter": _subclass_check("asa_plugin.adapters.base", "BackboneAdapter"),
-    "recipe": _recipe_check,
+    "recipe": _instance_check("asa_plugin.attacks.recipes", "Recipe"),
     "dataset": lambda value: None if callable(value) else "is not callable (split -> rows)",
     "executor": _subclass_check("asa_plugin.bench.executors", "Executor"),
 }
-"""What each kind of registered object must be."""
+"""What each kind of registered object must be, its class named by module path: the registry sits below the layers
+whose objects it holds (docs/architecture.md), so it looks a class up when a plugin registers one."""
 
 
 class PluginManager:

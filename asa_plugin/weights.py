@@ -1,4 +1,4 @@
-"""Checks of weight files that need neither torch nor transformers (a layer below training and preflight)."""
+"""Checks of weight files that need neither torch nor transformers (a utility below asa_plugin.checks and training)."""
 
 from __future__ import annotations
 

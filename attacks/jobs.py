@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from asa_plugin.errors import stderr_note
+
 
 def resolve_model(path: str) -> tuple[str, Path | None]:
     """(model checkpoint to load, the run dir it belongs to or None)."""
@@ -17,13 +19,6 @@ def resolve_model(path: str) -> tuple[str, Path | None]:
     if (p / "config.json").is_file() and (p.parent / "config.resolved.toml").is_file():
         return str(p), p.parent
     return path, None
-
-
-def stderr_note(message: str) -> None:
-    """``advrobust attack: note: MESSAGE`` on stderr: a fact the user should know, not an error."""
-    import sys
-
-    print(f"advrobust attack: note: {message}", file=sys.stderr, flush=True)
 
 
 def data_source(data, split: str) -> str:
@@ -45,10 +40,10 @@ def recipe_jobs(cfg, checkpoint: str, out: Path, recipes: list[str], shard=None,
     from asa_plugin.attacks.visible import visible_texts
     from transformers import AutoTokenizer
 
+    from asa_plugin.checks import check_max_length
     from asa_plugin.data import load_split
     from asa_plugin.data.labels import checkpoint_labels, class_mismatch
     from asa_plugin.data.loading import check_same_inputs
-    from asa_plugin.preflight import check_max_length
 
     if cfg.attack.max_length:
         check_max_length(checkpoint, cfg.attack.max_length, f"{cfg.source}: attack.max_length",

@@ -10,11 +10,14 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from asa_plugin.errors import UserError
+from asa_plugin.fileio import read_json  # noqa: F401 - re-exported: the bench and the attacks read JSON from here
+from asa_plugin.fileio import write_json_atomic as write_json  # noqa: F401 - the atomic writers, under their old names
+from asa_plugin.fileio import write_jsonl_atomic as write_rows  # noqa: F401
 from asa_plugin.outputs import portable_text
 
 OUTCOMES = ("successful", "failed", "skipped", "maximized", "unperturbable")
@@ -94,7 +97,7 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict],
     (workers, threads per worker, device)."""
     from asa_plugin.attacks.profiling import breakdown
 
-    from asa_plugin.training.degenerate import judge_rows
+    from asa_plugin.degenerate import judge_rows
 
     verdict = judge_rows(rows)  # every example the model predicted, unperturbable ones included
     counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
@@ -232,16 +235,6 @@ def _row_index(line: str) -> Any:
         return None
 
 
-def read_json(path: Path, what: str = "file") -> Any:
-    """``json.load`` of ``path``; a damaged file is one :class:`UserError` naming it."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f"line {exc.lineno}: " if isinstance(exc, json.JSONDecodeError) else ""
-        raise UserError(f"{path}: {where}damaged {what} (not valid JSON); it was left untouched: restore it, "
-                        f"or delete it to redo that step") from None
-
-
 class RowWriter:
     """Appends rows to results.jsonl, one write + flush + fsync per row."""
 
@@ -258,29 +251,6 @@ class RowWriter:
 
     def close(self) -> None:
         self.file.close()
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    except OSError as exc:  # disk full: name the file; the one it replaces is untouched
-        tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    tmp.replace(path)
-
-
-def write_rows(path: Path, rows: Iterable[dict]) -> None:
-    """Write JSONL atomically (temp file + rename); a failed write names ``path``, the old file stays."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    tmp.replace(path)
 
 
 def without_timing(obj: Any) -> Any:

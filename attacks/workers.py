@@ -134,7 +134,7 @@ def worker_main(rank: int, job, execution: Execution, tasks, results, parent: in
         torch.set_num_threads(execution.threads.threads)
         if execution.device == "cuda":
             torch.cuda.set_device(rank % torch.cuda.device_count())
-        from asa_plugin.attacks.runner import AttackSession
+        from asa_plugin.attacks.session import AttackSession
 
         from asa_plugin.plugins import get_plugin_manager
 

@@ -177,9 +177,9 @@ def test_checking_the_recipes_before_a_bench_warns_about_nothing(attack_cache, t
     """The bench builds each recipe against a stand-in model before it trains; TextAttack's note that it
     cannot tell whether that stand-in suits the goal function is about the stand-in, not the user's model."""
     from asa_plugin.attacks.config import AttackConfig
+    from asa_plugin.attacks.warmup import build_recipes
 
     from asa_plugin.plugins import get_plugin_manager
-    from asa_plugin.preflight import build_recipes
 
     cfg = AttackConfig(cache_dir=str(attack_cache), nltk_data=nltk_data_dir(), embedding_vocab_size=8000)
     build_recipes(RECIPES, cfg, tmp_path / "attack", get_plugin_manager())

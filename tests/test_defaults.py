@@ -10,6 +10,7 @@ import pytest
 import torch
 from asa_plugin.adapters.loading import load_adapter
 
+from asa_plugin import degenerate
 from asa_plugin.commands.attack import degenerate_warning
 from asa_plugin.config import load_config
 from asa_plugin.defences.asa import ASADefence, ASAParams
@@ -19,7 +20,6 @@ from asa_plugin.defences.pgd import PGDParams
 from asa_plugin.defences.scal import SCALParams
 from asa_plugin.defences.uscal import USCALParams
 from asa_plugin.errors import ConfigError
-from asa_plugin.training import degenerate
 from asa_plugin.training.loop import _optimizer
 
 

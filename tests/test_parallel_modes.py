@@ -18,7 +18,7 @@ from asa_plugin.adapters.loading import load_adapter
 from safetensors.torch import load_file
 
 from asa_plugin.cli import main
-from asa_plugin.config import _build_defence
+from asa_plugin.config import build_defence_config
 from asa_plugin.defences.base import build_defence
 from asa_plugin.defences.perturbation import without_gradient_sync
 from asa_plugin.plugins import get_plugin_manager
@@ -107,7 +107,7 @@ def test_ddp_checks_see_through_torch_compile(one_process_group, tiny_bert_dir):
         assert ddp.require_backward_grad_sync is True
         with adapter.unwrapped_runner():
             assert adapter.runner is adapter.model
-        spec = _build_defence({"name": "pgd"}, "test", pm.defences)
+        spec = build_defence_config({"name": "pgd"}, "test", pm.defences)
         defence = build_defence(spec.names, spec.params, adapter, pm.defences)
         batch = {"input_ids": torch.tensor([[2, 10, 11, 12, 3], [2, 13, 14, 3, 0]]),
                  "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]), "labels": torch.tensor([0, 1])}

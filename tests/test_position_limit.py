@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import tomli_w
 
+from asa_plugin.checks import position_limit
 from asa_plugin.cli import main
-from asa_plugin.preflight import position_limit
 
 LIMIT_CASES = [
     # (config, tokens the position table holds, or None: no absolute table)

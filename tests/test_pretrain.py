@@ -460,10 +460,10 @@ def test_two_processes_pre_train_and_evaluate_every_held_out_block_once(tmp_path
 
 def test_only_defences_checks_the_backbones_of_the_cells_it_runs(tmp_path, toy_data, tiny_bert_dir, capsys):
     """A pre-trained encoder still being made does not block the cells of the finished ones."""
+    from asa_plugin.bench.checks import check_bench
     from asa_plugin.bench.plan import load_plan
     from asa_plugin.errors import UserError
     from asa_plugin.plugins import get_plugin_manager
-    from asa_plugin.preflight import check_bench
 
     config = {"model": {"backbone": "minilm", "num_labels": 2, "max_length": 32},
               "data": {"train_file": str(toy_data["train"]), "dev_file": str(toy_data["dev"])},

@@ -178,10 +178,10 @@ def test_a_bench_rerun_accepts_what_does_not_change_results(tmp_path, tiny_bert_
 
     import pytest
 
+    from asa_plugin.bench.checks import check_bench_settings
     from asa_plugin.bench.grid import write_bench_file
     from asa_plugin.bench.plan import BENCH_FILE, load_plan
     from asa_plugin.errors import UserError
-    from asa_plugin.preflight import check_bench_settings
 
     cfg = _bench_config(tmp_path, tiny_bert_dir, toy_data)
     write_bench_file(load_plan(cfg, ["bench.defences=['vanilla','scal']", "defence.scal.template=promptbert"]))
@@ -204,10 +204,10 @@ def test_a_bench_rerun_accepts_a_defence_option_its_record_predates(tmp_path, ti
 
     import pytest
 
+    from asa_plugin.bench.checks import check_bench_settings
     from asa_plugin.bench.grid import write_bench_file
     from asa_plugin.bench.plan import BENCH_FILE, load_plan
     from asa_plugin.errors import UserError
-    from asa_plugin.preflight import check_bench_settings
 
     cfg = _bench_config(tmp_path, tiny_bert_dir, toy_data)
     labels = "bench.defences=['vanilla','asa','asa+freelb']"

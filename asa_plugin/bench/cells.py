@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from asa_plugin.bench.plan import BenchPlan, Cell
+from asa_plugin.bench.plan import BenchPlan, TrainingRun
 from asa_plugin.defences import label_names
 
 STEP_COST = {"vanilla": 1.0, "asa": 2.075, "fgm": 1.978, "pgd": 3.359, "freelb": 2.874, "scal": 2.486,
@@ -52,7 +52,7 @@ class GridCell:
     """One unit of work of the grid: its kind, the training run it belongs to, and what it needs first."""
 
     kind: str  # "train" | "attack" | "merge" | "evaluate"
-    run: Cell  # the training run (defence, seed, run config)
+    run: TrainingRun  # the training run (defence, seed, run config)
     recipe: str | None = None
     shard: tuple[int, int] | None = None  # (index, count) of a sharded attack
     spec: str | None = None  # static set: FILE[#TASK]
@@ -144,14 +144,14 @@ def execute(cell: GridCell, progress: bool = False, gpu: int | None = None, sing
     cfg = cell.run.cfg
     pm = get_plugin_manager(load_external=cfg.plugins.external, block=cfg.plugins.block)
     if cell.kind == "train":
-        from asa_plugin.bench.grid import say, train_cell
+        from asa_plugin.bench.runs import say, train_cell
 
         metrics = train_cell(cell.run, pm, log=say, progress=progress)
         return (f"eval_accuracy {metrics['eval_accuracy']:.4f}, {metrics['steps']} steps, "
                 f"{metrics['train_seconds']:.1f} s")
     if cell.kind == "evaluate":
         from asa_plugin.bench.static import parse, task_hint
-        from asa_plugin.evaluation import evaluate_static_set
+        from asa_plugin.static_sets import evaluate_static_set
 
         file, task, name = parse(cell.spec)
         summary, _ = evaluate_static_set(str(cell.run.run_dir / "model"), cell.run.run_dir, cell.run.run_dir,

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_plugin.bench.cells import GridCell, execute, priority
+from asa_plugin.fileio import write_json_atomic
 
 FAILURES_FILE = "failures.json"
 """OUT/failures.json: cell key -> its one-line error, for the cells whose last attempt failed."""
@@ -405,9 +406,7 @@ def _write_failures(out_dir: Path, failures: dict[str, str]) -> None:
     if not failures:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(failures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, failures, sort_keys=True)
 
 
 # --- the walk over the graph ------------------------------------------------------------------------------------

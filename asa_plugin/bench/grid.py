@@ -12,19 +12,12 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from asa_plugin.attacks import results as res
-from asa_plugin.bench.plan import BENCH_FILE, BenchPlan, Cell
-from asa_plugin.errors import UserError
-
-Log = Callable[[str], None]
-
-
-def say(line: str) -> None:
-    print(f"[bench] {line}", flush=True)
+from asa_plugin.bench.plan import BENCH_FILE, BenchPlan
+from asa_plugin.bench.runs import Log, check_seed, say, train_cell  # noqa: F401 - train_cell: its old import path
 
 
 def machine() -> dict[str, Any]:
@@ -56,40 +49,6 @@ def write_bench_file(plan: BenchPlan) -> dict[str, Any]:
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     res.write_json(path, info)
     return info
-
-
-def check_seed(cell: Cell) -> None:
-    """Refuse a run directory trained with another seed than the grid gives it (e.g. after
-    ``bench.seeds`` changed): its results would be reported under the wrong seed."""
-    from asa_plugin.config import read_file
-
-    resolved = cell.run_dir / "config.resolved.toml"
-    if not resolved.is_file():
-        return
-    seed = read_file(resolved).get("train", {}).get("seed")
-    if seed is not None and seed != cell.seed:
-        raise UserError(f"{cell.run_dir} was trained with train.seed = {seed}, but the grid gives run "
-                        f"'{cell.name}' seed {cell.seed}: move that directory away, or make bench.seeds[0] = {seed}")
-
-
-def train_cell(cell: Cell, pm, log: Log = say, progress: bool = True) -> dict[str, Any]:
-    """Train ``cell`` unless its metrics.json exists; resume from a checkpoint when one exists.
-    ``progress``: the training's progress bar on stderr."""
-    from asa_plugin.training import checkpoint
-    from asa_plugin.training.loop import train
-
-    metrics_path = cell.run_dir / "metrics.json"
-    check_seed(cell)
-    if metrics_path.is_file():
-        log(f"train {cell.name}: done, skipped ({metrics_path})")
-        return res.read_json(metrics_path, "metrics.json")
-    resuming = checkpoint.find(cell.run_dir) is not None
-    log(f"train {cell.name}: {'resuming from checkpoint' if resuming else 'training'} into {cell.run_dir}")
-    # a run dir with no checkpoint yet (the cell stopped before its first) starts over without --resume
-    metrics = train(cell.cfg, resume=resuming, pm=pm, progress=progress)
-    log(f"train {cell.name} (seed {cell.seed}): eval_accuracy {metrics['eval_accuracy']:.4f}, "
-        f"{metrics['steps']} steps, {metrics['train_seconds']:.1f} s")
-    return metrics
 
 
 def run_grid(plan: BenchPlan, pm=None, progress: bool = True, log: Log = say,

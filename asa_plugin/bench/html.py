@@ -23,6 +23,7 @@ from typing import Any
 from asa_plugin.attacks import results as res
 from asa_plugin.bench.markdown import judged, verdict
 from asa_plugin.bench.plan import grid_runs
+from asa_plugin.fileio import write_text_atomic
 
 ASSETS = Path(__file__).with_name("report_html")
 ROW_FIELDS = ("index", "outcome", "gold_label", "original_prediction", "perturbed_prediction", "original_text",
@@ -143,7 +144,7 @@ def write_html(out_dir: str | Path, report: dict[str, Any]) -> Path:
     """Write ``out_dir/report.html`` for a collected report (with its plots); return its path."""
     out = Path(out_dir)
     path = out / "report.html"
-    path.write_text(render(page_data(out, report)), encoding="utf-8")
+    write_text_atomic(path, render(page_data(out, report)))
     return path
 
 

@@ -168,8 +168,10 @@ def run_name(label: str, seed: int, first_seed: int) -> str:
 
 
 @dataclass
-class Cell:
-    """One training run of the grid (a defence with one seed), its run config and the recipes attacking it."""
+class TrainingRun:
+    """One training run of the grid (a defence with one seed), its run config and the recipes attacking it.
+
+    Not a cell: the grid's cells (:class:`asa_plugin.bench.cells.GridCell`) train, attack or evaluate one run."""
 
     label: str
     cfg: RunConfig
@@ -182,12 +184,16 @@ class Cell:
         return self.cfg.run_dir()
 
 
+Cell = TrainingRun
+"""The old name of :class:`TrainingRun` (kept for plugins and scripts that import it)."""
+
+
 @dataclass
 class BenchPlan:
     source: str
     bench: BenchSection
     recipes: list[str]
-    cells: list[Cell] = field(default_factory=list)
+    cells: list[TrainingRun] = field(default_factory=list)  # the training runs (a name kept from before)
 
     seeds: list[int] = field(default_factory=list)
 
@@ -324,7 +330,7 @@ def load_plan(path: str | Path, overrides: list[str] | None = None, values: dict
         except ConfigError as exc:
             raise ConfigError(f"{source}: defence '{label}': {str(exc).removeprefix('<config>: ')}") from None
         cfg.source = source
-        cells.append(Cell(label, cfg))
+        cells.append(TrainingRun(label, cfg))
     recipes = list(cells[0].cfg.attack.recipes)
     seeds = bench.seeds or [cells[0].cfg.train.seed]
     unknown = [r for r in bench.extra_seeds_recipes or [] if r not in recipes]
@@ -354,8 +360,9 @@ def _bench_section(raw: Any, values: dict[str, Any], pm, source: str) -> BenchSe
     return bench
 
 
-def seed_runs(cell: Cell, bench: BenchSection, recipes: list[str], seeds: list[int], out: Path) -> list[Cell]:
-    """Cell ``cell.label`` once per seed it trains with: seeds[0] attacked by every recipe, the
+def seed_runs(cell: TrainingRun, bench: BenchSection, recipes: list[str], seeds: list[int],
+              out: Path) -> list[TrainingRun]:
+    """Run ``cell.label`` once per seed it trains with: seeds[0] attacked by every recipe, the
     others (only for ``extra_seeds_defences``) by ``extra_seeds_recipes``."""
     extra = bench.extra_seeds_defences is None or cell.label in bench.extra_seeds_defences
     runs = []
@@ -366,7 +373,7 @@ def seed_runs(cell: Cell, bench: BenchSection, recipes: list[str], seeds: list[i
         cfg.output.run_dir = str(out / "runs" / name)
         mine = recipes if seed == seeds[0] else [r for r in recipes if bench.extra_seeds_recipes is None
                                                  or r in bench.extra_seeds_recipes]
-        runs.append(Cell(cell.label, cfg, seed=seed, recipes=mine, name=name))
+        runs.append(TrainingRun(cell.label, cfg, seed=seed, recipes=mine, name=name))
     return runs
 
 

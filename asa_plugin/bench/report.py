@@ -18,12 +18,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from asa_plugin import degenerate
 from asa_plugin.attacks import results as res
 from asa_plugin.bench import stats
 from asa_plugin.bench.plan import grid_runs, read_bench_file
 from asa_plugin.bench.static import parse as parse_static
+from asa_plugin.fileio import write_text_atomic
 from asa_plugin.outputs import portable_path
-from asa_plugin.training import degenerate
 
 ATTACK_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed_pct",
                "avg_queries", "num_examples", "unperturbable", "seconds")
@@ -251,7 +252,7 @@ def write_report(out_dir: str | Path, pm=None) -> dict[str, Any]:
     report = collect(out)
     report["plots"] = draw_all(report, out)
     res.write_json(out / "report.json", report)
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    write_text_atomic(out / "report.md", render_markdown(report))
     write_html(out, report)
     if pm is not None:
         pm.on_report(report_dir=out, report=report)

@@ -50,7 +50,7 @@ IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 def output_path(out: str | None, run_dir) -> Path:
     """The file asa-maps writes (``--out`` with ``.png`` added when it has no image suffix, as matplotlib
     would add it), checked writable before the model loads."""
-    from asa_plugin.preflight import check_writable
+    from asa_plugin.checks import check_writable
 
     path = Path(out) if out else Path(run_dir) / "asa_maps.png"
     if path.suffix.lower() not in IMAGE_SUFFIXES:

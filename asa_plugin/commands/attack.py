@@ -94,8 +94,8 @@ def build_jobs(args):
     """The config (validated) and one AttackJob per recipe."""
     from asa_plugin.attacks.jobs import recipe_jobs
     from asa_plugin.attacks.runner import Shard
+    from asa_plugin.checks import check_cache_dir, check_model_dir, check_writable, looks_local
     from asa_plugin.config import load_config, read_file
-    from asa_plugin.preflight import check_cache_dir, check_model_dir, check_writable, looks_local
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: --resume continues earlier results, "
@@ -142,7 +142,7 @@ def build_jobs(args):
         raise UserError(f"--shard {args.shard}: shard {shard.index} of {shard.count} holds no example (there are "
                         f"{total}); use at most {total} shards, e.g. --shard 0/{total}")
     if jobs:
-        from asa_plugin.attacks.runner import resolve_cache_dir
+        from asa_plugin.attacks.session import resolve_cache_dir
 
         check_cache_dir(resolve_cache_dir(jobs[0]))
     if args.resume:

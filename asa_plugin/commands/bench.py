@@ -46,13 +46,13 @@ def flag_values(args) -> dict:
 def run(args) -> int:
     from asa_plugin import interrupts
     from asa_plugin.bench.cells import build_cells
+    from asa_plugin.bench.checks import check_bench
     from asa_plugin.bench.grid import run_grid, say
     from asa_plugin.bench.plan import load_plan
     from asa_plugin.bench.report import write_report
     from asa_plugin.locks import run_locks, shared_lock
     from asa_plugin.modelcard import write_bench_cards
     from asa_plugin.plugins import get_plugin_manager
-    from asa_plugin.preflight import check_bench
 
     plan = load_plan(args.config, args.overrides, flag_values(args))
     plugins = plan.cells[0].cfg.plugins

@@ -32,13 +32,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from asa_plugin.attacks.jobs import resolve_model
     from asa_plugin.errors import UserError
-    from asa_plugin.evaluation import evaluate_static_set
+    from asa_plugin.static_sets import evaluate_static_set
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_length is not None and args.max_length < 1:
         raise UserError(f"--max-length must be >= 1, got {args.max_length}")
-    from asa_plugin.preflight import check_model_dir, check_writable, looks_local
+    from asa_plugin.checks import check_model_dir, check_writable, looks_local
 
     checkpoint, run_dir = resolve_model(args.model)
     if looks_local(checkpoint):

@@ -17,8 +17,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from asa_plugin import interrupts
+    from asa_plugin.checks import check_max_length, check_model_dir, check_writable, looks_local
     from asa_plugin.plugins import get_plugin_manager
-    from asa_plugin.preflight import check_max_length, check_model_dir, check_writable, looks_local
     from asa_plugin.pretraining.config import load_pretrain_config
     from asa_plugin.training import checkpoint
 

@@ -17,8 +17,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from asa_plugin import interrupts
+    from asa_plugin.checks import check_data_files, check_max_length, check_model_dir, check_writable, looks_local
     from asa_plugin.config import load_config
-    from asa_plugin.preflight import check_data_files, check_max_length, check_model_dir, check_writable, looks_local
     from asa_plugin.training import checkpoint
 
     cfg = load_config(args.config, args.overrides)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from asa_plugin.collectives import sum_across_processes  # noqa: F401 - re-exported: its old import path
 from asa_plugin.errors import ConfigError, UserError
 
 
@@ -110,22 +111,6 @@ def local_batches(global_batches: int, num_processes: int) -> int:
     """Batches each process runs per epoch: Accelerate deals the batches round-robin and pads the
     last round with batches from the start of the epoch (``even_batches``)."""
     return math.ceil(global_batches / num_processes)
-
-
-def sum_across_processes(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum of ``values`` over the processes of a distributed run (itself otherwise).
-
-    Every process must call it at the same point; used for counters kept per process.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    from accelerate import PartialState
-
-    summed = values.to(PartialState().device)
-    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
-    return summed.to(values.device)
 
 
 SUPPORTED_PARALLELISM = ("one process, or several with DDP (accelerate launch --multi_gpu, on CPU with "

@@ -29,9 +29,9 @@ from asa_plugin.locks import run_lock
 from asa_plugin.modelcard import write_model_card
 from asa_plugin.outputs import match_umask
 from asa_plugin.plugins import PluginManager, get_plugin_manager
-from asa_plugin.preflight import check_resume, describe_job
 from asa_plugin.threads import TRAIN_DEFAULT_THREADS, apply_threads, follow_thread_budget
 from asa_plugin.training import checkpoint, degenerate
+from asa_plugin.training.banner import describe_job
 from asa_plugin.training.batching import EncodedDataset, make_loader, truncation_note
 from asa_plugin.training.distributed import (
     TrainedModules,
@@ -46,6 +46,7 @@ from asa_plugin.training.distributed import (
 from asa_plugin.training.evaluate import evaluate
 from asa_plugin.training.losses import PendingLosses, first_non_finite, loss_tensor
 from asa_plugin.training.optim import build_optimizer
+from asa_plugin.training.resume import check_resume
 
 log = logging.getLogger("advrobust.train")
 KILL_AT_STEP_ENV = "ADVROBUST_TEST_KILL_AT_STEP"
@@ -152,7 +153,7 @@ def _check_something_to_resume(run_dir: Path) -> None:
 
 def _check_finished_model(run_dir: Path) -> None:
     """A finished run given --resume returns its metrics: only if its exported model is whole."""
-    from asa_plugin.preflight import check_model_dir
+    from asa_plugin.checks import check_model_dir
 
     try:
         check_model_dir(run_dir / "model", "the finished model")

@@ -216,7 +216,7 @@ class MaskCounts:
 
     def _synchronize(self) -> None:
         """Move this process's counts into ``total``, summed over all processes."""
-        from asa_plugin.training.distributed import sum_across_processes
+        from asa_plugin.collectives import sum_across_processes
 
         local = torch.tensor([[int(self.masked[i]) for i in self.layers],
                               [int(self.units[i]) for i in self.layers]], dtype=torch.long)  # (2, layers)

@@ -25,7 +25,7 @@ class LayerMap:
 
 
 def _max_length(run_dir: Path) -> int:
-    from asa_plugin.config import tomllib
+    from asa_plugin.fileio import tomllib
 
     resolved = run_dir / "config.resolved.toml"
     if resolved.is_file():
