@@ -68,8 +68,17 @@ def _blamed(exc: UserError, args) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else list(argv)))
     interrupts.reset()
-    interrupts.sigterm_as_interrupt()
+    previous_sigterm = interrupts.sigterm_as_interrupt()
     set_command(args.command)
+    try:
+        return _run(args)
+    finally:  # the process-wide state a command set is not left to whoever called main() in-process
+        interrupts.restore_sigterm(previous_sigterm)
+        set_command(None)
+
+
+def _run(args) -> int:
+    """Run the parsed command; a user error, a broken pipe, an interruption or a failed write is its one line."""
     try:
         return int(args.run(args) or 0)
     except UserError as exc:

@@ -50,12 +50,20 @@ def message() -> str:
     return f"interrupted; {state.detail}; nothing to resume yet, a rerun starts this part over"
 
 
-def sigterm_as_interrupt() -> None:
-    """Handle SIGTERM (``kill``, a scheduler's timeout) exactly like Ctrl-C."""
+def sigterm_as_interrupt():
+    """Handle SIGTERM (``kill``, a scheduler's timeout) exactly like Ctrl-C; return the handler it replaced
+    (None where none could be installed), for :func:`restore_sigterm`."""
     def handler(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. inside a test runner thread)
-        pass
+        return None
+
+
+def restore_sigterm(previous) -> None:
+    """Put back the SIGTERM handler :func:`sigterm_as_interrupt` replaced (a command run inside a Python
+    session, such as a test's ``main([...])``, leaves that session's own SIGTERM behaviour as it found it)."""
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)

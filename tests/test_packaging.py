@@ -29,5 +29,7 @@ def test_installed_project_imports_adapters_and_attacks_under_asa_plugin():
             "print(u.find_spec('asa_plugin.adapters') is not None, u.find_spec('asa_plugin.attacks') is not None, "
             "u.find_spec('adapters') is None or 'asa_plugin' not in (u.find_spec('adapters').origin or ''), "
             "u.find_spec('attacks') is None)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/").stdout
+    # -I: what the installation provides, not a PYTHONPATH at the checkout (whose top level holds adapters/, attacks/)
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True,
+                         cwd="/").stdout
     assert out.split() == ["True", "True", "True", "True"]

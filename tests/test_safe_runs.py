@@ -80,6 +80,26 @@ def test_sigterm_is_handled_like_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_a_command_run_in_process_leaves_sigterm_and_the_command_as_it_found_them(capsys):
+    """``main([...])`` inside a Python session (every in-process CLI test) puts back that session's SIGTERM handler
+    and current command: pytest itself still stops on SIGTERM afterwards (it turned into a KeyboardInterrupt inside
+    a later test's command, answered as exit 130), and a later library call's hints are no command's."""
+    from asa_plugin.errors import current_command
+
+    def own(signum, frame):
+        raise SystemExit("the session's own handler")
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        assert main(["config", "--set", "train.lr=inf"]) == 2  # a command that stops with a user error
+        assert main(["config", "--set", "train.lr=0.01"]) == 0  # and one that finishes
+        assert signal.getsignal(signal.SIGTERM) is own
+        assert current_command() is None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    capsys.readouterr()
+
+
 def test_resume_refuses_changed_settings_and_keeps_the_resolved_config(capsys, tmp_path, run_config,
                                                                       interrupt_after_epoch, monkeypatch):
     cfg = run_config(train="checkpoint_every_steps = 2")
