@@ -118,7 +118,7 @@ def _recipe_check(value: Any) -> str | None:
 
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "defence": _subclass_check("asa_plugin.defences.base", "Defence"),
+    "defence": lambda value: importlib.import_module("asa_plugin.defences.base").defence_class_problem(value),
     "adapter": _subclass_check("asa_plugin.adapters.base", "BackboneAdapter"),
     "recipe": _recipe_check,
     "dataset": lambda value: None if callable(value) else "is not callable (split -> rows)",
