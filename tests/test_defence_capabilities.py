@@ -134,7 +134,8 @@ BAD_DECLARATIONS = [  # (what the class declares, what the one line says)
 ]
 
 
-@pytest.mark.parametrize("declares,says", BAD_DECLARATIONS)
+@pytest.mark.parametrize("declares,says", BAD_DECLARATIONS,
+                         ids=["role-typo", "cost-zero", "cost-text", "cost-nan", "masked-lm-text"])
 def test_a_capability_the_toolkit_cannot_use_fails_at_registration_naming_the_plugin(install_plugin, declares, says):
     from asa_plugin.plugins import PluginManager
 
