@@ -120,7 +120,7 @@ def _instance_check(module: str, name: str) -> Callable[[Any], str | None]:
 
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "defence": _subclass_check("asa_plugin.defences.base", "Defence"),
+    "defence": lambda value: importlib.import_module("asa_plugin.defences.base").defence_class_problem(value),
     "adapter": _subclass_check("asa_plugin.adapters.base", "BackboneAdapter"),
     "recipe": _instance_check("asa_plugin.attacks.recipes", "Recipe"),
     "dataset": lambda value: None if callable(value) else "is not callable (split -> rows)",

@@ -125,7 +125,7 @@ def summarize(rows: list[dict], manifest: dict[str, Any], assets: list[dict],
         "time_breakdown": breakdown(every),
         "execution": execution,
         "outcomes": counts,
-        # judged from these rows' gold labels and original predictions (training/degenerate.py)
+        # judged from these rows' gold labels and original predictions (asa_plugin/degenerate.py)
         "degenerate": verdict.degenerate if verdict else None,
         "degenerate_reason": verdict.reason if verdict else None,
         "balanced_accuracy": verdict.balanced_accuracy if verdict else None,

@@ -178,19 +178,17 @@ def test_training_records_its_cpu_seconds_and_the_report_shows_them_beside_wall_
 @pytest.mark.parametrize(("recorded", "expect_cpu"), [(0.0, True), (None, False)],
                          ids=["new run", "resumed from a checkpoint without CPU seconds"])
 def test_training_time_adds_wall_and_cpu_seconds_and_keeps_unknown_cpu_unknown(recorded, expect_cpu):
-    import time
+    from asa_plugin.training.state import Stopwatch, TrainState
 
-    from asa_plugin.training.loop import _add_time
-
-    state = {"train_seconds": 1.0, "train_cpu_seconds": recorded}
-    started, cpu_started = time.perf_counter(), time.process_time()
+    state = TrainState(train_seconds=1.0, train_cpu_seconds=recorded)
+    watch = Stopwatch()
     sum(i * i for i in range(200_000))  # some CPU work for this process
-    _add_time(state, started, cpu_started)
-    assert state["train_seconds"] > 1.0
+    state.add_time(watch)
+    assert state.train_seconds > 1.0
     if expect_cpu:
-        assert state["train_cpu_seconds"] > 0
+        assert state.train_cpu_seconds > 0
     else:  # a part of the run was not measured: no partial sum passed off as the whole
-        assert state["train_cpu_seconds"] is None
+        assert state.train_cpu_seconds is None
 
 
 def test_attack_rows_record_the_confidence_of_each_prediction(bench):

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from tiny import tiny_model_dir, write_sentiment_tsv
 
 PROBE = str(Path(__file__).with_name("ddp_probe.py"))
+KILL_AT_STEP = str(Path(__file__).with_name("kill_at_step.py"))  # runs a command, SIGKILLs it after a given step
 B = 8
 """Per-process batch size of the two-process runs."""
 
@@ -199,8 +200,7 @@ def two_process_asa_runs(setup):
                                   batch_size=11, epochs=3, lr=1e-2, checkpoint_every_steps=2)
     straight = launch(2, "-m", "asa_plugin.cli", "train", str(runs["straight"]), **SLOW_RANK)
     assert straight.returncode == 0, failure(straight)
-    killed = launch(2, "-m", "asa_plugin.cli", "train", str(runs["killed"]), ADVROBUST_TEST_KILL_AT_STEP="3",
-                    **SLOW_RANK)
+    killed = launch(2, KILL_AT_STEP, "3", "train", str(runs["killed"]), **SLOW_RANK)
     # the launcher reports its workers' deaths by SIGKILL (torch elastic's summary), nothing else
     assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr, failure(killed)
     assert not (root / "asa-killed" / "metrics.json").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from tiny import WORDS
 from asa_plugin.cli import main
 from asa_plugin.pretraining.config import PretrainConfig
 
+KILL_AT_STEP = str(Path(__file__).with_name("kill_at_step.py"))
+"""The test harness that runs a command and SIGKILLs it at a given step (a step callback of the loop)."""
 TRAIN = {"max_steps": 10, "batch_size": 8, "lr": 5e-3, "warmup_ratio": 0.0, "seed": 7, "checkpoint_every_steps": 3,
          "log_every_steps": 2}
 
@@ -261,9 +262,10 @@ def test_gradient_reversal_reaches_the_adversaries_on_mlm(mlm_setup, monkeypatch
 
 
 # --- the command --------------------------------------------------------------------------------
-def pretrain_cli(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asa_plugin.cli", "pretrain", str(config), *args],
-                          capture_output=True, text=True, env={**os.environ, **env})
+def pretrain_killed_at(step: int, config: Path, *args: str) -> subprocess.CompletedProcess:
+    """``advrobust pretrain`` in a child process that SIGKILLs itself right after optimizer step ``step``."""
+    return subprocess.run([sys.executable, KILL_AT_STEP, str(step), "pretrain", str(config), *args],
+                          capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("defence,weights", [
@@ -274,7 +276,7 @@ def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(tmp_path, pretra
     config = pretrain_config(defence=defence)
     assert pretrain_here(config, "--set", f"output.run_dir='{tmp_path / 'straight'}'") == 0
     killed_dir = tmp_path / "killed"
-    killed = pretrain_cli(config, "--set", f"output.run_dir='{killed_dir}'", ADVROBUST_TEST_KILL_AT_STEP="7")
+    killed = pretrain_killed_at(7, config, "--set", f"output.run_dir='{killed_dir}'")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (killed_dir / "checkpoint").is_dir() and not (killed_dir / "metrics.json").exists()
     assert pretrain_here(config, "--set", f"output.run_dir='{killed_dir}'", "--resume") == 0

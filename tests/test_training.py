@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,11 +14,14 @@ from safetensors.torch import load_file
 
 from asa_plugin.cli import main
 
+KILL_AT_STEP = str(Path(__file__).with_name("kill_at_step.py"))
 
-def train_cli(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """``advrobust train`` in a child process: for the kill -9 and the process-level checks only."""
-    return subprocess.run([sys.executable, "-m", "asa_plugin.cli", "train", str(config), *args],
-                          capture_output=True, text=True, env={**os.environ, **env})
+
+def train_killed_at(step: int, config: Path, *args: str) -> subprocess.CompletedProcess:
+    """``advrobust train`` in a child process that SIGKILLs itself right after optimizer step ``step``
+    (tests/kill_at_step.py: a step callback of the loop)."""
+    return subprocess.run([sys.executable, KILL_AT_STEP, str(step), "train", str(config), *args],
+                          capture_output=True, text=True)
 
 
 def train_here(config: Path, *args: str) -> int:
@@ -86,7 +88,7 @@ def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(tmp_path, run_co
     assert train_here(config, "--set", f"output.run_dir='{tmp_path / 'straight'}'") == 0
 
     killed_dir = tmp_path / "killed"
-    killed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", ADVROBUST_TEST_KILL_AT_STEP="9")
+    killed = train_killed_at(9, config, "--set", f"output.run_dir='{killed_dir}'")
     assert killed.returncode == -signal.SIGKILL  # step 9 of 12: in the second epoch, after a mid-epoch checkpoint
     assert not (killed_dir / "metrics.json").exists() and (killed_dir / "checkpoint").is_dir()
 
@@ -103,6 +105,65 @@ def test_resume_after_kill_minus_9_matches_an_uninterrupted_run(tmp_path, run_co
         wa, wb = load_file(tmp_path / "straight" / name), load_file(killed_dir / name)
         assert wa.keys() == wb.keys(), name
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
+OLD_CHECKPOINT = {  # trainer_state.json of a checkpoint written before step_history, CPU seconds and threads
+    "epoch": 1, "batches_done": 2, "global_step": 8, "history": [{"epoch": 1, "eval_accuracy": 0.5}],
+    "train_seconds": 3.5, "examples_seen": 128, "num_processes": 1, "data_sha256": "ab12", "defence_state": {"n": 3},
+    "a_key_of_another_version": 1,
+}
+
+
+def test_the_train_state_reads_a_checkpoint_written_before_its_newer_fields():
+    from asa_plugin.training.state import TrainState
+
+    state = TrainState.from_checkpoint(OLD_CHECKPOINT)
+    assert (state.epoch, state.batches_done, state.global_step, state.examples_seen) == (1, 2, 8, 128)
+    assert state.defence_state == {"n": 3} and state.history == OLD_CHECKPOINT["history"]
+    assert state.step_history == [] and state.thread_changes == []
+    assert state.train_cpu_seconds is None  # not counted before: unknown, not 0
+    assert TrainState.from_checkpoint(state.to_dict()) == state  # what a checkpoint saves, it restores
+    assert TrainState().train_cpu_seconds == 0.0  # a fresh run counts from 0
+
+
+def test_step_callbacks_see_every_optimizer_step_after_its_checkpoint(tmp_path, run_config):
+    """The loop's one extension point per step (the kill -9 tests use it through tests/kill_at_step.py)."""
+    from asa_plugin.training.callbacks import step_callback
+
+    seen = []
+
+    def record(end):
+        seen.append((end.step, end.epoch, end.process_index, (end.run_dir / "checkpoint").is_dir()))
+
+    with step_callback(record):
+        assert train_here(run_config(train="checkpoint_every_steps = 4")) == 0
+    # 12 steps, 6 per epoch; a step's checkpoint (steps 4 and 8; each epoch's end) is written before it is told
+    assert [s[:3] for s in seen] == [(step, (step - 1) // 6, 0) for step in range(1, 13)]
+    assert [step for step, _, _, saved in seen if saved] == list(range(4, 13))
+
+
+def test_a_failed_write_of_metrics_json_leaves_no_finished_mark_and_resume_finishes(tmp_path, run_config,
+                                                                                   monkeypatch):
+    """metrics.json marks a run finished (the bench skips such a cell): a disk that fills while it is written
+    must not leave a torn one behind (asa_plugin.fileio writes it through a temporary file)."""
+    import errno
+
+    real = Path.write_text
+
+    def disk_full(self, data, *args, **kwargs):
+        if self.name.startswith("metrics.json"):
+            real(self, data[: len(data) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data, *args, **kwargs)
+
+    config = run_config()
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "write_text", disk_full)
+        assert train_here(config) != 0
+    run = tmp_path / "run"
+    assert not (run / "metrics.json").exists() and (run / "checkpoint").is_dir()
+    assert train_here(config, "--resume") == 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 12
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, run_config, capsys):

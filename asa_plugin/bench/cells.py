@@ -24,27 +24,36 @@ from pathlib import Path
 from asa_plugin.bench.plan import BenchPlan, TrainingRun
 from asa_plugin.defences import label_names
 
-STEP_COST = {"vanilla": 1.0, "asa": 2.075, "fgm": 1.978, "pgd": 3.359, "freelb": 2.874, "scal": 2.486,
-             "uscal": 3.458,
-             # not measured yet: estimated from their passes per step at the defaults, at freelb's ~0.94 vanilla
-             # steps per extra pass (freelb++ 10 passes; creat 3 forwards, one ascent; infobert 3 passes plus
-             # an input-gradient backward each; tavat 2 passes)
-             "freelb++": 9.5, "creat": 2.9, "infobert": 4.3, "tavat": 2.0}
-"""Seconds per training step relative to vanilla, measured (benchmarks/results/defence_cost_cpu.json:
-MiniLM, CPU, batch 32, length 64; pgd and freelb with K=3) except where marked as estimated. A
-composition ``a+b`` costs the sum of its parts minus one vanilla step; an unknown (third-party) defence
-counts as 2. It only orders the grid's cells and estimates the time left."""
-
-UNKNOWN_STEP_COST = 2.0
 KIND_ORDER = {"merge": 0, "train": 1, "evaluate": 2, "attack": 3}
 """Among ready cells: merges first (seconds, and they finish a result), then training (it unblocks
 the attacks), then the rest; inside a kind, the longest first."""
 
 
-def step_cost(label: str) -> float:
-    """Estimated seconds per training step of defence ``label`` relative to vanilla."""
-    parts = [STEP_COST.get(name, UNKNOWN_STEP_COST) for name in label_names(label)]
-    return sum(parts) - (len(parts) - 1)
+def step_cost(label: str, registry=None) -> float:
+    """Estimated seconds per training step of defence ``label`` relative to vanilla: each defence class's
+    ``step_cost`` (:attr:`asa_plugin.defences.base.Defence.step_cost`), a composition ``a+b`` the sum of its
+    parts minus one vanilla step; a name not registered counts as a defence that declares no cost.
+    ``registry``: the defences registered (default: the process-wide plugin manager's). It only orders the
+    grid's cells and estimates the time left."""
+    from asa_plugin.defences.base import Defence, composed_step_cost
+
+    if registry is None:
+        from asa_plugin.plugins import get_plugin_manager
+
+        registry = get_plugin_manager().defences
+    return composed_step_cost([registry.get(name) if name in registry else Defence for name in label_names(label)])
+
+
+def __getattr__(name: str):
+    if name == "STEP_COST":  # the table the step costs moved out of (issue 33): each class declares its own
+        import warnings
+
+        from asa_plugin.plugins import get_plugin_manager
+
+        warnings.warn("asa_plugin.bench.cells.STEP_COST is deprecated: read the defence class's step_cost, or "
+                      "step_cost(label)", DeprecationWarning, stacklevel=2)
+        return {e.name: e.value.step_cost for e in get_plugin_manager(load_external=False).defences.entries()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -105,9 +114,11 @@ def build_cells(plan: BenchPlan, only_defences: list[str] | None = None, only_re
     runs = [c for c in plan.cells if (only_defences is None or c.label in only_defences)
             and (only_seeds is None or c.seed in only_seeds)]
     examples = plan.cells[0].cfg.attack.examples_for_profile()
+    registry = _defences(plan)
     cells: list[GridCell] = []
     for run in runs:
-        train = GridCell("train", run, gpus=gpus, cost=step_cost(run.cfg.defence.name))  # a variant: its defence
+        cost = step_cost(run.cfg.defence.name, registry)  # a variant: its defence's
+        train = GridCell("train", run, gpus=gpus, cost=cost)
         cells.append(train)
         for recipe in run.recipes:
             if only_recipes is not None and recipe not in only_recipes:
@@ -122,6 +133,14 @@ def build_cells(plan: BenchPlan, only_defences: list[str] | None = None, only_re
         for spec in plan.bench.static_sets:
             cells.append(GridCell("evaluate", run, spec=spec, deps=(train.key,), cost=1.0))
     return cells
+
+
+def _defences(plan: BenchPlan):
+    """The defences the plan's runs are built from (its ``[plugins]`` settings decide which plugins count)."""
+    from asa_plugin.plugins import get_plugin_manager
+
+    plugins = plan.cells[0].cfg.plugins
+    return get_plugin_manager(load_external=plugins.external, block=plugins.block).defences
 
 
 def priority(cell: GridCell) -> tuple[int, float]:

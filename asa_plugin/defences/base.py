@@ -18,6 +18,7 @@ for every pass it runs. See :func:`compose`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,17 +68,38 @@ class StepResult:
         return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in self.raw_metrics.items()}
 
 
+Role = Literal["objective", "procedure", "standalone"]
+ROLES: tuple[str, ...] = ("objective", "procedure", "standalone")
+DEFAULT_STEP_COST = 2.0
+"""The step cost of a defence that does not declare one (about one extra forward/backward pass)."""
+
+
 class Defence:
-    """Base class of every defence; subclasses set ``name``, ``Params`` and ``role``."""
+    """Base class of every defence.
+
+    A subclass sets ``name`` and ``Params`` and declares its capabilities, which the rest of the toolkit reads
+    from the class (a new defence is its file plus its register line; no table elsewhere lists it):
+    ``role`` (how it composes), ``supports_masked_lm`` (whether ``advrobust pretrain`` takes it) and
+    ``step_cost`` (what ``advrobust bench`` expects a training step of it to cost). The plugin manager checks
+    them when the defence is registered (:func:`defence_class_problem`).
+    """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    role: ClassVar[Literal["objective", "procedure", "standalone"]] = "standalone"
+    role: ClassVar[Role] = "standalone"
     """How the defence composes: ``objective`` (per-pass loss, e.g. ASA), ``procedure``
-    (multi-pass input perturbation, e.g. FreeLB), ``standalone`` (does not compose)."""
+    (multi-pass input perturbation, e.g. FreeLB), ``standalone`` (does not compose). A composition
+    (``name = ["asa", "freelb"]``) is one objective plus one procedure (:func:`check_composable`)."""
     supports_masked_lm: ClassVar[bool] = False
     """Whether ``advrobust pretrain`` may use it: its loss is built from ``adapter.forward(batch).logits``
     and ``batch["labels"]`` (through ``self.objective``), so it runs unchanged on masked-LM batches."""
+    step_cost: ClassVar[float] = DEFAULT_STEP_COST
+    """Seconds per training step relative to vanilla's (1.0) at the defaults. ``advrobust bench`` orders its
+    training cells by it (the longest first) and estimates the time left from it; it changes no result. The
+    built-ins' are measured (benchmarks/results/defence_cost_cpu.json: MiniLM, CPU, batch 32, length 64) or,
+    where their class says so, estimated from their passes per step; a defence that does not declare one
+    counts as :data:`DEFAULT_STEP_COST`. A composition costs the sum of its parts minus one vanilla step
+    (:func:`composed_step_cost`)."""
 
     def __init__(self, params: Any, adapter: BackboneAdapter):
         self.params = params
@@ -127,6 +149,27 @@ class Defence:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (called on ``--resume``)."""
+
+
+def defence_class_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` registered as a defence class (None when nothing is): not a
+    :class:`Defence` subclass, or a capability declared with a value the toolkit cannot use."""
+    if not (isinstance(value, type) and issubclass(value, Defence)):
+        return "is not a subclass of asa_plugin.defences.base.Defence"
+    if value.role not in ROLES:
+        return f"declares role = {value.role!r}, which is none of {', '.join(ROLES)}"
+    cost = value.step_cost
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost <= 0:
+        return f"declares step_cost = {cost!r}, which is not a positive number (seconds per step, vanilla = 1.0)"
+    if not isinstance(value.supports_masked_lm, bool):
+        return f"declares supports_masked_lm = {value.supports_masked_lm!r}, which is not True or False"
+    return None
+
+
+def composed_step_cost(classes: list[type[Defence]]) -> float:
+    """The step cost of running ``classes`` together: each part's extra passes on top of one vanilla step
+    (the sum of their step costs minus one per part after the first)."""
+    return sum(cls.step_cost for cls in classes) - (len(classes) - 1)
 
 
 def check_composable(classes: list[type[Defence]], source: str) -> None:

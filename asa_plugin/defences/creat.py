@@ -76,6 +76,7 @@ class CreATDefence(Defence):
     Params = CreATParams
     role = "procedure"
     supports_masked_lm = True
+    step_cost = 2.9  # estimated, not timed yet: 3 forwards, one ascent
 
     def _pass(self, batch: Batch, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective loss, the representation of the objective's first forward: (B, H) or (B, L, H))."""

@@ -34,6 +34,7 @@ class FGMDefence(Defence):
     Params = FGMParams
     role = "procedure"
     supports_masked_lm = True
+    step_cost = 1.978  # measured: benchmarks/results/defence_cost_cpu.json
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         mask = token_mask(batch)  # (B, L, 1)

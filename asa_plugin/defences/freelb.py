@@ -53,6 +53,7 @@ class FreeLBDefence(Defence):
     Params = FreeLBParams
     role = "procedure"
     supports_masked_lm = True
+    step_cost = 2.874  # measured: benchmarks/results/defence_cost_cpu.json (K=3)
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         p = self.params
@@ -81,3 +82,4 @@ class FreeLBPlusPlusDefence(FreeLBDefence):
 
     name = "freelb++"
     Params = FreeLBPlusPlusParams
+    step_cost = 9.5  # estimated, not timed yet: 10 passes, at freelb's ~0.94 vanilla steps per extra pass

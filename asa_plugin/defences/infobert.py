@@ -103,6 +103,7 @@ class InfoBERTDefence(Defence):
     name = "infobert"
     Params = InfoBERTParams
     role = "procedure"
+    step_cost = 4.3  # estimated, not timed yet: 3 passes plus an input-gradient backward each
 
     def __init__(self, params: InfoBERTParams, adapter):
         super().__init__(params, adapter)

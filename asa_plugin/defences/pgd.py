@@ -62,6 +62,7 @@ class PGDDefence(Defence):
     Params = PGDParams
     role = "procedure"
     supports_masked_lm = True
+    step_cost = 3.359  # measured: benchmarks/results/defence_cost_cpu.json (K=3)
 
     def _bound(self, delta: torch.Tensor) -> torch.Tensor:
         p = self.params

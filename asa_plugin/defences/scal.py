@@ -52,6 +52,7 @@ class SCALDefence(Defence):
     name = "scal"
     Params = SCALParams
     role = "procedure"
+    step_cost = 2.486  # measured: benchmarks/results/defence_cost_cpu.json
 
     def __init__(self, params: SCALParams, adapter):
         super().__init__(params, adapter)

@@ -112,6 +112,7 @@ class TAVATDefence(Defence):
     Params = TAVATParams
     role = "procedure"
     supports_masked_lm = True
+    step_cost = 2.0  # estimated, not timed yet: 2 passes
 
     def __init__(self, params: TAVATParams, adapter):
         super().__init__(params, adapter)

@@ -40,6 +40,7 @@ class USCALDefence(Defence):
     name = "uscal"
     Params = USCALParams
     role = "procedure"
+    step_cost = 3.458  # measured: benchmarks/results/defence_cost_cpu.json
 
     def __init__(self, params: USCALParams, adapter):
         super().__init__(params, adapter)

@@ -10,3 +10,4 @@ class VanillaDefence(Defence):
     Params = NoParams
     role = "standalone"
     supports_masked_lm = True
+    step_cost = 1.0  # the unit of every step cost

@@ -10,25 +10,12 @@ from asa_plugin.pretraining.mlm import MLMCollator, MLMDataset, evaluate_mlm, ma
 from asa_plugin.training.loop import Task
 
 
-def _builtin_masked_lm_defences() -> tuple[str, ...]:
-    from asa_plugin.defences import plugin
-
-    found: dict[str, type] = {}
-    plugin.advrobust_register_defences(lambda name, cls: found.setdefault(name, cls))
-    return tuple(name for name, cls in found.items() if cls.supports_masked_lm)
-
-
-MLM_DEFENCES = _builtin_masked_lm_defences()
-"""Built-in defences whose class says ``supports_masked_lm = True`` (their loss is built from
-``adapter.forward(batch).logits`` and ``batch["labels"]`` alone, so they run unchanged on masked-LM
-batches). A plugin's defence opts in with the same class attribute."""
-
-
 def check_defences(cfg, registry) -> None:
-    """One line for a defence that cannot pre-train (before any data or model loads)."""
+    """One line for a defence that cannot pre-train (before any data or model loads): its class does not
+    declare ``supports_masked_lm = True`` (:class:`asa_plugin.defences.base.Defence`)."""
     for name in cfg.defence.names:
-        if not getattr(registry.get(name), "supports_masked_lm", False):
-            usable = [n for n in registry.names() if getattr(registry.get(n), "supports_masked_lm", False)]
+        if not registry.get(name).supports_masked_lm:
+            usable = [e.name for e in registry.entries() if e.value.supports_masked_lm]
             raise ConfigError(f"{cfg.source}: defence.name: '{name}' does not support masked-LM pre-training; "
                               f"use one of: {', '.join(usable)}")
 

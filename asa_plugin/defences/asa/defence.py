@@ -50,6 +50,7 @@ class ASADefence(Defence):
     Params = ASAParams
     role = "objective"
     supports_masked_lm = True
+    step_cost = 2.075  # measured: benchmarks/results/defence_cost_cpu.json
 
     def __init__(self, params: ASAParams, adapter):
         super().__init__(params, adapter)
