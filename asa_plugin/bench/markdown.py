@@ -216,7 +216,7 @@ def render_markdown(report: dict[str, Any]) -> str:
               "*Δ under attack*: "
               f"paired difference with {baseline or 'the baseline'} in points [95 % interval] and McNemar's p "
               "(per seed), see below. *Degenerate check*: judged from the stored predictions on the dev set and on "
-              "the attacked examples (degenerate.py: a class recognised significantly less than half as "
+              "the attacked examples (training/degenerate.py: a class recognised significantly less than half as "
               "often as chance, or predictions independent of the label, at p < 0.05); *BA*: balanced accuracy "
               "(mean per-class recall, chance = 1/classes) on the attacked examples. `degenerate`: the model "
               "(almost) ignores its input, so its accuracy under attack does not measure robustness (values kept "
