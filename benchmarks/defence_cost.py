@@ -167,6 +167,16 @@ def export_and_time(rows: list[Row], batches: list[dict], args) -> dict[str, dic
                    "inference_seconds": statistics.median(seconds[name])} for name, model in models.items()}
 
 
+def selected_rows(spec: str) -> list[str] | None:
+    """The ``DEFENCES`` rows that ``--defences`` names; None, after one line on stderr, if one is unknown."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DEFENCES]
+    if unknown:
+        print(f"unknown row {unknown[0]!r}; rows: {', '.join(DEFENCES)}", file=sys.stderr)
+        return None
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -174,10 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     from asa_plugin.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
-    names = [n.strip() for n in args.defences.split(",") if n.strip()]
-    unknown = [n for n in names if n not in DEFENCES]
-    if unknown:
-        print(f"unknown row {unknown[0]!r}; rows: {', '.join(DEFENCES)}", file=sys.stderr)
+    names = selected_rows(args.defences)
+    if names is None:
         return 2
     rows = [Row(n, DEFENCES[n], args, pm) for n in names]
     batches = make_batches(rows[0].adapter.tokenizer, max(args.steps, 1) + args.warmup, args.batch_size,

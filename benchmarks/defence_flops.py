@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from defence_cost import DEFENCES, Row, make_batches  # noqa: E402
+from defence_cost import DEFENCES, Row, make_batches, selected_rows  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,10 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from asa_plugin.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
-    names = [n.strip() for n in args.defences.split(",") if n.strip()]
-    unknown = [n for n in names if n not in DEFENCES]
-    if unknown:
-        print(f"unknown row {unknown[0]!r}; rows: {', '.join(DEFENCES)}", file=sys.stderr)
+    names = selected_rows(args.defences)
+    if names is None:
         return 2
     flops = {}
     for name in names:

@@ -722,6 +722,14 @@ PAIRED = {"naive, N steps": "vanilla@naive", "naive, 2N steps": "vanilla@naive2x
 ALLREDUCE_NAMES = {"pgd (K = 3, clean term)": "pgd", "freelb (K = 5)": "freelb"}
 
 
+MEMORY_COLUMNS = {
+    2: lambda r: r["peak_mib"],
+    3: lambda r: r["peak_ratio"],
+    4: lambda r: r["step_mib"],
+    5: lambda r: r["step_ratio"],
+}
+
+
 def _arm(d: dict, cells: list[str]) -> dict:
     arm = ARMS[cells[0]]
     find = lambda rows: next(r for r in rows if r["defence"] == f"vanilla@{arm}")  # noqa: E731
@@ -838,24 +846,14 @@ TABLES = [
         "| batch | defence | peak MiB |",
         MEMORY,
         shaped(MEMORY_NAMES),
-        {
-            2: lambda r: r["peak_mib"],
-            3: lambda r: r["peak_ratio"],
-            4: lambda r: r["step_mib"],
-            5: lambda r: r["step_ratio"],
-        },
+        MEMORY_COLUMNS,
     ),
     Table(
         "benchmarks/README.md",
         "| batch | ASA's clean pass | peak MiB |",
         AUTO,
         shaped(AUTO_NAMES),
-        {
-            2: lambda r: r["peak_mib"],
-            3: lambda r: r["peak_ratio"],
-            4: lambda r: r["step_mib"],
-            5: lambda r: r["step_ratio"],
-        },
+        MEMORY_COLUMNS,
     ),
     Table(
         "benchmarks/README.md",
