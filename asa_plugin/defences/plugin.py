@@ -5,6 +5,7 @@ from asa_plugin.hookspecs import hookimpl
 
 @hookimpl
 def advrobust_register_defences(register):
+    from asa_plugin.defences.a2t import A2TDefence
     from asa_plugin.defences.asa import ASADefence
     from asa_plugin.defences.creat import CreATDefence
     from asa_plugin.defences.fgm import FGMDefence
@@ -27,3 +28,4 @@ def advrobust_register_defences(register):
     register("creat", CreATDefence)
     register("infobert", InfoBERTDefence)
     register("tavat", TAVATDefence)
+    register("a2t", A2TDefence)

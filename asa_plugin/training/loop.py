@@ -22,7 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from asa_plugin import interrupts
 from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
-from asa_plugin.defences.base import Defence, build_defence
+from asa_plugin.defences.base import Defence, EpochStart, build_defence
 from asa_plugin.defences.perturbation import loss_scaler
 from asa_plugin.errors import TrainingDiverged, UserError, writing
 from asa_plugin.locks import run_lock
@@ -314,8 +314,11 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
             # process keeps the batches, and the padding of the last round, of an uninterrupted run).
             loader = (accelerator.skip_first_batches(train_loader, state["batches_done"])
                       if state["batches_done"] else train_loader)
-            model.train()
             started, cpu_started = time.perf_counter(), time.process_time()
+            # A defence's epoch work (A2T attacks the current model here), timed as training
+            defence.on_epoch_start(EpochStart(epoch, cfg, run_dir, getattr(data, "train", None), len(train_loader),
+                                              accelerator, pm))
+            model.train()
             micro_losses: list[torch.Tensor] = []  # this step's, on the device: read when logged (losses.py)
             for batch in loader:
                 lent = follow_thread_budget(threads)  # a core the bench's executor lends this cell (or takes back)
