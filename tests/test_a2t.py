@@ -104,8 +104,7 @@ def a2t_with_pool(model_dir: Path, alpha: float, pool: list, batches: int):
     adapter = load_adapter(str(model_dir), 2)
     adapter.model.eval()  # no dropout: the step is recomputed exactly
     defence = A2TDefence(A2TParams(alpha=alpha), adapter)
-    defence.load_state_dict({"epoch": 1, "pool": pool, "batches": batches, "cursor": 0, "stats": {},
-                             "total_seconds": 0.0})
+    defence.use_examples(pool, batches)
     batch = dict(adapter.tokenizer(CLEAN, padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor([1, 0, 1, 0])
     return adapter, defence, batch

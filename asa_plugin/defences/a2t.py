@@ -137,8 +137,8 @@ class A2TDefence(Defence):
         if start.train_examples is None:
             raise UserError("defence a2t attacks the training texts of a classification task; "
                             "it cannot run under advrobust pretrain")
-        self._epoch, self._cursor, self._batches = start.epoch, 0, max(1, start.batches_per_epoch)
-        self._pool, self._features, self._stats = [], None, {"a2t_adversarial_examples": 0}
+        self._epoch, self._stats = start.epoch, {"a2t_adversarial_examples": 0}
+        self.use_examples([], start.batches_per_epoch)
         if not attack_epoch(start.epoch, self.params):
             return
         generation = _on_main_process(start.accelerator, lambda: self.generate(start))
@@ -146,7 +146,7 @@ class A2TDefence(Defence):
         self._stats = generation.stats()
         rank, world = start.accelerator.process_index, start.accelerator.num_processes
         order = attack_order(len(generation.examples), start.cfg.train.seed + 1, start.epoch)
-        self._pool = [generation.examples[i] for i in order[rank::world]]
+        self.use_examples([generation.examples[i] for i in order[rank::world]], start.batches_per_epoch)
         log.info("a2t epoch %d: %d adversarial examples from %d attacked (success rate %s, %.1f s)",
                  start.epoch + 1, len(generation.examples), generation.attacked,
                  self._stats["a2t_attack_success_rate"], generation.seconds)
@@ -169,6 +169,11 @@ class A2TDefence(Defence):
         pairs = [[r["perturbed_text"], r.get("perturbed_text_pair"), int(r["gold_label"])] for r in adversarial]
         return Generation(pairs, len(kept), sum(r["outcome"] == "successful" for r in kept),
                           sum(r["outcome"] == "failed" for r in kept), time.perf_counter() - began)
+
+    def use_examples(self, examples: list[list], batches: int) -> None:
+        """Train on ``examples`` ([text, text_pair or None, label]) from the next micro-batch on, spread over
+        ``batches`` micro-batches (what a generation does; the cost benchmark and tests call it directly)."""
+        self._pool, self._features, self._batches, self._cursor = list(examples), None, max(1, batches), 0
 
     # --- per step ----------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
