@@ -197,7 +197,8 @@ def test_generated_examples_are_perturbations_that_flip_the_model_they_were_gene
 def a2t_config(run_config, trained_tiny, attack_cache):
     """Two epochs from the trained tiny classifier: a clean one, then one with its A2T examples."""
     def make(**train) -> Path:
-        lines = "\n".join(f"{k} = {v}" for k, v in {"lr": 1e-3, "checkpoint_every_steps": 2, **train}.items())
+        lines = "\n".join(f"{k} = {v}" for k, v in {"lr": 1e-3, "checkpoint_every_steps": 2, "log_every_steps": 1,
+                                                   **train}.items())
         return run_config(defence='name = "a2t"\nadv_share = 0.1', train=lines, backbone=trained_tiny,
                           extra={"attack": attack_section(attack_cache)})
     return make
@@ -211,6 +212,7 @@ def without_timing(metrics: dict) -> dict:
     return out
 
 
+@pytest.mark.slow  # minutes on 2 cores: two runs attack the model (the kill -9 resume tests of fgm, asa+freelb too)
 def test_a_run_logs_its_examples_per_epoch_and_resumes_exactly_after_kill_minus_9(tmp_path, a2t_config):
     config = a2t_config()
     assert train_here(config, "--set", f"output.run_dir='{tmp_path / 'straight'}'") == 0
@@ -221,8 +223,8 @@ def test_a_run_logs_its_examples_per_epoch_and_resumes_exactly_after_kill_minus_
     assert second["a2t_adversarial_examples"] > 0, "no attack succeeded: the mixing below would go untested"
     assert f"a2t epoch 2: {second['a2t_adversarial_examples']} adversarial examples" in log
     assert straight["a2t_generation_seconds_total"] > 0 and straight["history"][0]["a2t_adversarial_examples"] == 0
-    carried = [s.get("a2t_batch_adversarial") for s in straight["step_history"]]
-    assert carried[6:] and all(carried[6:])  # every step of epoch 2 carried adversarial examples
+    carried = [s["a2t_adversarial_trained"] for s in straight["step_history"]]  # logged at every step
+    assert carried[:6] == [0] * 6 and all(carried[6:]) and sum(carried) == second["a2t_adversarial_examples"]
 
     killed_dir = tmp_path / "killed"
     killed = train_cli(config, "--set", f"output.run_dir='{killed_dir}'", ADVROBUST_TEST_KILL_AT_STEP="9")
@@ -239,6 +241,17 @@ def test_a_run_logs_its_examples_per_epoch_and_resumes_exactly_after_kill_minus_
 
 
 # --- refusals and registration ----------------------------------------------------------------------------------
+def test_a_missing_attack_asset_stops_the_run_in_one_line_before_the_first_step(tmp_path, run_config, capsys,
+                                                                               attack_cache):
+    config = run_config(defence='name = "a2t"',
+                        extra={"attack": {**attack_section(attack_cache), "embedding_path": str(tmp_path / "nowhere"),
+                                          "download": False}})
+    assert train_here(config) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "recipe 'a2t' cannot run" in err[-1] and "Traceback" not in "\n".join(err)
+    assert "epoch 1:" not in (tmp_path / "run" / "train.log").read_text()  # refused before training
+
+
 def test_pretraining_with_a2t_is_refused_in_one_line(tmp_path):
     from asa_plugin.config import load_config
     from asa_plugin.errors import ConfigError

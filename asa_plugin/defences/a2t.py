@@ -127,6 +127,8 @@ class A2TDefence(Defence):
         self._cursor = 0  # micro-batches of this epoch done
         self._stats: dict[str, Any] = {}
         self._total_seconds = 0.0
+        self._window = 0  # adversarial examples trained on since the last logged step
+        self._checked = False  # the attack's assets were checked (before the first epoch)
         self._max_length = min(int(adapter.tokenizer.model_max_length), 512)
 
     # --- the epoch's examples ----------------------------------------------------------------------------
@@ -137,6 +139,9 @@ class A2TDefence(Defence):
         if start.train_examples is None:
             raise UserError("defence a2t attacks the training texts of a classification task; "
                             "it cannot run under advrobust pretrain")
+        if not self._checked and any(attack_epoch(e, self.params) for e in range(start.epoch, start.epochs)):
+            _on_main_process(start.accelerator, lambda: check_assets(start))  # before any slow work
+        self._checked = True
         self._epoch, self._stats = start.epoch, {"a2t_adversarial_examples": 0}
         self.use_examples([], start.batches_per_epoch)
         if not attack_epoch(start.epoch, self.params):
@@ -188,6 +193,7 @@ class A2TDefence(Defence):
         weights[batch["labels"].shape[0]:] = self.params.alpha
         loss = (losses * weights).mean()  # trainer.py, training_step: mean of the weighted losses
         backward(loss)
+        self._window += adversarial["labels"].shape[0]
         return StepResult(loss=loss.detach(), metrics={"a2t_batch_adversarial": adversarial["labels"].shape[0]})
 
     def _adversarial_batch(self, batch: Batch) -> Batch | None:
@@ -204,19 +210,45 @@ class A2TDefence(Defence):
         return {k: v.to(device) for k, v in padded.items() if k in batch}
 
     # --- metrics and resume ------------------------------------------------------------------------------
+    def log_metrics(self) -> dict[str, Any]:
+        """``a2t_adversarial_trained``: adversarial examples the steps since the last logged one trained on."""
+        out, self._window = {"a2t_adversarial_trained": self._window}, 0
+        return out
+
     def epoch_metrics(self) -> dict[str, Any]:
         return {**self._stats, "a2t_generation_seconds_total": round(self._total_seconds, 3)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "pool": self._pool, "batches": self._batches, "cursor": self._cursor,
-                "stats": self._stats, "total_seconds": self._total_seconds}
+                "stats": self._stats, "total_seconds": self._total_seconds, "window": self._window}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
         self._epoch, self._pool, self._batches = state["epoch"], state["pool"], state["batches"]
         self._cursor, self._stats, self._total_seconds = state["cursor"], state["stats"], state["total_seconds"]
-        self._features = None
+        self._features, self._window = None, state.get("window", 0)
+
+
+def attack_config(start: EpochStart, p: A2TParams):
+    """The ``[attack]`` section as the A2T attacks use it: the recipe's own constraints, the authors' budget."""
+    return replace(start.cfg.attack, recipes=[RECIPE], profile="stock", query_budget=p.query_budget)
+
+
+def _cache_dir(start: EpochStart, attack_cfg) -> Path:
+    import os
+
+    return Path(attack_cfg.cache_dir or os.environ.get("TA_CACHE_DIR") or start.run_dir / "attack" / ".cache")
+
+
+def check_assets(start: EpochStart) -> None:
+    """Build the recipe once against a stand-in model, so a missing asset (WordNet, embeddings, the sentence
+    encoder) is one line before the first epoch, not after the clean ones."""
+    from asa_plugin.preflight import build_recipes
+
+    attack_cfg = replace(attack_config(start, A2TParams()), cache_dir=str(_cache_dir(start, start.cfg.attack)))
+    with _training_state_kept():
+        build_recipes([RECIPE], attack_cfg, start.run_dir / "a2t", start.plugins)
 
 
 def _rounds(n: int, target: int, rows: list[dict]):
@@ -236,17 +268,15 @@ def _rounds(n: int, target: int, rows: list[dict]):
 
 def _attack_round(start: EpochStart, picked: list, out: Path, model_dir: str, p: A2TParams) -> list[dict]:
     """Attack ``picked`` examples with the harness (workers and threads from ``[attack]``); their rows."""
-    import os
-
     from asa_plugin.attacks.runner import AttackJob, run_attack
 
     cfg = start.cfg
-    attack_cfg = replace(cfg.attack, recipes=[RECIPE], profile="stock", query_budget=p.query_budget)
-    cache = attack_cfg.cache_dir or os.environ.get("TA_CACHE_DIR") or start.run_dir / "attack" / ".cache"
+    attack_cfg = attack_config(start, p)
     pairs = [e.text_pair for e in picked] if picked and picked[0].text_pair is not None else None
     job = AttackJob(recipe=RECIPE, cfg=attack_cfg, model_path=model_dir, texts=[e.text for e in picked],
                     labels=[e.label for e in picked], recipe_dir=out, data="training set (a2t)",
-                    max_length=cfg.model.max_length, text_pairs=pairs, resume=True, cache_dir=Path(cache),
+                    max_length=cfg.model.max_length, text_pairs=pairs, resume=True,
+                    cache_dir=_cache_dir(start, attack_cfg),
                     progress=False, load_external=cfg.plugins.external, block=tuple(cfg.plugins.block))
     run_attack(job, start.plugins)
     from asa_plugin.attacks.results import read_rows
@@ -281,14 +311,23 @@ class _training_state_kept:
 
 
 def _on_main_process(accelerator, make):
-    """``make()`` on the main process, its result sent to every process (one process: just ``make()``)."""
-    if accelerator.num_processes == 1:
+    """``make()`` on the main process, its result (or its UserError) sent to every process (one process:
+    just ``make()``)."""
+    if accelerator is None or accelerator.num_processes == 1:
         return make()
     import torch.distributed as dist
 
-    box = [make() if accelerator.is_main_process else None]
+    box: list = [None]
+    if accelerator.is_main_process:
+        try:
+            box = [("ok", make())]
+        except UserError as exc:
+            box = [("error", str(exc))]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 def _encode(pool: list[list], tokenizer, max_length: int) -> list[dict]:

@@ -54,6 +54,7 @@ class EpochStart:
     batches_per_epoch: int  # micro-batches this process runs in a full epoch
     accelerator: Any
     plugins: Any  # the PluginManager (recipes, for the attack harness)
+    epochs: int = 1  # epochs of the whole run (the last may be cut short by train.max_steps)
 
 
 @dataclass(init=False)

@@ -317,7 +317,7 @@ def _train(cfg: RunConfig, resume: bool, pm: PluginManager | None, task: Task | 
             started, cpu_started = time.perf_counter(), time.process_time()
             # A defence's epoch work (A2T attacks the current model here), timed as training
             defence.on_epoch_start(EpochStart(epoch, cfg, run_dir, getattr(data, "train", None), len(train_loader),
-                                              accelerator, pm))
+                                              accelerator, pm, epochs))
             model.train()
             micro_losses: list[torch.Tensor] = []  # this step's, on the device: read when logged (losses.py)
             for batch in loader:
