@@ -121,7 +121,8 @@ class A2TDefence(Defence):
     def __init__(self, params: A2TParams, adapter):
         super().__init__(params, adapter)
         self._epoch = -1  # the epoch the pool belongs to
-        self._pool: list[list] = []  # [text, text_pair, label] of this process's adversarial examples
+        self._all: list[list] = []  # [text, text_pair, label]: the epoch's adversarial examples, shuffled
+        self._pool: list[list] = []  # this process's share of them (every n-th under n processes)
         self._features: list[dict] | None = None  # the pool tokenized (not checkpointed: rebuilt from it)
         self._batches = 1
         self._cursor = 0  # micro-batches of this epoch done
@@ -149,9 +150,8 @@ class A2TDefence(Defence):
         generation = _on_main_process(start.accelerator, lambda: self.generate(start))
         self._total_seconds += generation.seconds
         self._stats = generation.stats()
-        rank, world = start.accelerator.process_index, start.accelerator.num_processes
         order = attack_order(len(generation.examples), start.cfg.train.seed + 1, start.epoch)
-        self.use_examples([generation.examples[i] for i in order[rank::world]], start.batches_per_epoch)
+        self.use_examples([generation.examples[i] for i in order], start.batches_per_epoch)
         log.info("a2t epoch %d: %d adversarial examples from %d attacked (success rate %s, %.1f s)",
                  start.epoch + 1, len(generation.examples), generation.attacked,
                  self._stats["a2t_attack_success_rate"], generation.seconds)
@@ -177,8 +177,11 @@ class A2TDefence(Defence):
 
     def use_examples(self, examples: list[list], batches: int) -> None:
         """Train on ``examples`` ([text, text_pair or None, label]) from the next micro-batch on, spread over
-        ``batches`` micro-batches (what a generation does; the cost benchmark and tests call it directly)."""
-        self._pool, self._features, self._batches, self._cursor = list(examples), None, max(1, batches), 0
+        ``batches`` micro-batches, this process on every n-th of them under n processes (what a generation
+        does; the cost benchmark and tests call it directly)."""
+        rank, world = _rank_and_world()
+        self._all, self._features, self._batches, self._cursor = list(examples), None, max(1, batches), 0
+        self._pool = self._all[rank::world]
 
     # --- per step ----------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
@@ -219,15 +222,16 @@ class A2TDefence(Defence):
         return {**self._stats, "a2t_generation_seconds_total": round(self._total_seconds, 3)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "pool": self._pool, "batches": self._batches, "cursor": self._cursor,
+        # the whole list, not this process's share: the main process writes the checkpoint's state for all
+        return {"epoch": self._epoch, "examples": self._all, "batches": self._batches, "cursor": self._cursor,
                 "stats": self._stats, "total_seconds": self._total_seconds, "window": self._window}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
-        self._epoch, self._pool, self._batches = state["epoch"], state["pool"], state["batches"]
-        self._cursor, self._stats, self._total_seconds = state["cursor"], state["stats"], state["total_seconds"]
-        self._features, self._window = None, state.get("window", 0)
+        self.use_examples(state["examples"], state["batches"])
+        self._epoch, self._cursor, self._stats = state["epoch"], state["cursor"], state["stats"]
+        self._total_seconds, self._window = state["total_seconds"], state.get("window", 0)
 
 
 def attack_config(start: EpochStart, p: A2TParams):
@@ -328,6 +332,15 @@ def _on_main_process(accelerator, make):
     if kind == "error":
         raise UserError(value)
     return value
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _encode(pool: list[list], tokenizer, max_length: int) -> list[dict]:
