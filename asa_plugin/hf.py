@@ -118,6 +118,15 @@ def _backbone_name(name_or_path: str) -> str:
     return name_or_path
 
 
+def _refuse_epoch_work(defence: Defence) -> None:
+    """One line for a defence whose work happens at epoch starts (``Defence.on_epoch_start``, e.g. a2t's attacks),
+    which Trainer never calls: it would train as vanilla."""
+    for part in getattr(defence, "parts", (defence,)):
+        if type(part).on_epoch_start is not Defence.on_epoch_start:
+            raise ValueError(f"DefenceTrainer: defence {part.name} works at the start of each epoch (e.g. a2t "
+                             f"attacks the model there), which Trainer does not call; train it with advrobust train")
+
+
 class DefenceTrainer(Trainer):
     """``transformers.Trainer`` whose training steps run an advrobust defence.
 
@@ -154,6 +163,7 @@ class DefenceTrainer(Trainer):
         # after the model, as in ``advrobust train`` (which builds the defence after loading the model).
         self.defence: Defence = build_defence(self.defence_config.names, self.defence_config.params, adapter,
                                               pm.defences)
+        _refuse_epoch_work(self.defence)
         optimizers = trainer_kwargs.get("optimizers", (None, None))
         if optimizers[0] is not None and self.defence.trainable_modules():
             raise ValueError(f"DefenceTrainer: defence {self.defence.name} trains modules of its own, which a "

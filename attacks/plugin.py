@@ -1,4 +1,5 @@
-"""Built-in attack recipes, registered through the ``advrobust`` hooks."""
+"""Built-in attack recipes, and the defence that runs them inside training (``a2t``), registered through the
+``advrobust`` hooks."""
 
 from asa_plugin.hookspecs import hookimpl
 
@@ -12,3 +13,11 @@ def advrobust_register_recipes(register):
         register(recipe.name, recipe)
     for name, class_name in STOCK_TEXTATTACK.items():
         register(name, stock_recipe(name, class_name))
+
+
+@hookimpl
+def advrobust_register_defences(register):
+    """``a2t`` trains on the harness's own attacks, so it lives above the harness (docs/architecture.md)."""
+    from asa_plugin.attacks.a2t import A2TDefence
+
+    register("a2t", A2TDefence)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -47,6 +48,9 @@ DEFENCES: dict[str, dict[str, Any]] = {
     "creat": {"name": "creat"},
     "infobert": {"name": "infobert"},
     "tavat": {"name": "tavat"},
+    # a2t: a step of an attacking epoch, the clean batch plus its adv_share (20 %) of adversarial examples; the
+    # attacks that make them are timed per run (metrics.json a2t_generation_seconds), not per step
+    "a2t": {"name": "a2t"},
 }
 """Row name -> the ``[defence]`` table it trains with. The first row is the reference."""
 
@@ -116,8 +120,13 @@ class Row:
             module.to(args.device)
         self.optimizer = _optimizer(self.adapter.model, self.defence, TrainConfig())
         self.step_seconds: list[float] = []
+        self.share = getattr(self.defence.params, "adv_share", None)  # a2t: each step carries adversarial examples
 
     def step(self, batch: dict) -> None:
+        if self.share is not None:  # the batch's first rows, decoded, as this step's adversarial examples
+            rows = math.ceil(self.share * batch["input_ids"].shape[0])
+            texts = self.adapter.tokenizer.batch_decode(batch["input_ids"][:rows], skip_special_tokens=True)
+            self.defence.use_examples([[t, None, int(y)] for t, y in zip(texts, batch["labels"][:rows])], 1)
         self.defence.training_step(batch, lambda loss: loss.backward())
         torch.nn.utils.clip_grad_norm_(self.adapter.model.parameters(), 1.0)
         self.optimizer.step()

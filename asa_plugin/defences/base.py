@@ -43,6 +43,21 @@ class NoParams:
     """A defence without parameters."""
 
 
+@dataclass
+class EpochStart:
+    """What the training loop tells a defence at the start of each epoch (:meth:`Defence.on_epoch_start`):
+    enough to attack the current model on the training texts (A2T) without the defence reaching into the loop."""
+
+    epoch: int  # 0-based
+    cfg: Any  # the RunConfig
+    run_dir: Path
+    train_examples: Any  # the task's training examples (``text``, ``text_pair``, ``label``); None for pre-training
+    batches_per_epoch: int  # micro-batches this process runs in a full epoch
+    accelerator: Any
+    plugins: Any  # the PluginManager (recipes, for the attack harness)
+    epochs: int = 1  # epochs of the whole run (the last may be cut short by train.max_steps)
+
+
 @dataclass(init=False)
 class StepResult:
     """What one training step reports: the loss value and optional extra scalars, each given as a float or a
@@ -121,6 +136,11 @@ class Defence:
     def save_extras(self, run_dir: Path) -> None:
         """Write defence-owned artifacts (e.g. ASA's adversaries) into the run directory, beside
         ``model/``; called once by the loop after the export."""
+
+    def on_epoch_start(self, start: EpochStart) -> None:
+        """Called by ``advrobust train`` before each epoch's first batch, and again when a resumed run re-enters
+        an epoch (``start.epoch`` is then the epoch of the checkpoint): e.g. A2T generates that epoch's
+        adversarial examples here. Nothing by default."""
 
     # --- per step ------------------------------------------------------------------------
     def cross_entropy_objective(self, batch: Batch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -207,6 +227,10 @@ class ComposedDefence(Defence):
     def save_extras(self, run_dir: Path) -> None:
         for part in self.parts:
             part.save_extras(run_dir)
+
+    def on_epoch_start(self, start: EpochStart) -> None:
+        for part in self.parts:
+            part.on_epoch_start(start)
 
     def training_step(self, batch: Batch, backward: Backward) -> StepResult:
         return self._procedure.training_step(batch, backward)

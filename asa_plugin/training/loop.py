@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from asa_plugin import degenerate, interrupts
 from asa_plugin.config import RunConfig, dump_toml
 from asa_plugin.data import load_training_data
-from asa_plugin.defences.base import Defence, build_defence
+from asa_plugin.defences.base import Defence, EpochStart, build_defence
 from asa_plugin.defences.perturbation import loss_scaler
 from asa_plugin.errors import TrainingDiverged, UserError, writing
 from asa_plugin.fileio import write_json_atomic
@@ -393,8 +393,11 @@ def _one_epoch(run: TrainingRun, state: TrainState, progress: tqdm, pending: Pen
     # process keeps the batches, and the padding of the last round, of an uninterrupted run).
     loader = (accelerator.skip_first_batches(run.train_loader, state.batches_done)
               if state.batches_done else run.train_loader)
-    run.model.train()
     watch = Stopwatch()
+    # A defence's epoch work (A2T attacks the current model here), timed as training
+    run.defence.on_epoch_start(EpochStart(state.epoch, run.cfg, run.run_dir, getattr(run.data, "train", None),
+                                          len(run.train_loader), accelerator, run.pm, run.epochs))
+    run.model.train()
     micro_losses: list[torch.Tensor] = []  # this step's, on the device: read when logged (losses.py)
     for batch in loader:
         _follow_threads(run, state)
