@@ -106,7 +106,7 @@ class Row:
     def __init__(self, name: str, table: dict[str, Any], args, pm):
         from asa_plugin.adapters.loading import load_adapter
 
-        from asa_plugin.config import TrainConfig, _build_defence
+        from asa_plugin.config import TrainConfig, build_defence_config
         from asa_plugin.defences.base import build_defence
         from asa_plugin.training.loop import _optimizer
 
@@ -114,7 +114,7 @@ class Row:
         self.name = name
         self.adapter = load_adapter(args.backbone, 2, registry=pm.adapters)
         self.adapter.model.to(args.device).train()
-        cfg = _build_defence(dict(table), f"DEFENCES[{name!r}]", pm.defences)
+        cfg = build_defence_config(dict(table), f"DEFENCES[{name!r}]", pm.defences)
         self.defence = build_defence(cfg.names, cfg.params, self.adapter, pm.defences)
         for module in self.defence.trainable_modules():
             module.to(args.device)

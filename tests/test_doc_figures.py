@@ -913,6 +913,13 @@ TABLES = [
 TABLES += [
     Table(
         "benchmarks/README.md",
+        "| batch (issue 35) | defence | peak MiB |",
+        BENCH + "defence_memory_issue35_cpu.json",
+        shaped({}),
+        MEMORY_COLUMNS,
+    ),
+    Table(
+        "benchmarks/README.md",
         "| defence | GFLOP per step | x vanilla |",
         BENCH + "defence_flops_cpu.json",
         by_name({}),
